@@ -1,0 +1,34 @@
+# The README's commands. Every target that needs tools installs the missing ones first.
+PYTHON ?= /usr/bin/python3
+DEV_CACHE ?= $(or $(WEAK_BPF_DEV_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/weak-bpf-progs-dev)
+RUFF ?= $(shell command -v ruff 2>/dev/null || echo $(DEV_CACHE)/tools/bin/ruff)
+DEMO_ROOT ?= build/demo-root
+
+.PHONY: all deps demo check test lint bench clean
+
+all: check
+
+deps:
+	@scripts/install-deps
+
+# Main job: build the example root from two real kernels and example programs, and show it.
+demo: deps
+	$(PYTHON) scripts/demo.py --root $(DEMO_ROOT)
+
+# Whole suite: pytest, which also runs ruff, mypy and the layering rules (tests/test_static.py).
+check: deps
+	$(PYTHON) -m pytest
+
+test:
+	$(PYTHON) -m pytest
+
+lint:
+	$(RUFF) check .
+	$(RUFF) format --check .
+	$(PYTHON) -m mypy
+
+bench: deps
+	$(PYTHON) bench/run.py
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

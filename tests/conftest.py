@@ -1,0 +1,61 @@
+"""Shared fixtures. Tests use real tools and real kernels; in CI (CI=true) a missing one fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require(condition: object, why: str) -> None:
+    """Skip when `condition` is false; in CI, fail instead: CI must run every test."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"required in CI: {why}")
+        pytest.skip(why)
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    require(path, f"{name} is not installed (scripts/install-deps installs it)")
+    assert path is not None
+    return path
+
+
+def require_root() -> None:
+    require(os.geteuid() == 0, "needs root")
+
+
+@pytest.fixture(scope="session")
+def debian_kernels() -> dict[str, Path]:
+    """The two real Debian cloud kernels, unpacked: {kver: dir with boot/, lib/modules/, usr/src/}."""
+    proc = subprocess.run(
+        [str(REPO / "scripts" / "fetch-debian-kernels")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    require(proc.returncode == 0, f"cannot fetch the Debian kernels: {proc.stderr.strip()}")
+    kernels = {}
+    for line in proc.stdout.splitlines():
+        kver, path = line.split("\t")
+        kernels[kver] = Path(path)
+    return kernels
+
+
+@pytest.fixture(scope="session")
+def old_kernel(debian_kernels: dict[str, Path]) -> tuple[str, Path]:
+    kver = min(debian_kernels)
+    return kver, debian_kernels[kver]
+
+
+@pytest.fixture(scope="session")
+def new_kernel(debian_kernels: dict[str, Path]) -> tuple[str, Path]:
+    kver = max(debian_kernels)
+    return kver, debian_kernels[kver]

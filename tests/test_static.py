@@ -1,0 +1,128 @@
+"""Static checks run as tests: ruff, mypy, and the layering rules of STYLE.md."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, require
+
+PACKAGE = REPO / "weak_bpf"
+
+# Modules that must stay free of I/O and side effects.
+PURE = ("weak_bpf.parsers", "weak_bpf.versions")
+# Imports a pure module may not make (I/O, processes, logging, the outside world).
+IMPURE_IMPORTS = {
+    "os",
+    "pathlib",
+    "subprocess",
+    "shutil",
+    "tempfile",
+    "logging",
+    "socket",
+    "fcntl",
+    "glob",
+    "io",
+    "mmap",
+    "signal",
+    "threading",
+    "multiprocessing",
+    "rpm",
+    "systemd",
+    "pydbus",
+    "gi",
+}
+IMPURE_CALLS = {"open", "print", "input", "exit", "quit"}
+# Only these modules may import the CLI.
+CLI_USERS = {"weak_bpf.__main__", "weak_bpf.cli"}
+
+
+def _ruff() -> str:
+    cache = os.environ.get("WEAK_BPF_DEV_CACHE") or str(
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "weak-bpf-progs-dev"
+    )
+    for candidate in (os.environ.get("RUFF"), "/usr/bin/ruff", f"{cache}/tools/bin/ruff"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    from shutil import which
+
+    found = which("ruff")
+    require(found, "ruff is not installed (scripts/install-deps installs it)")
+    assert found
+    return found
+
+
+def _modules() -> dict[str, ast.Module]:
+    modules = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(REPO).with_suffix("")
+        name = ".".join(rel.parts).removesuffix(".__init__")
+        modules[name] = ast.parse(path.read_bytes(), filename=str(path))
+    return modules
+
+
+def _imports(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_ruff_check() -> None:
+    proc = subprocess.run(
+        [_ruff(), "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_format() -> None:
+    proc = subprocess.run(
+        [_ruff(), "format", "--check", "--no-cache", "."],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_mypy() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("module", sorted(m for m in _modules() if m.startswith(PURE)))
+def test_pure_modules_do_no_io(module: str) -> None:
+    tree = _modules()[module]
+    bad = {name for name in _imports(tree) if name.split(".")[0] in IMPURE_IMPORTS}
+    assert not bad, f"{module} imports {sorted(bad)}"
+    calls = {
+        node.func.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
+    assert not calls & IMPURE_CALLS, f"{module} calls {sorted(calls & IMPURE_CALLS)}"
+    internal = {n for n in _imports(tree) if n.startswith("weak_bpf.")}
+    allowed = ("weak_bpf.errors", *PURE)
+    assert all(n.startswith(allowed) for n in internal), f"{module} imports {sorted(internal)}"
+
+
+def test_only_entry_points_import_the_cli() -> None:
+    for module, tree in _modules().items():
+        if module not in CLI_USERS:
+            assert not any(n.startswith("weak_bpf.cli") for n in _imports(tree)), module

@@ -1,0 +1,5 @@
+import sys
+
+from weak_bpf.cli import main
+
+sys.exit(main())
