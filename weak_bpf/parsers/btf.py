@@ -1,0 +1,860 @@
+"""BTF reader: raw blobs and ELF `.BTF` sections, both byte orders, split BTF on a base.
+
+Layout of a blob (include/uapi/linux/btf.h): a header, then, at offsets relative to the header's
+end, the type section (u32 words), an optional layout section and the string section.
+
+Header: hdr_len 24 is the classic header; 32 adds layout_off/layout_len (kernel 7.1+), whose
+layout section gives each kind's record sizes (struct btf_layout: u8 info_sz, u8 elem_sz, u16
+flags), so that kinds unknown here (> 19) can be skipped; they decode as Kind.UNKN. A hdr_len
+between 24 and 32 is read as 24; fields past 32 are ignored (forward compatible, as libbpf).
+The info word is read with the 7.1 masks (vlen 24 bits, kind 7 bits): older BTF kept those
+bits zero.
+
+Speed: `from_bytes` validates the header and walks the type section once, keeping each type's word
+offset and name offset; nothing is decoded. `type(id)` decodes one type and caches it. The
+name index behind `find` is built on first use from C-speed primitives (split, accumulate, sort,
+bisect), never by decoding types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+import sys
+from array import array
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from itertools import accumulate, repeat
+from operator import add, itemgetter, lshift, or_
+
+from weak_bpf.errors import BTFError
+
+
+class Kind(enum.IntEnum):
+    UNKN = 0
+    INT = 1
+    PTR = 2
+    ARRAY = 3
+    STRUCT = 4
+    UNION = 5
+    ENUM = 6
+    FWD = 7
+    TYPEDEF = 8
+    VOLATILE = 9
+    CONST = 10
+    RESTRICT = 11
+    FUNC = 12
+    FUNC_PROTO = 13
+    VAR = 14
+    DATASEC = 15
+    FLOAT = 16
+    DECL_TAG = 17
+    TYPE_TAG = 18
+    ENUM64 = 19
+
+
+class Linkage(enum.IntEnum):
+    """FUNC linkage (vlen) and VAR linkage share these values."""
+
+    STATIC = 0
+    GLOBAL = 1
+    EXTERN = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    name: str
+    type: int
+    bit_offset: int
+    bitfield_size: int = 0  # 0 unless the struct's kind_flag is set and the member is a bitfield
+
+
+@dataclasses.dataclass(frozen=True)
+class EnumValue:
+    name: str
+    value: int  # signed or unsigned per the enum's kind_flag; ENUM64 values are joined
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    name: str  # "" for a prototype's unnamed params
+    type: int  # 0 on the last param means "..." (varargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class VarSecInfo:
+    type: int
+    offset: int
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Type:
+    """One decoded BTF type. Fields that do not apply to a kind keep their defaults.
+
+    A kind this reader does not know (> 19, skipped thanks to the layout section) decodes as
+    Kind.UNKN with its name, kind_flag, vlen and its third word in `size`.
+    """
+
+    id: int
+    kind: Kind
+    name: str
+    kind_flag: bool = False
+    vlen: int = 0
+    size: int = 0  # INT STRUCT UNION ENUM ENUM64 DATASEC FLOAT
+    type: int = (
+        0  # PTR TYPEDEF VOLATILE CONST RESTRICT FUNC FUNC_PROTO(return) VAR DECL_TAG TYPE_TAG
+    )
+    # INT
+    int_encoding: int = 0  # bit 0 SIGNED, bit 1 CHAR, bit 2 BOOL
+    int_offset: int = 0
+    int_bits: int = 0
+    # ARRAY
+    elem_type: int = 0
+    index_type: int = 0
+    nelems: int = 0
+    # STRUCT UNION
+    members: tuple[Member, ...] = ()
+    # ENUM ENUM64
+    values: tuple[EnumValue, ...] = ()
+    # FUNC_PROTO
+    params: tuple[Param, ...] = ()
+    # FUNC (from vlen) and VAR
+    linkage: int = 0
+    # DATASEC
+    secinfos: tuple[VarSecInfo, ...] = ()
+    # DECL_TAG: -1 tags the type itself, else a member or param index
+    component_idx: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class KindLayout:
+    """One entry of the layout section: bytes after the 12-byte type header, and per vlen item."""
+
+    info_size: int
+    elem_size: int
+    flags: int = 0
+
+
+MAGIC = 0xEB9F
+VERSION = 1
+HEADER_LEN = 24  # magic..str_len
+HEADER_LEN_LAYOUT = 32  # + layout_off, layout_len (kernel 7.1+)
+ELF_MAGIC = b"\x7fELF"
+
+# The info word: bits 0-23 vlen, 24-30 kind, 31 kind_flag. Before kernel 7.1 vlen had 16 bits
+# and kind 5; the bits in between were required to be zero, so the wide masks read old BTF too.
+_VLEN_MASK = 0xFFFFFF
+_KIND_MASK = 0x7F
+_NR_KINDS = _KIND_MASK + 1
+
+# Words a type takes: header (3) + a fixed part, plus some words per vlen item.
+_KNOWN_FIXED = (3, 4, 3, 6, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 4, 3, 3, 4, 3, 3)
+_KNOWN_PER_VLEN = (0, 0, 0, 0, 3, 3, 2, 0, 0, 0, 0, 0, 0, 2, 0, 3, 0, 0, 0, 3)
+# A step that ends the walk: marks a kind whose size is unknown (checked after the loop).
+_UNSIZED = 1 << 40
+_KIND_OF = tuple(Kind(k) if k < len(_KNOWN_FIXED) else Kind.UNKN for k in range(_NR_KINDS))
+
+_WORD = "I" if array("I").itemsize == 4 else "L"
+_NATIVE = sys.byteorder
+_U32 = 0xFFFFFFFF
+_NAME_SHIFT = 32  # name index keys: name_off << 32 | own index
+
+_WITH_SIZE = frozenset(
+    {Kind.INT, Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.ENUM64, Kind.DATASEC, Kind.FLOAT}
+)
+_MODIFIERS = frozenset({Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG})
+_SIZE_THROUGH = _MODIFIERS | {Kind.VAR, Kind.DECL_TAG}
+_LONG_NAMES = ("long", "long int", "unsigned long", "long unsigned int")
+
+
+def _s32(value: int) -> int:
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _gather(words: array, indexes: Sequence[int]) -> tuple[int, ...]:
+    """words[i] for every i in indexes, at C speed."""
+    if len(indexes) >= 2:
+        return tuple(itemgetter(*indexes)(words))
+    return tuple(words[i] for i in indexes)
+
+
+class _Steps(dict[int, int]):
+    """info word -> words the type takes; filled on first sight of each info value."""
+
+    def __init__(self, fixed: list[int], per_vlen: list[int]) -> None:
+        super().__init__()
+        self._fixed = fixed
+        self._per_vlen = per_vlen
+
+    def __missing__(self, info: int) -> int:
+        top = info >> 24
+        step = self._fixed[top] + self._per_vlen[top] * (info & _VLEN_MASK)
+        self[info] = step
+        return step
+
+
+class BTF:
+    """A parsed BTF blob. Cheap to build: only offsets, kinds and name offsets are read up front;
+    `type(id)` decodes one type on demand and caches it.
+
+    Type ids: 0 is void. A base BTF owns ids 1..nr_types-1. A split BTF (module BTF) owns ids
+    start_id..nr_types-1, where start_id == base.nr_types, and looks up lower ids in its base.
+    String offsets of a split BTF continue after the base's strings, as in the kernel.
+    """
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, base: BTF | None = None, source: str | None = None) -> BTF:
+        """Parse a raw BTF blob, or an ELF file with a `.BTF` section. Raises BTFError.
+
+        `data` may be any bytes-like object (bytes, memoryview, mmap); only the type and string
+        sections are copied.
+        """
+        try:
+            return cls._from_view(memoryview(data), base, source)
+        except BTFError as err:
+            # Drop the frames that still hold views of `data`, so that a caller can close an
+            # mmap right after the error.
+            raise err.with_traceback(None) from None
+
+    @classmethod
+    def _from_view(cls, view: memoryview, base: BTF | None, source: str | None) -> BTF:
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        blob_at = 0
+        if view[:4] == ELF_MAGIC:
+            blob_at, size = _elf_btf_section(view, source)
+            view = view[blob_at : blob_at + size]
+        btf = cls.__new__(cls)
+        btf._parse(view, base, source, blob_at)
+        return btf
+
+    byteorder: str  # "little" or "big"
+    start_id: int
+    nr_types: int  # one past the last valid id, base included
+    base: BTF | None
+    _str_end: int  # one past the last string offset, base included
+
+    # --- parsing -------------------------------------------------------------------------
+
+    def _parse(self, view: memoryview, base: BTF | None, source: str | None, at: int) -> None:
+        self.source = source
+        self.base = base
+        self._at = at
+        size = len(view)
+        if size < HEADER_LEN:
+            raise self._error(f"{size} bytes are too few for a BTF header", 0)
+        magic_le = view[0] | view[1] << 8
+        if magic_le == MAGIC:
+            self.byteorder, order = "little", "<"
+        elif magic_le == 0x9FEB:
+            self.byteorder, order = "big", ">"
+        else:
+            raise self._error(
+                f"bad BTF magic {bytes(view[:2]).hex()}",
+                0,
+                hint="expected eb9f (little-endian) or 9feb (big-endian) BTF, or an ELF file",
+            )
+        self.version, self.flags = view[2], view[3]
+        if self.version != VERSION:
+            raise self._error(f"unsupported BTF version {self.version}", 2)
+        hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(order + "5I", view, 4)
+        if hdr_len < HEADER_LEN:
+            raise self._error(f"BTF header length {hdr_len} is below {HEADER_LEN}", 4)
+        if hdr_len > size:
+            raise self._error(f"BTF header length {hdr_len} exceeds the data ({size} bytes)", 4)
+        # hdr_len 32 adds the layout section. Lengths between 24 and 32 carry no complete
+        # layout fields and are read as 24; bytes past 32 are fields this reader does not know,
+        # ignored as libbpf does (forward compatible).
+        layout_off = layout_len = 0
+        if hdr_len >= HEADER_LEN_LAYOUT:
+            layout_off, layout_len = struct.unpack_from(order + "2I", view, HEADER_LEN)
+        self.hdr_len = hdr_len
+        body = size - hdr_len
+        if str_off + str_len > body:
+            raise self._error(
+                f"string section {str_off}+{str_len} runs past the data ({body} bytes)", 16
+            )
+        if type_off + type_len > str_off:
+            raise self._error(
+                f"type section {type_off}+{type_len} overlaps the strings at {str_off}", 8
+            )
+        if type_off % 4 or type_len % 4:
+            raise self._error(f"type section {type_off}+{type_len} is not 4-byte aligned", 8)
+        if layout_len:
+            if layout_off % 4 or layout_len % 4:
+                raise self._error(
+                    f"layout section {layout_off}+{layout_len} is not 4-byte aligned", 24
+                )
+            if layout_off < type_off + type_len or layout_off + layout_len > str_off:
+                raise self._error(
+                    f"layout section {layout_off}+{layout_len} is not between the type section "
+                    f"and the strings",
+                    24,
+                )
+        self.type_offset = hdr_len + type_off  # where the type section starts in the blob
+        strings = bytes(view[hdr_len + str_off : hdr_len + str_off + str_len])
+        if strings:
+            if strings[-1] != 0:
+                raise self._error("the string section does not end with NUL", hdr_len + str_off)
+            if base is None and strings[0] != 0:
+                raise self._error(
+                    "the string section does not start with an empty string",
+                    hdr_len + str_off,
+                    hint="this looks like split BTF (module BTF): give its vmlinux as the base",
+                )
+        elif base is None:
+            raise self._error("empty string section", 16)
+        self._strings = strings
+        self._str_start = base._str_end if base is not None else 0
+        self._str_end = self._str_start + len(strings)
+        self._layout = self._read_layout(view, order, hdr_len + layout_off, layout_len)
+        self.start_id = base.nr_types if base is not None else 1
+        words = array(_WORD)
+        words.frombytes(view[self.type_offset : self.type_offset + type_len])
+        if self.byteorder != _NATIVE:
+            words.byteswap()
+        self._words = words
+        self._offs = self._walk(words)
+        self.nr_types = self.start_id + len(self._offs)
+        self._name_offs = _gather(words, self._offs)
+        if self._name_offs and max(self._name_offs) >= self._str_end:
+            bad = next(i for i, off in enumerate(self._name_offs) if off >= self._str_end)
+            raise self._error(
+                f"type [{self.start_id + bad}] has name offset {self._name_offs[bad]} past the "
+                f"strings ({self._str_end} bytes)",
+                self._word_at(self._offs[bad]),
+            )
+        self._types: dict[int, Type] = {}
+        self._str_cache: dict[int, str] = {}
+        self._name_keys: list[int] | None = None
+        self._str_first: dict[bytes, int] | None = None
+        self._str_more: dict[bytes, list[int]] = {}
+        self._str_starts: list[int] | None = None
+        self._by_kind: dict[int, tuple[int, ...]] | None = None
+        self._tags: dict[int, list[int]] | None = None
+        self._ptr_size: int | None = None
+
+    def _read_layout(
+        self, view: memoryview, order: str, at: int, length: int
+    ) -> tuple[KindLayout, ...]:
+        entries = []
+        for pos in range(at, at + length, 4):
+            info_size, elem_size, flags = struct.unpack_from(order + "BBH", view, pos)
+            entries.append(KindLayout(info_size, elem_size, flags))
+        return tuple(entries)
+
+    def _kind_tables(self) -> tuple[list[int], list[int]]:
+        """Words per kind (fixed, per vlen item), completed from the layout section."""
+        fixed = list(_KNOWN_FIXED) + [_UNSIZED] * (_NR_KINDS - len(_KNOWN_FIXED))
+        per_vlen = list(_KNOWN_PER_VLEN) + [0] * (_NR_KINDS - len(_KNOWN_PER_VLEN))
+        fixed[Kind.UNKN] = _UNSIZED
+        layout = self._layout
+        if not layout and self.base is not None:
+            layout = self.base.layout  # a split BTF shares its base's layout, as in libbpf
+        for kind, entry in enumerate(layout[:_NR_KINDS]):
+            if fixed[kind] != _UNSIZED:
+                continue  # known kinds keep their fixed encoding
+            if entry.info_size % 4 == 0 and entry.elem_size % 4 == 0:
+                fixed[kind] = 3 + entry.info_size // 4
+                per_vlen[kind] = entry.elem_size // 4
+        return fixed, per_vlen
+
+    def _walk(self, words: array) -> array:
+        """Word offset of every type.
+
+        The loop is the hot path of indexing: a step cache keyed by the info word, no bound
+        check (running off the end raises IndexError), and the checks done once afterwards. A
+        record that overruns the section, or a kind of unknown size, ends with `at` != the end.
+        """
+        fixed, per_vlen = self._kind_tables()
+        steps = _Steps(fixed + fixed, per_vlen + per_vlen)  # indexed by info >> 24 (kind_flag too)
+        infos = words[1:]  # infos[at] is the info word of the type at word `at`
+        offs = array(_WORD)
+        append = offs.append
+        at = 0
+        try:
+            while True:
+                append(at)
+                at += steps[infos[at]]
+        except IndexError:
+            offs.pop()  # the `at` that found no type
+        except OverflowError:
+            pass  # `at` left the 32-bit range (an unsized kind): it was not appended
+        end = len(words)
+        if at != end:
+            last = offs[-1] if offs else 0
+            tid = self.start_id + len(offs) - 1
+            if not offs:
+                tid, last = self.start_id, at
+            elif last + 2 < end:
+                kind = words[last + 1] >> 24 & _KIND_MASK
+                if fixed[kind] == _UNSIZED:
+                    raise self._error(
+                        f"type [{tid}] has kind {kind}, unknown to this reader and not described "
+                        f"by a layout section",
+                        self._word_at(last),
+                    )
+            raise self._error(
+                f"type [{tid}] runs past the end of the type section", self._word_at(last)
+            )
+        return offs
+
+    def _word_at(self, word: int) -> int:
+        return self.type_offset + 4 * word
+
+    def _error(self, message: str, offset: int, hint: str | None = None) -> BTFError:
+        return BTFError(message, source=self.source, offset=self._at + offset, hint=hint)
+
+    # --- properties of the blob ----------------------------------------------------------
+
+    @property
+    def layout(self) -> tuple[KindLayout, ...]:
+        """The layout section's entries (kind -> sizes); () without one."""
+        return self._layout
+
+    @property
+    def strings_size(self) -> int:
+        """One past the last string offset, base included."""
+        return self._str_end
+
+    def own_ids(self) -> range:
+        """The ids this blob defines (excluding the base's)."""
+        return range(self.start_id, self.nr_types)
+
+    # --- per-type access -----------------------------------------------------------------
+
+    def _own_index(self, type_id: int) -> int:
+        index = type_id - self.start_id
+        if index < 0 or type_id >= self.nr_types:
+            raise BTFError(
+                f"type id {type_id} is out of range (1..{self.nr_types - 1})", source=self.source
+            )
+        return index
+
+    def raw_kind(self, type_id: int) -> int:
+        """The kind number as encoded (kinds above 19 included)."""
+        if type_id == 0:
+            return 0
+        if 0 < type_id < self.start_id and self.base is not None:
+            return self.base.raw_kind(type_id)
+        off = self._offs[self._own_index(type_id)]
+        return self._words[off + 1] >> 24 & _KIND_MASK
+
+    def kind(self, type_id: int) -> Kind:
+        """The kind of a type, without decoding it."""
+        return _KIND_OF[self.raw_kind(type_id)]
+
+    def name(self, type_id: int) -> str:
+        """The name of a type, without decoding it ("" for anonymous types and void)."""
+        if type_id == 0:
+            return ""
+        if 0 < type_id < self.start_id and self.base is not None:
+            return self.base.name(type_id)
+        return self.string(self._name_offs[self._own_index(type_id)])
+
+    def string(self, offset: int) -> str:
+        """The string at `offset` in the (possibly base-continued) string section."""
+        cached = self._str_cache.get(offset)
+        if cached is not None:
+            return cached
+        if offset < self._str_start and self.base is not None:
+            return self.base.string(offset)
+        rel = offset - self._str_start
+        if rel < 0 or offset >= self._str_end:
+            raise BTFError(
+                f"string offset {offset} is outside the strings (0..{self._str_end - 1})",
+                source=self.source,
+            )
+        end = self._strings.index(b"\0", rel)  # the section ends with NUL
+        text = self._strings[rel:end].decode("utf-8", "replace")
+        self._str_cache[offset] = text
+        return text
+
+    def type(self, type_id: int) -> Type:
+        """Decode type `type_id` (own or base). Raises BTFError for an id out of range."""
+        cached = self._types.get(type_id)
+        if cached is not None:
+            return cached
+        if type_id == 0:
+            return Type(id=0, kind=Kind.UNKN, name="")
+        if 0 < type_id < self.start_id and self.base is not None:
+            return self.base.type(type_id)
+        at = self._offs[self._own_index(type_id)]
+        try:
+            decoded = self._decode(type_id, at)
+        except BTFError as err:
+            err.offset = self._at + self._word_at(at)
+            raise
+        self._types[type_id] = decoded
+        return decoded
+
+    def _decode(self, tid: int, at: int) -> Type:
+        w = self._words
+        name_off, info, size_or_type = w[at], w[at + 1], w[at + 2]
+        raw_kind = info >> 24 & _KIND_MASK
+        kind = _KIND_OF[raw_kind]
+        vlen = info & _VLEN_MASK
+        kflag = bool(info >> 31)
+        name = self.string(name_off)
+        s = self.string
+        x = at + 3  # first word after the header
+        if kind == Kind.UNKN:
+            return Type(tid, kind, name, kflag, vlen, size=size_or_type)
+        if kind == Kind.INT:
+            enc = w[x]
+            return Type(
+                tid,
+                kind,
+                name,
+                kflag,
+                vlen,
+                size=size_or_type,
+                int_encoding=enc >> 24 & 0x0F,
+                int_offset=enc >> 16 & 0xFF,
+                int_bits=enc & 0xFF,
+            )
+        if kind in (Kind.STRUCT, Kind.UNION):
+            if kflag:
+                members = tuple(
+                    Member(s(w[i]), w[i + 1], w[i + 2] & 0xFFFFFF, w[i + 2] >> 24)
+                    for i in range(x, x + 3 * vlen, 3)
+                )
+            else:
+                members = tuple(
+                    Member(s(w[i]), w[i + 1], w[i + 2]) for i in range(x, x + 3 * vlen, 3)
+                )
+            return Type(tid, kind, name, kflag, vlen, size=size_or_type, members=members)
+        if kind == Kind.ENUM:
+            values = tuple(
+                EnumValue(s(w[i]), _s32(w[i + 1]) if kflag else w[i + 1])
+                for i in range(x, x + 2 * vlen, 2)
+            )
+            return Type(tid, kind, name, kflag, vlen, size=size_or_type, values=values)
+        if kind == Kind.ENUM64:
+            values64 = []
+            for i in range(x, x + 3 * vlen, 3):
+                value = w[i + 2] << 32 | w[i + 1]
+                if kflag and value >> 63:
+                    value -= 1 << 64
+                values64.append(EnumValue(s(w[i]), value))
+            return Type(tid, kind, name, kflag, vlen, size=size_or_type, values=tuple(values64))
+        if kind == Kind.ARRAY:
+            return Type(
+                tid, kind, name, kflag, vlen, elem_type=w[x], index_type=w[x + 1], nelems=w[x + 2]
+            )
+        if kind == Kind.FUNC_PROTO:
+            params = tuple(Param(s(w[i]), w[i + 1]) for i in range(x, x + 2 * vlen, 2))
+            return Type(tid, kind, name, kflag, vlen, type=size_or_type, params=params)
+        if kind == Kind.DATASEC:
+            secinfos = tuple(
+                VarSecInfo(w[i], w[i + 1], w[i + 2]) for i in range(x, x + 3 * vlen, 3)
+            )
+            return Type(tid, kind, name, kflag, vlen, size=size_or_type, secinfos=secinfos)
+        if kind == Kind.FUNC:
+            return Type(tid, kind, name, kflag, vlen, type=size_or_type, linkage=vlen)
+        if kind == Kind.VAR:
+            return Type(tid, kind, name, kflag, vlen, type=size_or_type, linkage=w[x])
+        if kind == Kind.DECL_TAG:
+            return Type(tid, kind, name, kflag, vlen, type=size_or_type, component_idx=_s32(w[x]))
+        if kind == Kind.FLOAT:
+            return Type(tid, kind, name, kflag, vlen, size=size_or_type)
+        # PTR FWD TYPEDEF VOLATILE CONST RESTRICT TYPE_TAG
+        return Type(tid, kind, name, kflag, vlen, type=size_or_type)
+
+    def __iter__(self) -> Iterator[Type]:
+        """Decode every own type, in id order."""
+        for type_id in self.own_ids():
+            yield self.type(type_id)
+
+    # --- name index ----------------------------------------------------------------------
+
+    def find(self, name: str, kind: Kind | None = None) -> tuple[int, ...]:
+        """Ids of all types named `name` (of `kind`, if given), own types first, then the base's."""
+        keys = self._name_index()
+        found: list[int] = []
+        for off in self._offsets_of(name.encode("utf-8", "surrogatepass")):
+            lo = bisect_left(keys, off << _NAME_SHIFT)
+            hi = bisect_left(keys, (off + 1) << _NAME_SHIFT, lo)
+            found.extend(key & _U32 for key in keys[lo:hi])
+        found.sort()
+        start = self.start_id
+        ids = [start + index for index in found]
+        if kind is not None:
+            ids = [tid for tid in ids if self.kind(tid) == kind]
+        if self.base is not None:
+            ids.extend(self.base.find(name, kind))
+        return tuple(ids)
+
+    def _name_index(self) -> list[int]:
+        """Sorted `name_off << 32 | own index` keys: the ids of one name are a contiguous run."""
+        if self._name_keys is None:
+            keys = list(
+                map(
+                    or_,
+                    map(lshift, self._name_offs, repeat(_NAME_SHIFT)),
+                    range(len(self._name_offs)),
+                )
+            )
+            keys.sort()
+            self._name_keys = keys
+        return self._name_keys
+
+    def _string_index(self) -> dict[bytes, int]:
+        """String -> its first offset in this blob's own string section (built once)."""
+        if self._str_first is None:
+            parts = self._strings.split(b"\0")
+            parts.pop()  # the piece after the final NUL
+            starts = list(accumulate(map(add, map(len, parts), repeat(1)), initial=self._str_start))
+            starts.pop()
+            first = dict(zip(reversed(parts), reversed(starts)))
+            if len(first) < len(parts):  # duplicate strings: rare, keep every offset
+                for text, count in Counter(parts).items():
+                    if count > 1:
+                        self._str_more[text] = []
+                for text, off in zip(parts, starts):
+                    more = self._str_more.get(text)
+                    if more is not None and first[text] != off:
+                        more.append(off)
+            self._str_starts = starts
+            self._str_first = first
+            self._index_inner_names(starts)
+        return self._str_first
+
+    def _index_inner_names(self, starts: list[int]) -> None:
+        """Name offsets that are no string's start (legal, rare: they point into a string, or
+        into the base's strings) are indexed one by one."""
+        base = self.base
+        for off in sorted(set(self._name_offs).difference(starts)):
+            if off < self._str_start:
+                if base is None or base._is_string_start(off):
+                    continue  # the base's own index covers it
+                text = base.string(off).encode("utf-8", "surrogatepass")
+            else:
+                rel = off - self._str_start
+                text = self._strings[rel : self._strings.index(b"\0", rel)]
+            self._str_more.setdefault(text, []).append(off)
+
+    def _is_string_start(self, off: int) -> bool:
+        if off < self._str_start:
+            return self.base is not None and self.base._is_string_start(off)
+        self._string_index()
+        assert self._str_starts is not None
+        pos = bisect_left(self._str_starts, off)
+        return pos < len(self._str_starts) and self._str_starts[pos] == off
+
+    def _offsets_of(self, text: bytes) -> list[int]:
+        """Every string offset, in this blob's strings or its bases', that reads `text`."""
+        offsets = []
+        first = self._string_index().get(text)
+        if first is not None:
+            offsets.append(first)
+        offsets.extend(self._str_more.get(text, ()))
+        if self.base is not None:
+            offsets.extend(self.base._offsets_of(text))
+        return offsets
+
+    def ids_of_kind(self, kind: Kind) -> tuple[int, ...]:
+        """Own ids of one kind, in id order (from an index built on first use)."""
+        if self._by_kind is None:
+            infos = _gather(self._words, [at + 1 for at in self._offs])
+            by_kind: dict[int, list[int]] = {}
+            start = self.start_id
+            for index, info in enumerate(infos):
+                raw = info >> 24 & _KIND_MASK
+                ids = by_kind.get(raw)
+                if ids is None:
+                    by_kind[raw] = [start + index]
+                else:
+                    ids.append(start + index)
+            self._by_kind = {raw: tuple(ids) for raw, ids in by_kind.items()}
+        return self._by_kind.get(int(kind), ())
+
+    def decl_tags(self, type_id: int) -> tuple[Type, ...]:
+        """DECL_TAG types that tag `type_id` (any component), from an index built on first use."""
+        if self._tags is None:
+            tags: dict[int, list[int]] = {}
+            for tag_id in self.ids_of_kind(Kind.DECL_TAG):
+                target = self._words[self._offs[tag_id - self.start_id] + 2]
+                tags.setdefault(target, []).append(tag_id)
+            self._tags = tags
+        found = self.base.decl_tags(type_id) if self.base is not None else ()
+        return found + tuple(self.type(tag) for tag in self._tags.get(type_id, ()))
+
+    # --- following types -----------------------------------------------------------------
+
+    def _check_id(self, type_id: int) -> None:
+        if not 0 <= type_id < self.nr_types:
+            raise BTFError(
+                f"type id {type_id} is out of range (0..{self.nr_types - 1})", source=self.source
+            )
+
+    def resolve(self, type_id: int) -> int:
+        """Skip TYPEDEF, VOLATILE, CONST, RESTRICT and TYPE_TAG; return the id underneath."""
+        seen = set()
+        self._check_id(type_id)
+        while self.kind(type_id) in _MODIFIERS:
+            if type_id in seen:
+                raise BTFError(f"type [{type_id}] refers to itself", source=self.source)
+            seen.add(type_id)
+            type_id = self.type(type_id).type
+            self._check_id(type_id)
+        return type_id
+
+    def type_size(self, type_id: int) -> int:
+        """Byte size of a type, following modifiers, typedefs, arrays and pointers, as libbpf's
+        btf__resolve_size does. Raises BTFError where a type has no size (void, FUNC, FWD)."""
+        seen = set()
+        nelems = 1
+        start = type_id
+        while True:
+            self._check_id(type_id)
+            if type_id in seen:
+                raise BTFError(f"type [{start}] has a reference loop", source=self.source)
+            seen.add(type_id)
+            t = self.type(type_id)
+            kind = t.kind
+            if type_id == 0 or kind == Kind.UNKN:
+                raise BTFError(f"type [{start}] has no size (void)", source=self.source)
+            if kind in _WITH_SIZE:
+                size = t.size
+                break
+            if kind == Kind.PTR:
+                size = self.pointer_size()
+                break
+            if kind in _SIZE_THROUGH:
+                type_id = t.type
+            elif kind == Kind.ARRAY:
+                nelems *= t.nelems
+                if nelems > _U32:
+                    raise BTFError(f"type [{start}] is too large", source=self.source)
+                type_id = t.elem_type
+            else:
+                raise BTFError(
+                    f"type [{start}] ({kind.name} [{type_id}]) has no size", source=self.source
+                )
+        if nelems * size > _U32:
+            raise BTFError(f"type [{start}] is too large", source=self.source)
+        return nelems * size
+
+    def pointer_size(self) -> int:
+        """Pointer size of the target: the size of its `long`, else 8 (as libbpf guesses)."""
+        if self._ptr_size is None:
+            self._ptr_size = 8
+            for name in _LONG_NAMES:
+                sizes = [self.type(tid).size for tid in self.find(name, Kind.INT)]
+                if sizes and sizes[0] in (4, 8):
+                    self._ptr_size = sizes[0]
+                    break
+        return self._ptr_size
+
+    # --- writing -------------------------------------------------------------------------
+
+    def to_bytes(self, byteorder: str | None = None) -> bytes:
+        """This blob's own part as raw BTF in `byteorder` (default: as read), laid out
+        canonically: header, types, layout, strings. Split BTF stays split."""
+        byteorder = byteorder or self.byteorder
+        if byteorder not in ("little", "big"):
+            raise ValueError(f"byteorder must be 'little' or 'big', not {byteorder!r}")
+        order = "<" if byteorder == "little" else ">"
+        words = array(_WORD, self._words)
+        if byteorder != _NATIVE:
+            words.byteswap()
+        types = words.tobytes()
+        layout = b"".join(
+            struct.pack(order + "BBH", e.info_size, e.elem_size, e.flags) for e in self._layout
+        )
+        hdr_len = HEADER_LEN_LAYOUT if self._layout or self.hdr_len >= 32 else HEADER_LEN
+        header = struct.pack(
+            order + "HBBIIIII",
+            MAGIC,
+            self.version,
+            self.flags,
+            hdr_len,
+            0,
+            len(types),
+            len(types) + len(layout),
+            len(self._strings),
+        )
+        if hdr_len == HEADER_LEN_LAYOUT:
+            header += struct.pack(order + "II", len(types) if layout else 0, len(layout))
+        return header + types + layout + self._strings
+
+
+# --- ELF -----------------------------------------------------------------------------------
+
+
+def _elf_btf_section(view: memoryview, source: str | None) -> tuple[int, int]:
+    """Offset and size of the `.BTF` section of an ELF file (either class, either byte order)."""
+
+    def fail(message: str, offset: int, hint: str | None = None) -> BTFError:
+        return BTFError(message, source=source, offset=offset, hint=hint)
+
+    size = len(view)
+    if size < 0x34:
+        raise fail("ELF header is truncated", 0)
+    elf_class, elf_data = view[4], view[5]
+    if elf_data not in (1, 2):
+        raise fail(f"bad ELF data encoding {elf_data}", 5)
+    order = "<" if elf_data == 1 else ">"
+    if elf_class == 2:
+        if size < 0x40:
+            raise fail("ELF header is truncated", 0)
+        (shoff,) = struct.unpack_from(order + "Q", view, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from(order + "3H", view, 0x3A)
+        sh_format, sh_min = order + "IIQQQQI", 0x40
+    elif elf_class == 1:
+        (shoff,) = struct.unpack_from(order + "I", view, 0x20)
+        shentsize, shnum, shstrndx = struct.unpack_from(order + "3H", view, 0x2E)
+        sh_format, sh_min = order + "IIIIIII", 0x28
+    else:
+        raise fail(f"bad ELF class {elf_class}", 4)
+
+    def section(index: int) -> tuple[int, int, int, int, int]:
+        """name, type, flags, offset, size and link of section `index`."""
+        at = shoff + index * shentsize
+        if at + sh_min > size:
+            raise fail(f"ELF section header {index} is outside the file", at)
+        name, sh_type, flags, _addr, offset, sh_size, link = struct.unpack_from(sh_format, view, at)
+        del link
+        return name, sh_type, flags, offset, sh_size
+
+    if shoff == 0 or shentsize < sh_min:
+        raise fail("ELF file has no section headers", 0x20)
+    if shnum == 0:  # extended numbering: the count is in section 0
+        shnum = section(0)[4]
+    if shstrndx == 0xFFFF:  # SHN_XINDEX: the index is section 0's sh_link
+        at = shoff + (0x28 if elf_class == 2 else 0x18)
+        if at + 4 > size:
+            raise fail("ELF section header 0 is outside the file", shoff)
+        (shstrndx,) = struct.unpack_from(order + "I", view, at)
+    if shoff + shnum * shentsize > size:
+        raise fail(f"ELF section headers ({shnum} at {shoff:#x}) run past the file", 0x20)
+    if shstrndx >= shnum:
+        raise fail(f"ELF section name table index {shstrndx} is out of range", 0x3E)
+    _n, _t, _f, names_at, names_size = section(shstrndx)
+    if names_at + names_size > size:
+        raise fail("ELF section name table runs past the file", shoff + shstrndx * shentsize)
+    wanted = b".BTF\0"
+    for index in range(shnum):
+        name, sh_type, flags, offset, sh_size = section(index)
+        if name + len(wanted) > names_size:
+            continue
+        start = names_at + name
+        if view[start : start + len(wanted)] != wanted:
+            continue
+        where = shoff + index * shentsize
+        if sh_type == 8:  # SHT_NOBITS
+            raise fail("the .BTF section has no data (NOBITS)", where)
+        if flags & 0x800:  # SHF_COMPRESSED
+            raise fail("the .BTF section is compressed, which this reader does not support", where)
+        if offset + sh_size > size:
+            raise fail(f".BTF section {offset:#x}+{sh_size:#x} runs past the file", where)
+        return offset, sh_size
+    raise fail(
+        "ELF file has no .BTF section",
+        0,
+        hint="build the kernel or module with CONFIG_DEBUG_INFO_BTF, or pass a raw BTF file",
+    )
