@@ -1,0 +1,296 @@
+"""Find installed kernels and their artifacts under a root (SPEC §2). Reads; never writes.
+
+Every path is looked up below `root`, as in a chroot: an absolute symlink target is taken relative
+to the root, and a link whose target climbs above the root (through "..") counts as absent.
+Returned paths are resolved, absolute paths inside the root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from weak_bpf.errors import KernelNotFound
+from weak_bpf.versions import kernel_sort_key
+
+_MAX_LINKS = 40  # like the kernel's limit on nested symlinks
+
+SYMVERS_SUFFIXES = (".gz", ".xz", ".zst", "")
+BOOT_SYMVERS_SUFFIXES = (".gz", ".xz", "")
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+# kver suffixes (RHEL ".x86_64", Debian "-amd64") to the RPM architecture of kABI list names
+_ARCH_ALIASES = {
+    "x86_64": "x86_64",
+    "amd64": "x86_64",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+    "ppc64le": "ppc64le",
+    "ppc64el": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+
+
+class BtfSourceKind(str, enum.Enum):
+    """Where a kernel's BTF comes from, best first."""
+
+    SYSFS = "sysfs"  # sys/kernel/btf/vmlinux: raw BTF of the running kernel
+    VMLINUX = "vmlinux"  # an uncompressed vmlinux ELF with a .BTF section
+    VMLINUZ = "vmlinuz"  # the vmlinux inside the compressed image
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelArtifacts:
+    """What was found for one kernel; None (or empty) where nothing was."""
+
+    kver: str
+    root: Path
+    symvers: Path | None
+    image: Path | None
+    system_map: Path | None
+    config: Path | None
+    btf: Path | None
+    btf_source_kind: BtfSourceKind | None
+    modules: tuple[Path, ...]
+    modules_dep: Path | None
+    kabi_list: Path | None
+    arch: str | None
+
+    def relative(self, path: Path | None) -> str | None:
+        """`path` as shown to users: relative to the root."""
+        return None if path is None else str(path.relative_to(self.root))
+
+
+def resolve_in_root(root: Path, relative: str) -> Path | None:
+    """`root/relative` with symlinks resolved inside the root; None if absent or if a link leads
+    out of the root (or loops)."""
+    parts = [p for p in relative.split("/") if p not in ("", ".")]
+    parts.reverse()  # a stack: the next component is last
+    done: list[str] = []
+    links = 0
+    while parts:
+        part = parts.pop()
+        if part == "..":
+            if not done:
+                return None  # above the root
+            done.pop()
+            continue
+        here = root.joinpath(*done, part)
+        if not here.is_symlink():
+            if not os.path.lexists(here):
+                return None
+            done.append(part)
+            continue
+        links += 1
+        if links > _MAX_LINKS:
+            return None
+        target = os.readlink(here)
+        if target.startswith("/"):
+            done = []  # chroot semantics: absolute targets start at the root
+        parts.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
+    return root.joinpath(*done)
+
+
+def _file(root: Path, relative: str) -> Path | None:
+    path = resolve_in_root(root, relative)
+    return path if path is not None and path.is_file() else None
+
+
+def _dir(root: Path, relative: str) -> Path | None:
+    path = resolve_in_root(root, relative)
+    return path if path is not None and path.is_dir() else None
+
+
+def _first_file(root: Path, candidates: Iterable[str]) -> Path | None:
+    for relative in candidates:
+        found = _file(root, relative)
+        if found is not None:
+            return found
+    return None
+
+
+def module_dirs(root: Path) -> tuple[str, ...]:
+    """The module trees to look in: usr/lib/modules, and lib/modules on a root whose lib is a
+    real directory (no merged /usr)."""
+    lib = root / "lib"
+    if lib.is_dir() and not lib.is_symlink():
+        return ("usr/lib/modules", "lib/modules")
+    return ("usr/lib/modules",)
+
+
+def _absolute(root: Path) -> Path:
+    return Path(os.path.abspath(root))
+
+
+def running_release() -> str:
+    """The release of the kernel this process runs on (`uname -r`)."""
+    return os.uname().release
+
+
+def _is_installed(root: Path, kver: str) -> bool:
+    for modules in module_dirs(root):
+        base = f"{modules}/{kver}"
+        if _dir(root, base) is None:
+            continue
+        names = ["vmlinuz", "modules.dep"] + [f"symvers{s}" for s in SYMVERS_SUFFIXES]
+        if _first_file(root, (f"{base}/{n}" for n in names)) is not None:
+            return True
+    return _file(root, f"boot/vmlinuz-{kver}") is not None
+
+
+def installed_kernels(root: Path) -> tuple[str, ...]:
+    """Installed kernel releases under `root`, oldest first (rpm's ordering)."""
+    root = _absolute(root)
+    candidates: set[str] = set()
+    for modules in module_dirs(root):
+        directory = _dir(root, modules)
+        if directory is not None:
+            candidates.update(p.name for p in directory.iterdir())
+    boot = _dir(root, "boot")
+    if boot is not None:
+        names = (p.name[len("vmlinuz-") :] for p in boot.glob("vmlinuz-?*"))
+        # Fedora's dracut rescue image (vmlinuz-0-rescue-<machine-id>) is not a kernel release
+        candidates.update(n for n in names if not n.startswith("0-rescue-"))
+    found = [k for k in candidates if "/" not in k and _is_installed(root, k)]
+    return tuple(sorted(found, key=kernel_sort_key))
+
+
+def find_kernel(
+    root: Path, kver: str, *, running: str | None = None, require: bool = True
+) -> KernelArtifacts:
+    """Everything found for `kver`. `running` is the running kernel's release (None: ask uname;
+    "" for none), which alone may use sys/kernel/btf/vmlinux. Raises KernelNotFound if `kver` is
+    not installed and `require` is true."""
+    root = _absolute(root)
+    if "/" in kver or kver in ("", ".", ".."):
+        raise KernelNotFound(f"not a kernel release: {kver!r}")
+    if require and not _is_installed(root, kver):
+        raise KernelNotFound(
+            f"kernel {kver} is not installed under {root}",
+            hint="see 'weak-bpf-progs audit' for the installed kernels",
+        )
+    if running is None:
+        running = running_release()
+    trees = [f"{m}/{kver}" for m in module_dirs(root)]
+    symvers = _first_file(
+        root,
+        [f"{t}/symvers{s}" for t in trees for s in SYMVERS_SUFFIXES]
+        + [f"boot/symvers-{kver}{s}" for s in BOOT_SYMVERS_SUFFIXES]
+        + [
+            f"usr/src/kernels/{kver}/Module.symvers",
+            f"usr/src/linux-headers-{kver}/Module.symvers",
+        ],
+    )
+
+    def per_kernel(name: str) -> Path | None:
+        return _first_file(root, [f"{t}/{name}" for t in trees] + [f"boot/{name}-{kver}"])
+
+    image = per_kernel("vmlinuz")
+    config = per_kernel("config")
+    btf, btf_kind = _find_btf(root, kver, trees, image, running)
+    arch = arch_of(kver) or _arch_from_config(config)
+    kabi = None
+    if arch is not None:
+        kabi = _first_file(
+            root,
+            [
+                f"usr/lib/modules/kabi-current/kabi_stablelist_{arch}",
+                f"usr/lib/modules/kabi-current/kabi_whitelist_{arch}",
+            ],
+        )
+    return KernelArtifacts(
+        kver=kver,
+        root=root,
+        symvers=symvers,
+        image=image,
+        system_map=per_kernel("System.map"),
+        config=config,
+        btf=btf,
+        btf_source_kind=btf_kind,
+        modules=tuple(_modules(root, trees)),
+        modules_dep=_first_file(root, [f"{t}/modules.dep" for t in trees]),
+        kabi_list=kabi,
+        arch=arch,
+    )
+
+
+def find_kernels(root: Path, *, running: str | None = None) -> tuple[KernelArtifacts, ...]:
+    """find_kernel for every installed kernel, oldest first."""
+    return tuple(
+        find_kernel(root, k, running=running, require=False) for k in installed_kernels(root)
+    )
+
+
+def _find_btf(
+    root: Path, kver: str, trees: list[str], image: Path | None, running: str
+) -> tuple[Path | None, BtfSourceKind | None]:
+    if kver == running:
+        sysfs = _file(root, "sys/kernel/btf/vmlinux")
+        if sysfs is not None:
+            return sysfs, BtfSourceKind.SYSFS
+    vmlinux = _first_file(root, [f"{t}/vmlinux" for t in trees] + [f"boot/vmlinux-{kver}"])
+    if vmlinux is not None:
+        return vmlinux, BtfSourceKind.VMLINUX
+    if image is not None:
+        return image, BtfSourceKind.VMLINUZ
+    return None, None
+
+
+def _modules(root: Path, trees: list[str]) -> Iterator[Path]:
+    """Module files under K/kernel/, sorted; symlinks only when they stay inside the root."""
+    seen: set[Path] = set()
+    for tree in trees:
+        relative_top = f"{tree}/kernel"
+        top = _dir(root, relative_top)
+        if top is None:
+            continue
+        found = []
+        for directory, subdirs, files in os.walk(top):  # does not descend into linked dirs
+            subdirs.sort()
+            for name in files:
+                if not name.endswith(MODULE_SUFFIXES):
+                    continue
+                path = Path(directory, name)
+                if path.is_symlink():
+                    inside = _file(root, str(path.relative_to(root)))
+                    if inside is None:
+                        continue
+                    path = inside
+                if path not in seen:
+                    seen.add(path)
+                    found.append(path)
+        yield from sorted(found)
+
+
+def arch_of(kver: str) -> str | None:
+    """The RPM architecture named in a kernel release ("...el9.x86_64+rt", "...-cloud-amd64")."""
+    for token in reversed(re.split(r"[.+-]", kver)):
+        if token in _ARCH_ALIASES:
+            return _ARCH_ALIASES[token]
+    return None
+
+
+def _arch_from_config(config: Path | None) -> str | None:
+    """The architecture from a config's CONFIG_<ARCH> options, when the release is silent."""
+    if config is None:
+        return None
+    try:
+        text = config.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    options = {line.strip() for line in text.splitlines() if line.endswith("=y")}
+    if "CONFIG_X86_64=y" in options:
+        return "x86_64"
+    if "CONFIG_ARM64=y" in options:
+        return "aarch64"
+    if "CONFIG_PPC64=y" in options:
+        return "ppc64le" if "CONFIG_CPU_LITTLE_ENDIAN=y" in options else "ppc64"
+    if "CONFIG_S390=y" in options:
+        return "s390x"
+    if "CONFIG_RISCV=y" in options and "CONFIG_64BIT=y" in options:
+        return "riscv64"
+    return None
