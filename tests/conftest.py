@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI") == "true"
+
+# scripts/ holds the build helpers shared by the demo and the tests.
+sys.path.insert(0, str(REPO / "scripts"))
+
+pytest_plugins = ("bpfprogs",)
 
 
 def require(condition: object, why: str) -> None:
@@ -34,7 +40,7 @@ def require_root() -> None:
 
 @pytest.fixture(scope="session")
 def debian_kernels() -> dict[str, Path]:
-    """The two real Debian cloud kernels, unpacked: {kver: dir with boot/, lib/modules/, usr/src/}."""
+    """The two real Debian cloud kernels: {kver: dir with boot/, lib/modules/, usr/src/}."""
     proc = subprocess.run(
         [str(REPO / "scripts" / "fetch-debian-kernels")],
         capture_output=True,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 
 class WeakBpfError(Exception):
     """Base class. `hint` tells the user what to do next."""
 
-    def __init__(self, message: str, *, hint: Optional[str] = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -24,9 +22,9 @@ class ParseError(WeakBpfError):
         self,
         message: str,
         *,
-        source: Optional[str] = None,
-        offset: Optional[int] = None,
-        hint: Optional[str] = None,
+        source: str | None = None,
+        offset: int | None = None,
+        hint: str | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
         self.source = source

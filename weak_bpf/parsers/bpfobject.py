@@ -1,0 +1,784 @@
+"""BPF object reader: an ELF relocatable object for EM_BPF, as clang writes it and libbpf loads it.
+
+What libbpf would see, without loading anything: programs (FUNC symbols in executable sections
+other than `.text`) with their section-implied type and target, `.text` subprograms, license,
+maps, `.ksyms`/`.kconfig` externs (ELF symbols cross-checked with the BTF DATASECs), helper ids,
+kfunc call sites, extern loads, BPF-to-BPF calls, the object's BTF and `.BTF.ext` with its CO-RE
+relocations, and the raw `.greylist` section.
+
+Instruction indexes are slots in the code section (byte offset / 8), as in relocations and
+`.BTF.ext`; `Function.insn_start` converts them to program-relative ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+from collections.abc import Iterable
+
+from elftools.common.exceptions import ELFError as PyElfError
+from elftools.construct.core import ConstructError
+from elftools.elf.elffile import ELFFile
+
+from weak_bpf.errors import BTFError, ELFError, ParseError
+from weak_bpf.parsers.btf import BTF, Kind
+from weak_bpf.parsers.btfext import BtfExt, CoreReloKind, parse_btf_ext
+from weak_bpf.parsers.bytestream import ByteStream
+from weak_bpf.parsers.insn import Insn, LdImm64Src, decode
+from weak_bpf.parsers.sections import SectionInfo, section_info
+
+EM_BPF = 247
+SHT_PROGBITS = 1
+SHT_SYMTAB = 2
+SHT_NOBITS = 8
+SHT_REL = 9
+SHF_EXECINSTR = 0x4
+SHN_UNDEF = 0
+SHN_ABS = 0xFFF1
+STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
+STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION = 0, 1, 2, 3
+
+R_BPF_64_64 = 1  # ld_imm64
+R_BPF_64_32 = 10  # call
+
+TEXT = ".text"
+KSYMS = ".ksyms"
+KCONFIG = ".kconfig"
+MAPS = ".maps"
+LEGACY_MAPS = "maps"
+GREYLIST = ".greylist"
+# Sections libbpf turns into internal array maps (global data), not user maps.
+_DATA_PREFIXES = (".data", ".rodata", ".bss")
+
+
+class ExternKind(str, enum.Enum):
+    FUNC = "func"
+    VAR = "var"
+
+
+@dataclasses.dataclass(frozen=True)
+class Symbol:
+    """An ELF symbol, decoded directly from `.symtab`."""
+
+    index: int
+    name: str
+    value: int
+    size: int
+    bind: int
+    type: int
+    shndx: int
+
+    @property
+    def undefined(self) -> bool:
+        return self.shndx == SHN_UNDEF
+
+    @property
+    def weak(self) -> bool:
+        return self.bind == STB_WEAK
+
+
+@dataclasses.dataclass(frozen=True)
+class Relocation:
+    """A relocation on a code section's instruction."""
+
+    section: str  # the code section
+    insn_index: int
+    type: int  # R_BPF_*
+    symbol: str
+    symbol_section: str  # "" when the symbol is undefined (an extern)
+    symbol_value: int
+    symbol_type: int  # STT_*
+
+    @property
+    def against_extern(self) -> bool:
+        return self.symbol_section == ""
+
+
+@dataclasses.dataclass(frozen=True)
+class KfuncCall:
+    name: str  # "" for a src_reg 2 call with no relocation: only its BTF id is known
+    section: str
+    insn_index: int  # in the section
+    btf_id: int = 0  # the imm of a src_reg 2 call without relocation
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternRef:
+    """An ld_imm64 that loads the address (or value) of an extern: ksym variable, weak kfunc
+    (as in bpf_ksym_exists), or kconfig value."""
+
+    name: str
+    section: str
+    insn_index: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SubprogCall:
+    """A BPF-to-BPF call, or (callback) an ld_imm64 of a function's address."""
+
+    section: str
+    insn_index: int
+    target_section: str
+    target_index: int  # slot in target_section
+    callback: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Function:
+    """A program (entry point) or a `.text` subprogram."""
+
+    name: str
+    section: str
+    offset: int  # bytes into the section
+    size: int
+    is_global: bool
+    info: SectionInfo  # for subprograms, the (meaningless) info of ".text"
+    instructions: tuple[Insn, ...]
+    helper_ids: frozenset[int]
+    kfunc_calls: tuple[KfuncCall, ...]
+    extern_refs: tuple[ExternRef, ...]
+    subprog_calls: tuple[SubprogCall, ...]
+
+    @property
+    def insn_start(self) -> int:
+        return self.offset // 8
+
+    @property
+    def insn_end(self) -> int:
+        return (self.offset + self.size) // 8
+
+    def contains(self, section: str, insn_index: int) -> bool:
+        return section == self.section and self.insn_start <= insn_index < self.insn_end
+
+
+@dataclasses.dataclass(frozen=True)
+class Map:
+    name: str
+    section: str  # ".maps" (BTF-defined) or "maps" (legacy)
+    map_type: int | None = None
+    key_size: int | None = None
+    value_size: int | None = None
+    max_entries: int | None = None
+    map_flags: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """Global data (.data, .rodata*, .bss*): libbpf makes internal maps of them."""
+
+    name: str
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Extern:
+    name: str
+    section: str  # ".ksyms" or ".kconfig"; "" if the BTF does not say
+    kind: ExternKind
+    weak: bool  # ELF STB_WEAK
+    typed: bool  # functions and variables with a non-void type
+    btf_id: int  # the FUNC or VAR in the object's BTF; 0 if absent
+    btf_type: int  # FUNC: its FUNC_PROTO; VAR: its type; 0 if absent
+
+
+@dataclasses.dataclass(frozen=True)
+class CoreReloSite:
+    """A CO-RE relocation placed in its object: which function holds the instruction."""
+
+    kind: CoreReloKind | int
+    type_id: int
+    type_name: str
+    access: str
+    section: str
+    insn_index: int
+    function: str | None  # the program or subprogram holding the instruction
+    program: str | None  # the program, or None for a `.text` subprogram
+
+
+@dataclasses.dataclass(frozen=True)
+class BpfObject:
+    source: str | None
+    byteorder: str
+    license: str | None
+    kernel_version: int | None
+    programs: tuple[Function, ...]
+    subprograms: tuple[Function, ...]
+    maps: tuple[Map, ...]
+    data_sections: tuple[DataSection, ...]
+    ksyms: tuple[Extern, ...]
+    kconfig: tuple[Extern, ...]
+    extern_problems: tuple[str, ...]  # ELF and BTF disagreements about externs
+    relocations: tuple[Relocation, ...]
+    core_relos: tuple[CoreReloSite, ...]
+    btf: BTF | None = dataclasses.field(compare=False, repr=False)
+    btf_ext: BtfExt | None = dataclasses.field(compare=False, repr=False)
+    greylist: bytes | None
+
+    @property
+    def externs(self) -> tuple[Extern, ...]:
+        return self.ksyms + self.kconfig
+
+    def program(self, name: str) -> Function:
+        for prog in self.programs:
+            if prog.name == name:
+                return prog
+        raise KeyError(name)
+
+    def function_at(self, section: str, insn_index: int) -> Function | None:
+        for func in self.programs + self.subprograms:
+            if func.contains(section, insn_index):
+                return func
+        return None
+
+    def reachable_functions(self, program: Function) -> tuple[Function, ...]:
+        """The program and every subprogram it may call (call graph, not control flow)."""
+        seen = [program]
+        todo = [program]
+        while todo:
+            func = todo.pop()
+            for call in func.subprog_calls:
+                callee = self.function_at(call.target_section, call.target_index)
+                if callee is not None and callee not in seen:
+                    seen.append(callee)
+                    todo.append(callee)
+        return tuple(seen)
+
+
+def read_bpf_object(data: bytes, source: str | None = None) -> BpfObject:
+    """Read a BPF ELF object. Raises ELFError (or BTFError for bad BTF) on bad input."""
+    try:
+        return _Reader(data, source).read()
+    except ParseError as err:
+        raise (err.located(source) if source else err) from None
+    except (
+        PyElfError,
+        ConstructError,
+        struct.error,
+        IndexError,
+        KeyError,
+        ValueError,
+        UnicodeDecodeError,
+        OverflowError,
+    ) as err:
+        raise ELFError(f"not a readable BPF object: {err}", source=source) from err
+
+
+@dataclasses.dataclass
+class _Section:
+    index: int
+    name: str
+    type: int
+    flags: int
+    offset: int
+    size: int
+    link: int
+    info: int
+    data: bytes
+
+
+class _Reader:
+    def __init__(self, data: bytes, source: str | None) -> None:
+        self.raw = bytes(data)
+        self.source = source
+
+    # --- ELF structure -------------------------------------------------------------------------
+
+    def read(self) -> BpfObject:
+        if self.raw[:4] != b"\x7fELF":
+            raise ELFError("not an ELF file (bad magic)", offset=0)
+        self.sections = self._elf_layout()
+        self.by_name = {sec.name: sec for sec in self.sections}
+        self.symbols = self._symbols()
+
+        btf = self._btf()
+        btf_ext = self._btf_ext(btf)
+        code = {
+            sec.index: decode(sec.data, self.byteorder)
+            for sec in self.sections
+            if self._is_code(sec)
+        }
+        self.code_sections = frozenset(self.sections[index].name for index in code)
+        relocs = self._relocations(code)
+        functions = self._functions(code, relocs)
+        programs = tuple(f for f in functions if f.section != TEXT)
+        subprograms = tuple(f for f in functions if f.section == TEXT)
+        ksyms, kconfig, problems = self._externs(btf, relocs)
+        core = self._core_relos(btf, btf_ext, programs, subprograms)
+        return BpfObject(
+            source=self.source,
+            byteorder=self.byteorder,
+            license=self._license(),
+            kernel_version=self._kernel_version(),
+            programs=programs,
+            subprograms=subprograms,
+            maps=self._maps(btf),
+            data_sections=self._data_sections(),
+            ksyms=ksyms,
+            kconfig=kconfig,
+            extern_problems=problems,
+            relocations=tuple(r for rs in relocs.values() for r in rs),
+            core_relos=core,
+            btf=btf,
+            btf_ext=btf_ext,
+            greylist=self._section_bytes(GREYLIST),
+        )
+
+    def _elf_layout(self) -> list[_Section]:
+        """Check the ELF header and read the section headers: the only pyelftools code. It
+        raises assorted exceptions on corrupt files (even TypeError), so all become ELFError."""
+        try:
+            elf = ELFFile(ByteStream(self.raw))
+            self._check_header(elf)
+            return self._sections(elf)
+        except ParseError:
+            raise
+        except Exception as err:  # a third-party parser on untrusted input
+            raise ELFError(f"unreadable ELF structure: {err!r}") from err
+
+    def _check_header(self, elf: ELFFile) -> None:
+        header = elf.header
+        if header["e_machine"] not in ("EM_BPF", EM_BPF):
+            raise ELFError(
+                f"not a BPF object: e_machine is {header['e_machine']}",
+                offset=0x12,
+                hint="BPF objects are built with clang -target bpf",
+            )
+        if header["e_type"] != "ET_REL":
+            raise ELFError(
+                f"not a relocatable BPF object: e_type is {header['e_type']}", offset=0x10
+            )
+        if elf.elfclass != 64:
+            raise ELFError("BPF objects are 64-bit ELF", offset=4)
+        self.byteorder = "little" if elf.little_endian else "big"
+        self.endian = "<" if elf.little_endian else ">"
+
+    def _sections(self, elf: ELFFile) -> list[_Section]:
+        out = []
+        size = len(self.raw)
+        for index, sec in enumerate(elf.iter_sections()):
+            hdr = sec.header
+            sh_type = hdr["sh_type"]
+            type_num = _SH_TYPES.get(sh_type, _SHT_OTHER) if isinstance(sh_type, str) else sh_type
+            offset, length = hdr["sh_offset"], hdr["sh_size"]
+            if type_num not in (SHT_NOBITS, 0) and offset + length > size:
+                raise ELFError(
+                    f"section {sec.name!r} [{offset:#x}, +{length:#x}) runs past the end of file",
+                    offset=offset,
+                )
+            data = b"" if type_num in (SHT_NOBITS, 0) else self.raw[offset : offset + length]
+            out.append(
+                _Section(
+                    index,
+                    sec.name,
+                    int(type_num),
+                    hdr["sh_flags"],
+                    offset,
+                    length,
+                    hdr["sh_link"],
+                    hdr["sh_info"],
+                    data,
+                )
+            )
+        return out
+
+    def _symbols(self) -> list[Symbol]:
+        symtabs = [sec for sec in self.sections if sec.type == SHT_SYMTAB]
+        if not symtabs:
+            raise ELFError("no symbol table", hint="was the object stripped?")
+        symtab = symtabs[0]
+        if symtab.link >= len(self.sections):
+            raise ELFError("symbol table names a missing string table", offset=symtab.offset)
+        strtab = self.sections[symtab.link].data
+        fmt = struct.Struct(self.endian + "IBBHQQ")
+        count = len(symtab.data) // fmt.size
+        out = []
+        for index, (name_off, info, _other, shndx, value, size) in enumerate(
+            fmt.iter_unpack(symtab.data[: count * fmt.size])
+        ):
+            out.append(
+                Symbol(
+                    index,
+                    _cstr(strtab, name_off, "symbol name"),
+                    value,
+                    size,
+                    info >> 4,
+                    info & 0xF,
+                    shndx,
+                )
+            )
+        return out
+
+    @staticmethod
+    def _is_code(sec: _Section) -> bool:
+        return sec.type == SHT_PROGBITS and bool(sec.flags & SHF_EXECINSTR) and sec.size > 0
+
+    def _section_name(self, shndx: int) -> str:
+        if shndx == SHN_UNDEF or shndx >= len(self.sections):
+            return ""
+        return self.sections[shndx].name
+
+    def _section_bytes(self, name: str) -> bytes | None:
+        sec = self.by_name.get(name)
+        return sec.data if sec is not None and sec.type != SHT_NOBITS else None
+
+    # --- simple sections -----------------------------------------------------------------------
+
+    def _license(self) -> str | None:
+        data = self._section_bytes("license")
+        if data is None:
+            return None
+        return data.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    def _kernel_version(self) -> int | None:
+        data = self._section_bytes("version")
+        if data is None:
+            return None
+        if len(data) != 4:
+            raise ELFError(f"the version section is {len(data)} bytes, not 4")
+        return int(struct.unpack(self.endian + "I", data)[0])
+
+    def _data_sections(self) -> tuple[DataSection, ...]:
+        return tuple(
+            DataSection(sec.name, sec.size)
+            for sec in self.sections
+            if sec.name.startswith(_DATA_PREFIXES)
+            and sec.type in (SHT_PROGBITS, SHT_NOBITS)
+            and not sec.flags & SHF_EXECINSTR
+        )
+
+    # --- BTF -------------------------------------------------------------------------------
+
+    def _btf(self) -> BTF | None:
+        data = self._section_bytes(".BTF")
+        if data is None:
+            return None
+        return BTF.from_bytes(data, source=self.source)
+
+    def _btf_ext(self, btf: BTF | None) -> BtfExt | None:
+        data = self._section_bytes(".BTF.ext")
+        if data is None or btf is None:
+            return None
+        return parse_btf_ext(data, btf, source=self.source)
+
+    # --- relocations and functions -------------------------------------------------------------
+
+    def _relocations(self, code: dict[int, tuple[Insn, ...]]) -> dict[int, tuple[Relocation, ...]]:
+        fmt = struct.Struct(self.endian + "QQ")
+        out: dict[int, tuple[Relocation, ...]] = {}
+        for sec in self.sections:
+            if sec.type != SHT_REL or sec.info not in code:
+                continue
+            target = self.sections[sec.info]
+            insns = code[sec.info]
+            relocs = []
+            count = len(sec.data) // fmt.size
+            for r_offset, r_info in fmt.iter_unpack(sec.data[: count * fmt.size]):
+                sym_index, r_type = r_info >> 32, r_info & 0xFFFFFFFF
+                if sym_index >= len(self.symbols):
+                    raise ELFError(
+                        f"relocation in {sec.name} names symbol {sym_index}, past the table",
+                        offset=sec.offset,
+                    )
+                if r_offset % 8 or r_offset // 8 >= len(insns):
+                    raise ELFError(
+                        f"relocation in {sec.name} at {r_offset:#x} is not on an instruction",
+                        offset=sec.offset,
+                    )
+                sym = self.symbols[sym_index]
+                relocs.append(
+                    Relocation(
+                        target.name,
+                        r_offset // 8,
+                        r_type,
+                        sym.name,
+                        self._section_name(sym.shndx),
+                        sym.value,
+                        sym.type,
+                    )
+                )
+            out[sec.info] = tuple(relocs)
+        return out
+
+    def _functions(
+        self, code: dict[int, tuple[Insn, ...]], relocs: dict[int, tuple[Relocation, ...]]
+    ) -> list[Function]:
+        out = []
+        for shndx, insns in code.items():
+            sec = self.sections[shndx]
+            info = section_info(sec.name)
+            by_insn = {r.insn_index: r for r in relocs.get(shndx, ())}
+            syms = sorted(
+                (s for s in self.symbols if s.shndx == shndx and s.type == STT_FUNC),
+                key=lambda s: s.value,
+            )
+            for sym in syms:
+                if sec.name != TEXT and sym.bind == STB_LOCAL:
+                    raise ELFError(
+                        f"program {sym.name!r} in {sec.name} is static, which libbpf refuses",
+                        hint="programs must be global functions",
+                    )
+                if sym.value % 8 or sym.size % 8 or sym.value + sym.size > sec.size:
+                    raise ELFError(
+                        f"function {sym.name!r} [{sym.value:#x}, +{sym.size:#x}) does not fit "
+                        f"{sec.name}",
+                        offset=sec.offset + min(sym.value, sec.size),
+                    )
+                start, end = sym.value // 8, (sym.value + sym.size) // 8
+                out.append(self._function(sym, sec.name, info, insns[start:end], start, by_insn))
+        return out
+
+    def _function(  # noqa: PLR0917
+        self,
+        sym: Symbol,
+        section: str,
+        info: SectionInfo,
+        insns: tuple[Insn, ...],
+        start: int,
+        by_insn: dict[int, Relocation],
+    ) -> Function:
+        """Summarise one function; `insns` are its own, `start` its first slot."""
+        helpers = set()
+        kfuncs = []
+        extern_refs = []
+        calls = []
+        for index, insn in enumerate(insns, start):
+            reloc = by_insn.get(index)
+            if insn.is_call:
+                if reloc is None:
+                    if insn.src == 0:
+                        helpers.add(insn.imm)
+                    elif insn.src == 1:
+                        calls.append(SubprogCall(section, index, section, index + 1 + insn.imm))
+                    elif insn.src == 2:
+                        kfuncs.append(KfuncCall("", section, index, insn.imm))
+                elif reloc.against_extern:
+                    kfuncs.append(KfuncCall(reloc.symbol, section, index))
+                elif insn.src == 1:
+                    calls.append(self._call_target(section, index, insn.imm, reloc))
+            elif insn.is_ld_imm64 and reloc is not None:
+                if reloc.against_extern:
+                    extern_refs.append(ExternRef(reloc.symbol, section, index))
+                elif reloc.symbol_section in self.code_sections or insn.src == LdImm64Src.FUNC:
+                    # a function's address (a callback for bpf_loop & co): clang leaves src_reg 0
+                    calls.append(self._call_target(section, index, insn.imm, reloc, True))
+        return Function(
+            name=sym.name,
+            section=section,
+            offset=sym.value,
+            size=sym.size,
+            is_global=sym.bind != STB_LOCAL,
+            info=info,
+            instructions=insns,
+            helper_ids=frozenset(helpers),
+            kfunc_calls=tuple(kfuncs),
+            extern_refs=tuple(extern_refs),
+            subprog_calls=tuple(calls),
+        )
+
+    @staticmethod
+    def _call_target(
+        section: str, index: int, imm: int, reloc: Relocation, callback: bool = False
+    ) -> SubprogCall:
+        # libbpf: a call against a section symbol lands at value/8 + imm + 1; against a function
+        # symbol clang leaves imm = -1, so the same sum gives the function's first slot.
+        target = (reloc.symbol_value + imm) // 8 if callback else reloc.symbol_value // 8 + imm + 1
+        return SubprogCall(section, index, reloc.symbol_section, target, callback)
+
+    # --- maps ----------------------------------------------------------------------------------
+
+    def _maps(self, btf: BTF | None) -> tuple[Map, ...]:
+        maps: list[Map] = []
+        sec = self.by_name.get(MAPS)
+        if sec is not None:
+            details = _btf_map_details(btf) if btf is not None else {}
+            for sym in self._data_symbols(sec.index):
+                maps.append(details.get(sym.name, Map(sym.name, MAPS)))
+        sec = self.by_name.get(LEGACY_MAPS)
+        if sec is not None:
+            for sym in self._data_symbols(sec.index):
+                maps.append(self._legacy_map(sym, sec))
+        return tuple(maps)
+
+    def _data_symbols(self, shndx: int) -> list[Symbol]:
+        return sorted(
+            (
+                s
+                for s in self.symbols
+                if s.shndx == shndx
+                and s.name
+                and s.type != STT_SECTION
+                and (s.type == STT_OBJECT or s.bind != STB_LOCAL)
+            ),
+            key=lambda s: s.value,
+        )
+
+    def _legacy_map(self, sym: Symbol, sec: _Section) -> Map:
+        # struct bpf_map_def: type, key_size, value_size, max_entries, map_flags (u32 each)
+        raw = sec.data[sym.value : sym.value + min(sym.size, 20)]
+        values: list[int | None] = [None] * 5
+        for slot in range(len(raw) // 4):
+            values[slot] = int(struct.unpack_from(self.endian + "I", raw, slot * 4)[0])
+        return Map(sym.name, LEGACY_MAPS, *values)
+
+    # --- externs -------------------------------------------------------------------------------
+
+    def _externs(
+        self, btf: BTF | None, relocs: dict[int, tuple[Relocation, ...]]
+    ) -> tuple[tuple[Extern, ...], tuple[Extern, ...], tuple[str, ...]]:
+        problems: list[str] = []
+        undefined = {
+            s.name: s for s in self.symbols if s.undefined and s.name and s.bind != STB_LOCAL
+        }
+        called = {r.symbol for rs in relocs.values() for r in rs if r.type == R_BPF_64_32}
+        from_btf: dict[str, Extern] = {}
+        if btf is not None:
+            for section in (KSYMS, KCONFIG):
+                for ext in _btf_externs(btf, section):
+                    from_btf[ext.name] = ext
+        out: dict[str, list[Extern]] = {KSYMS: [], KCONFIG: []}
+        for name, ext in from_btf.items():
+            sym = undefined.get(name)
+            if sym is None:
+                problems.append(f"extern {name!r} is in BTF {ext.section} but has no ELF symbol")
+                weak = False
+            else:
+                weak = sym.weak
+            if ext.kind is ExternKind.VAR and name in called:
+                problems.append(f"extern {name!r} is a BTF VAR but is called like a function")
+            out[ext.section].append(dataclasses.replace(ext, weak=weak))
+        for name, sym in undefined.items():
+            if name not in from_btf:
+                kind = ExternKind.FUNC if name in called else ExternKind.VAR
+                problems.append(
+                    f"undefined symbol {name!r} has no BTF in .ksyms or .kconfig"
+                    + ("" if btf is not None else " (the object has no BTF)")
+                )
+                out[KSYMS].append(Extern(name, "", kind, sym.weak, False, 0, 0))
+        return tuple(out[KSYMS]), tuple(out[KCONFIG]), tuple(problems)
+
+    # --- CO-RE ---------------------------------------------------------------------------------
+
+    def _core_relos(
+        self,
+        btf: BTF | None,
+        btf_ext: BtfExt | None,
+        programs: tuple[Function, ...],
+        subprograms: tuple[Function, ...],
+    ) -> tuple[CoreReloSite, ...]:
+        if btf is None or btf_ext is None:
+            return ()
+        out = []
+        for relo in btf_ext.core_relos:
+            index = relo.insn_index
+            func = _function_at(programs + subprograms, relo.section, index)
+            out.append(
+                CoreReloSite(
+                    kind=relo.kind,
+                    type_id=relo.type_id,
+                    type_name=btf.name(relo.type_id) if relo.type_id else "",
+                    access=relo.access,
+                    section=relo.section,
+                    insn_index=index,
+                    function=func.name if func else None,
+                    program=func.name if func and func.section != TEXT else None,
+                )
+            )
+        return tuple(out)
+
+
+def _btf_externs(btf: BTF, section: str) -> list[Extern]:
+    out = []
+    for datasec_id in btf.find(section, Kind.DATASEC):
+        for info in btf.type(datasec_id).secinfos:
+            member = btf.type(info.type)
+            if member.kind == Kind.FUNC:
+                out.append(
+                    Extern(
+                        member.name, section, ExternKind.FUNC, False, True, member.id, member.type
+                    )
+                )
+            elif member.kind == Kind.VAR:
+                typed = btf.resolve(member.type) != 0
+                out.append(
+                    Extern(
+                        member.name, section, ExternKind.VAR, False, typed, member.id, member.type
+                    )
+                )
+            else:
+                raise BTFError(f"DATASEC {section} holds a {member.kind.name}, not a VAR or FUNC")
+    return out
+
+
+_MAP_INT_FIELDS = ("type", "max_entries", "key_size", "value_size", "map_flags")
+
+
+def _btf_map_details(btf: BTF) -> dict[str, Map]:
+    """Decode `__uint`/`__type` members of each `.maps` VAR, where BTF allows."""
+    out = {}
+    for datasec_id in btf.find(MAPS, Kind.DATASEC):
+        for info in btf.type(datasec_id).secinfos:
+            var = btf.type(info.type)
+            if var.kind != Kind.VAR:
+                continue
+            struct_type = btf.type(btf.resolve(var.type))
+            if struct_type.kind != Kind.STRUCT:
+                out[var.name] = Map(var.name, MAPS)
+                continue
+            fields: dict[str, int | None] = {}
+            for member in struct_type.members:
+                fields[member.name] = _map_member_value(btf, member.name, member.type)
+            out[var.name] = Map(
+                var.name,
+                MAPS,
+                map_type=fields.get("type"),
+                key_size=fields.get("key_size", fields.get("key")),
+                value_size=fields.get("value_size", fields.get("value")),
+                max_entries=fields.get("max_entries"),
+                map_flags=fields.get("map_flags"),
+            )
+    return out
+
+
+def _map_member_value(btf: BTF, name: str, type_id: int) -> int | None:
+    """`__uint(x, N)` is `int (*x)[N]`; `__type(x, T)` is `T *x`."""
+    ptr = btf.type(btf.resolve(type_id))
+    if ptr.kind != Kind.PTR:
+        return None
+    if name in _MAP_INT_FIELDS:
+        target = btf.type(btf.resolve(ptr.type))
+        return target.nelems if target.kind == Kind.ARRAY else None
+    if name in ("key", "value"):
+        try:
+            return btf.type_size(ptr.type)
+        except BTFError:
+            return None
+    return None
+
+
+def _function_at(functions: Iterable[Function], section: str, index: int) -> Function | None:
+    for func in functions:
+        if func.contains(section, index):
+            return func
+    return None
+
+
+def _cstr(table: bytes, offset: int, what: str) -> str:
+    if offset >= len(table) and offset != 0:
+        raise ELFError(f"{what} offset {offset:#x} is outside its string table")
+    end = table.find(b"\0", offset)
+    if end < 0:
+        raise ELFError(f"{what} at {offset:#x} is not NUL-terminated")
+    return table[offset:end].decode("utf-8", "replace")
+
+
+_SHT_OTHER = 0x7FFFFFFF
+_SH_TYPES = {
+    "SHT_NULL": 0,
+    "SHT_PROGBITS": 1,
+    "SHT_SYMTAB": 2,
+    "SHT_STRTAB": 3,
+    "SHT_RELA": 4,
+    "SHT_NOBITS": 8,
+    "SHT_REL": 9,
+}
