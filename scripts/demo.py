@@ -1,0 +1,57 @@
+"""The demo: build an example root from two real Debian kernels and example BPF programs, then
+show what weak-bpf-progs reads from it.  Run by `make demo`."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from weak_bpf import cli  # noqa: E402
+
+import exampleroot  # noqa: E402
+
+
+def _say(text: str) -> None:
+    print(f"\n### {text}", flush=True)
+
+
+def _run(args: list[str]) -> None:
+    print(f"$ weak-bpf-progs {' '.join(args)}", flush=True)
+    cli.main(args)
+    sys.stdout.flush()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
+    parser.add_argument("--root", type=Path, default=REPO / "build" / "demo-root")
+    args = parser.parse_args()
+
+    _say("Fetching two real Debian kernels (once, into the cache)")
+    fetched = subprocess.run(
+        [str(REPO / "scripts" / "fetch-debian-kernels")], capture_output=True, text=True, check=True
+    )
+    kernels = dict(line.split("\t") for line in fetched.stdout.splitlines())
+    for kver in kernels:
+        print(f"  {kver}")
+
+    _say(f"Building the example root in {args.root}")
+    objects = exampleroot.build_example_root(args.root, {k: Path(v) for k, v in kernels.items()})
+    for obj in objects:
+        print(f"  {obj.relative_to(args.root)}")
+
+    root = str(args.root)
+    _say("Installed kernels, and what was found for each")
+    _run(["--root", root, "kernels"])
+
+    _say("What each program needs from a kernel")
+    _run(["--root", root, "inspect", *(str(o.relative_to(args.root)) for o in objects)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

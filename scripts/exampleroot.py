@@ -1,0 +1,76 @@
+"""Build an example root: real kernels in the RHEL/Fedora layout and vendor BPF programs.
+
+Used by the demo (scripts/demo.py) and by tests that need a whole installed system. Kernel files
+are hard-linked from the download cache where the filesystem allows it, else copied.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import bpfbuild
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples" / "progs"
+
+
+def _place(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        dest.unlink()
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
+def install_kernel(root: Path, kver: str, unpacked: Path) -> None:
+    """Lay out an unpacked Debian kernel as RHEL does: usr/lib/modules/K/{vmlinuz,config,...}."""
+    moddir = root / "usr/lib/modules" / kver
+    _place(unpacked / f"boot/vmlinuz-{kver}", moddir / "vmlinuz")
+    _place(unpacked / f"boot/config-{kver}", moddir / "config")
+    _place(unpacked / f"boot/System.map-{kver}", moddir / "System.map")
+    symvers = unpacked / f"usr/src/linux-headers-{kver}/Module.symvers"
+    (moddir / "symvers.gz").write_bytes(gzip.compress(symvers.read_bytes(), mtime=0))
+    ko_root = unpacked / "lib/modules" / kver
+    for ko in ko_root.rglob("*.ko"):
+        _place(ko, moddir / ko.relative_to(ko_root))
+
+
+def example_sources() -> list[Path]:
+    """examples/progs/<pkg>/<name>.bpf.c"""
+    return sorted(EXAMPLES.glob("*/*.bpf.c"))
+
+
+def install_programs(root: Path, vmlinux: Path, sources: Iterable[Path], dest: str) -> list[Path]:
+    """Compile each source against `vmlinux`'s vmlinux.h into root/dest/<pkg>/<name>.bpf.o."""
+    include = bpfbuild.vmlinux_h(vmlinux)
+    installed = []
+    for source in sources:
+        obj = bpfbuild.compile_program(source, [include])
+        target = root / dest / source.parent.name / obj.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(obj, target)
+        installed.append(target)
+    return installed
+
+
+def build_example_root(root: Path, kernels: dict[str, Path]) -> list[Path]:
+    """A fresh root with `kernels` ({kver: unpacked dir}) and the example programs, built as a
+    vendor would: CO-RE objects against the oldest kernel, plus one native build for it."""
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    for kver, unpacked in kernels.items():
+        install_kernel(root, kver, unpacked)
+    oldest = min(kernels)
+    vmlinux = bpfbuild.vmlinux_of(kernels[oldest] / f"boot/vmlinuz-{oldest}")
+    core = install_programs(root, vmlinux, example_sources(), "usr/lib/bpf")
+    native = install_programs(
+        root, vmlinux, [EXAMPLES / "acme-net/xdp_ct.bpf.c"], f"usr/lib/modules/{oldest}/bpf/extra"
+    )
+    return core + native

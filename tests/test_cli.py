@@ -1,0 +1,105 @@
+"""The command line, in-process through cli.main() and once as `python3 -m weak_bpf`, on an example
+root built from the real Debian kernels and the example programs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from weak_bpf import cli
+
+import exampleroot
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def example_root(tmp_path_factory: pytest.TempPathFactory, debian_kernels: dict[str, Path]) -> Path:
+    root = tmp_path_factory.mktemp("example") / "root"
+    exampleroot.build_example_root(root, debian_kernels)
+    return root
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    status = cli.main(args)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_module_entry_point_runs_from_the_checkout() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "weak_bpf", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0
+    assert "kernels" in proc.stdout and "inspect" in proc.stdout
+
+
+def test_kernels_lists_both_kernels_with_their_artifacts(
+    example_root: Path, debian_kernels: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run(["--root", str(example_root), "kernels"], capsys)
+    assert status == 0, err
+    old, new = sorted(debian_kernels)
+    assert out.index(old) < out.index(new)
+    assert f"usr/lib/modules/{new}/symvers.gz: " in out
+    assert "(inside the kernel image): 9" in out  # ~95k types read from the vmlinuz
+    assert "a placeholder without symbols" in out  # Debian's System.map
+    assert "1121 files" in out
+
+
+def test_kernels_unknown_version_is_a_usage_error(
+    example_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, err = run(["--root", str(example_root), "kernels", "9.9.9"], capsys)
+    assert status == cli.Exit.USAGE
+    assert "9.9.9 is not installed" in err and "hint:" in err
+
+
+def test_inspect_shows_kfuncs_and_attach_targets(
+    example_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run(
+        [
+            "inspect",
+            "usr/lib/bpf/acme-net/xdp_ct.bpf.o",
+            "usr/lib/bpf/acme-trace/open_count.bpf.o",
+            "--root",  # global options work after the command too
+            str(example_root),
+        ],
+        capsys,
+    )
+    assert status == 0, err
+    assert out.startswith("usr/lib/bpf/acme-net/xdp_ct.bpf.o\n")
+    assert "bpf_xdp_ct_lookup (func, typed)" in out
+    assert "open_count [fentry/do_sys_openat2] tracing, attaches to do_sys_openat2" in out
+
+
+def test_inspect_verbose_names_core_relocations(
+    example_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run(
+        ["--root", str(example_root), "-v", "inspect", "usr/lib/bpf/acme-trace/exec_state.bpf.o"],
+        capsys,
+    )
+    assert status == 0
+    assert "field_exists task_struct (0:1)" in out
+
+
+def test_inspect_bad_object_reports_and_goes_on(
+    example_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.bpf.o"
+    bad.write_bytes(b"\x7fELF" + b"\0" * 10)
+    status, out, err = run(
+        ["--root", str(example_root), "inspect", str(bad), "usr/lib/bpf/acme-sec/task_guard.bpf.o"],
+        capsys,
+    )
+    assert status == cli.Exit.USAGE
+    assert str(bad) in err
+    assert "license     Proprietary" in out  # the good object after the bad one is still shown

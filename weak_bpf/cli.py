@@ -1,0 +1,147 @@
+"""The command line. The only module that prints to stdout or chooses an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Callable
+
+from weak_bpf import __version__
+from weak_bpf.errors import WeakBpfError
+
+log = logging.getLogger("weak-bpf-progs")
+
+
+class Exit(enum.IntEnum):
+    OK = 0
+    FINDINGS = 1  # audit found something incompatible or unknown
+    USAGE = 2  # bad usage, or input unreadable for the command as a whole
+    APPLY = 3  # the plan could not be applied
+    INTERRUPTED = 130
+
+
+class Verb(str, enum.Enum):
+    KERNELS = "kernels"
+    INSPECT = "inspect"
+
+    @property
+    def help(self) -> str:
+        return _VERB_HELP[self]
+
+
+_VERB_HELP = {
+    Verb.KERNELS: "list installed kernels and the artifacts found for each",
+    Verb.INSPECT: "show what BPF objects need from a kernel (programs, kfuncs, ksyms, CO-RE)",
+}
+
+# weak-modules spellings, normalised to verbs before parsing.
+_ALIASES: dict[str, str] = {}
+
+
+def _normalise(argv: Sequence[str]) -> list[str]:
+    return [_ALIASES.get(arg, arg) for arg in argv]
+
+
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """Options accepted before and after the command; after it, they override."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=default(Path("/")),
+        metavar="DIR",
+        help="operate on the system installed under DIR (default: /)",
+    )
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", default=default(False), help="say more"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=default(False), help="show tracebacks on errors"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="weak-bpf-progs",
+        description="Keep installed BPF programs working across kernel updates.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _global_options(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _global_options(common, defaults=False)
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+
+    def verb(v: Verb) -> argparse.ArgumentParser:
+        return sub.add_parser(v.value, help=v.help, parents=[common], allow_abbrev=False)
+
+    verb(Verb.KERNELS).add_argument(
+        "kernels", nargs="*", metavar="K", help="kernel versions (default: all installed)"
+    )
+    verb(Verb.INSPECT).add_argument(
+        "objects",
+        nargs="+",
+        metavar="OBJECT",
+        type=Path,
+        help="BPF object files (relative to --root when they are there, or absolute)",
+    )
+    return parser
+
+
+def _cmd_kernels(args: argparse.Namespace) -> int:
+    from weak_bpf import ops, report
+
+    infos = ops.list_kernels(args.root, args.kernels)
+    sys.stdout.write(report.render_kernels(infos, verbose=args.verbose))
+    return Exit.OK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from weak_bpf import ops, report
+
+    status = Exit.OK
+    for path in args.objects:
+        try:
+            obj = ops.inspect_object(args.root, path)
+        except WeakBpfError as e:
+            _error(e)
+            status = Exit.USAGE
+            continue
+        sys.stdout.write(report.render_object(obj, verbose=args.verbose))
+    return status
+
+
+_COMMANDS: dict[Verb, Callable[[argparse.Namespace], int]] = {
+    Verb.KERNELS: _cmd_kernels,
+    Verb.INSPECT: _cmd_inspect,
+}
+
+
+def _error(e: WeakBpfError) -> None:
+    print(f"weak-bpf-progs: {e}", file=sys.stderr)
+    if e.hint:
+        print(f"weak-bpf-progs: hint: {e.hint}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(_normalise(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(
+        format="weak-bpf-progs: %(message)s",
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+    )
+    try:
+        return _COMMANDS[Verb(args.verb)](args)
+    except KeyboardInterrupt:
+        return Exit.INTERRUPTED
+    except WeakBpfError as e:
+        if args.debug:
+            raise
+        _error(e)
+        return Exit.USAGE

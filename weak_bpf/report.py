@@ -1,0 +1,111 @@
+"""Renderers: values in, text out. They never print; the CLI writes what they return."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from weak_bpf.kernel import BtfSourceKind
+from weak_bpf.ops import KernelSummary
+from weak_bpf.parsers.bpfobject import BpfObject, Extern, ExternKind, Function
+from weak_bpf.parsers.btfext import CoreReloKind
+
+_BTF_SOURCE = {
+    BtfSourceKind.SYSFS: "the running kernel",
+    BtfSourceKind.VMLINUX: "vmlinux",
+    BtfSourceKind.VMLINUZ: "inside the kernel image",
+}
+
+
+def _row(label: str, value: str) -> str:
+    return f"  {label:<11} {value}\n"
+
+
+def render_kernels(summaries: tuple[KernelSummary, ...], *, verbose: bool = False) -> str:
+    if not summaries:
+        return "no kernels installed under this root\n"
+    out = []
+    for s in summaries:
+        a = s.artifacts
+        out.append(f"{a.kver}\n")
+        btf = "missing: BTF checks give 'unknown'"
+        if a.btf is not None and a.btf_source_kind is not None:
+            btf = f"{a.relative(a.btf)} ({_BTF_SOURCE[a.btf_source_kind]})"
+            if s.btf_types is not None:
+                tags = f"{s.kfunc_tags} tagged kfuncs" if s.kfunc_tags else "no kfunc tags"
+                btf += f": {s.btf_types} types, {tags}"
+        out.append(_row("BTF", btf))
+        symvers = "missing: greylist CRCs cannot be checked"
+        if a.symvers is not None:
+            symvers = str(a.relative(a.symvers))
+            if s.symvers_entries is not None:
+                symvers += f": {s.symvers_entries} exports"
+        out.append(_row("symvers", symvers))
+        out.append(_row("image", a.relative(a.image) or "missing"))
+        system_map = "missing: typeless ksyms and kprobe targets cannot be checked"
+        if a.system_map is not None:
+            system_map = str(a.relative(a.system_map))
+            if s.system_map_symbols == 0:
+                system_map += ": a placeholder without symbols"
+            elif s.system_map_symbols is not None:
+                system_map += f": {s.system_map_symbols} symbols"
+        out.append(_row("System.map", system_map))
+        out.append(_row("config", a.relative(a.config) or "missing"))
+        out.append(_row("modules", f"{len(a.modules)} files"))
+        out.append(_row("kABI list", a.relative(a.kabi_list) or "none"))
+        if verbose and a.arch:
+            out.append(_row("arch", a.arch))
+        out.extend(_row("problem", p) for p in s.problems)
+    return "".join(out)
+
+
+def _program_line(prog: Function) -> str:
+    info = prog.info
+    kind = info.prog_type.name.lower() if info.known else "unknown type"
+    line = f"{prog.name} [{info.section}] {kind}"
+    if info.needs_kernel_target:
+        target = f"{info.module}:{info.lookup_name}" if info.module else info.lookup_name
+        line += f", attaches to {target}"
+    return line
+
+
+def _extern_line(ext: Extern) -> str:
+    notes = [ext.kind.value, "typed" if ext.typed else "typeless"]
+    if ext.weak:
+        notes.append("weak")
+    return f"{ext.name} ({', '.join(notes)})"
+
+
+def _list(label: str, items: list[str], *, empty: str = "none") -> str:
+    if not items:
+        return _row(label, empty)
+    return _row(label, items[0]) + "".join(_row("", item) for item in items[1:])
+
+
+def _relo_kind(kind: CoreReloKind | int) -> str:
+    return kind.name.lower() if isinstance(kind, CoreReloKind) else f"kind {kind}"
+
+
+def render_object(obj: BpfObject, *, verbose: bool = False) -> str:
+    out = [f"{obj.source}\n", _row("license", obj.license or "none (no license section)")]
+    out.append(_list("programs", [_program_line(p) for p in obj.programs]))
+    out.append(_list("kfuncs", [_extern_line(e) for e in obj.ksyms if e.kind is ExternKind.FUNC]))
+    if verbose:
+        calls = Counter(
+            call.name or f"btf id {call.btf_id}" for p in obj.programs for call in p.kfunc_calls
+        )
+        out.append(_list("kfunc calls", [f"{n} x{c}" for n, c in sorted(calls.items())]))
+    out.append(_list("ksyms", [_extern_line(e) for e in obj.ksyms if e.kind is ExternKind.VAR]))
+    out.append(_list("kconfig", [_extern_line(e) for e in obj.kconfig]))
+    out.append(_list("maps", [m.name for m in obj.maps]))
+    helpers = sorted({h for p in obj.programs + obj.subprograms for h in p.helper_ids})
+    out.append(_row("helpers", ", ".join(map(str, helpers)) or "none"))
+    relos = [
+        f"{_relo_kind(r.kind)} {r.type_name or '<anonymous>'} ({r.access})" for r in obj.core_relos
+    ]
+    if verbose:
+        out.append(_list("CO-RE", relos))
+    else:
+        out.append(_row("CO-RE", f"{len(relos)} relocations"))
+    out.append(_row("greylist", "embedded .greylist section" if obj.greylist else "none"))
+    out.extend(_row("problem", p) for p in obj.extern_problems)
+    return "".join(out)
