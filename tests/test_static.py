@@ -15,7 +15,7 @@ from conftest import REPO, require
 PACKAGE = REPO / "weak_bpf"
 
 # Modules that must stay free of I/O and side effects.
-PURE = ("weak_bpf.parsers", "weak_bpf.versions")
+PURE = ("weak_bpf.parsers", "weak_bpf.versions", "weak_bpf.btfcompat", "weak_bpf.signature")
 # Imports a pure module may not make (I/O, processes, logging, the outside world).
 IMPURE_IMPORTS = {
     "os",
