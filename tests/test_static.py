@@ -15,7 +15,13 @@ from conftest import REPO, require
 PACKAGE = REPO / "weak_bpf"
 
 # Modules that must stay free of I/O and side effects.
-PURE = ("weak_bpf.parsers", "weak_bpf.versions", "weak_bpf.btfcompat", "weak_bpf.signature")
+PURE = (
+    "weak_bpf.parsers",
+    "weak_bpf.versions",
+    "weak_bpf.btfcompat",
+    "weak_bpf.signature",
+    "weak_bpf.corerelo",
+)
 # Imports a pure module may not make (I/O, processes, logging, the outside world).
 IMPURE_IMPORTS = {
     "os",

@@ -25,7 +25,7 @@ import sys
 from array import array
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import accumulate, repeat
 from operator import add, itemgetter, lshift, or_
 
@@ -644,6 +644,10 @@ class BTF:
         assert self._str_starts is not None
         pos = bisect_left(self._str_starts, off)
         return pos < len(self._str_starts) and self._str_starts[pos] == off
+
+    def own_strings(self) -> Iterable[bytes]:
+        """The distinct strings of this blob's own string section (not the base's), undecoded."""
+        return self._string_index().keys()
 
     def _offsets_of(self, text: bytes) -> list[int]:
         """Every string offset, in this blob's strings or its bases', that reads `text`."""
