@@ -25,6 +25,7 @@ from weak_bpf.errors import BTFError, ELFError, ParseError
 from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.btfext import BtfExt, CoreReloKind, parse_btf_ext
 from weak_bpf.parsers.bytestream import ByteStream
+from weak_bpf.parsers.elf import section_headers
 from weak_bpf.parsers.insn import Insn, LdImm64Src, decode
 from weak_bpf.parsers.sections import SectionInfo, section_info
 
@@ -328,6 +329,7 @@ class _Reader:
         """Check the ELF header and read the section headers: the only pyelftools code. It
         raises assorted exceptions on corrupt files (even TypeError), so all become ELFError."""
         try:
+            section_headers(self.raw, self.source)  # pyelftools trusts the table: check it
             elf = ELFFile(ByteStream(self.raw))
             self._check_header(elf)
             return self._sections(elf)

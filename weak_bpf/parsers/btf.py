@@ -30,6 +30,7 @@ from itertools import accumulate, repeat
 from operator import add, itemgetter, lshift, or_
 
 from weak_bpf.errors import BTFError
+from weak_bpf.parsers.elf import SHF_COMPRESSED, SHT_NOBITS, section_headers
 
 
 class Kind(enum.IntEnum):
@@ -792,73 +793,23 @@ class BTF:
 
 def _elf_btf_section(view: memoryview, source: str | None) -> tuple[int, int]:
     """Offset and size of the `.BTF` section of an ELF file (either class, either byte order)."""
-
-    def fail(message: str, offset: int, hint: str | None = None) -> BTFError:
-        return BTFError(message, source=source, offset=offset, hint=hint)
-
-    size = len(view)
-    if size < 0x34:
-        raise fail("ELF header is truncated", 0)
-    elf_class, elf_data = view[4], view[5]
-    if elf_data not in (1, 2):
-        raise fail(f"bad ELF data encoding {elf_data}", 5)
-    order = "<" if elf_data == 1 else ">"
-    if elf_class == 2:
-        if size < 0x40:
-            raise fail("ELF header is truncated", 0)
-        (shoff,) = struct.unpack_from(order + "Q", view, 0x28)
-        shentsize, shnum, shstrndx = struct.unpack_from(order + "3H", view, 0x3A)
-        sh_format, sh_min = order + "IIQQQQI", 0x40
-    elif elf_class == 1:
-        (shoff,) = struct.unpack_from(order + "I", view, 0x20)
-        shentsize, shnum, shstrndx = struct.unpack_from(order + "3H", view, 0x2E)
-        sh_format, sh_min = order + "IIIIIII", 0x28
-    else:
-        raise fail(f"bad ELF class {elf_class}", 4)
-
-    def section(index: int) -> tuple[int, int, int, int, int]:
-        """name, type, flags, offset, size and link of section `index`."""
-        at = shoff + index * shentsize
-        if at + sh_min > size:
-            raise fail(f"ELF section header {index} is outside the file", at)
-        name, sh_type, flags, _addr, offset, sh_size, link = struct.unpack_from(sh_format, view, at)
-        del link
-        return name, sh_type, flags, offset, sh_size
-
-    if shoff == 0 or shentsize < sh_min:
-        raise fail("ELF file has no section headers", 0x20)
-    if shnum == 0:  # extended numbering: the count is in section 0
-        shnum = section(0)[4]
-    if shstrndx == 0xFFFF:  # SHN_XINDEX: the index is section 0's sh_link
-        at = shoff + (0x28 if elf_class == 2 else 0x18)
-        if at + 4 > size:
-            raise fail("ELF section header 0 is outside the file", shoff)
-        (shstrndx,) = struct.unpack_from(order + "I", view, at)
-    if shoff + shnum * shentsize > size:
-        raise fail(f"ELF section headers ({shnum} at {shoff:#x}) run past the file", 0x20)
-    if shstrndx >= shnum:
-        raise fail(f"ELF section name table index {shstrndx} is out of range", 0x3E)
-    _n, _t, _f, names_at, names_size = section(shstrndx)
-    if names_at + names_size > size:
-        raise fail("ELF section name table runs past the file", shoff + shstrndx * shentsize)
-    wanted = b".BTF\0"
-    for index in range(shnum):
-        name, sh_type, flags, offset, sh_size = section(index)
-        if name + len(wanted) > names_size:
+    for sec in section_headers(view, source, error=BTFError):
+        if sec.name != ".BTF":
             continue
-        start = names_at + name
-        if view[start : start + len(wanted)] != wanted:
-            continue
-        where = shoff + index * shentsize
-        if sh_type == 8:  # SHT_NOBITS
-            raise fail("the .BTF section has no data (NOBITS)", where)
-        if flags & 0x800:  # SHF_COMPRESSED
-            raise fail("the .BTF section is compressed, which this reader does not support", where)
-        if offset + sh_size > size:
-            raise fail(f".BTF section {offset:#x}+{sh_size:#x} runs past the file", where)
-        return offset, sh_size
-    raise fail(
+        if sec.type == SHT_NOBITS:
+            raise BTFError(
+                "the .BTF section has no data (NOBITS)", source=source, offset=sec.header_offset
+            )
+        if sec.flags & SHF_COMPRESSED:
+            raise BTFError(
+                "the .BTF section is compressed, which this reader does not support",
+                source=source,
+                offset=sec.header_offset,
+            )
+        return sec.offset, sec.size
+    raise BTFError(
         "ELF file has no .BTF section",
-        0,
+        source=source,
+        offset=0,
         hint="build the kernel or module with CONFIG_DEBUG_INFO_BTF, or pass a raw BTF file",
     )

@@ -23,6 +23,7 @@ from elftools.elf.sections import SymbolTableSection
 
 from weak_bpf.errors import ELFError
 from weak_bpf.parsers.bytestream import ByteStream
+from weak_bpf.parsers.elf import section_headers
 
 # KF_* bits of the `flags` in each set8 pair (include/linux/btf.h). The table is the newest
 # meaning of each bit; KF_KPTR_GET (bit 3) existed in 6.0 to 6.3 and its bit has been free since.
@@ -112,6 +113,7 @@ def read_kernel_object(data: bytes, source: str | None = None) -> KernelObject:
 def _read(data: bytes, source: str | None) -> KernelObject:
     if not data.startswith(b"\x7fELF"):
         raise ELFError("not an ELF file (bad magic)", source=source, offset=0)
+    section_headers(data, source)  # pyelftools trusts the table: check it
     elf = ELFFile(ByteStream(data))
     bits = elf.elfclass
     little = elf.little_endian

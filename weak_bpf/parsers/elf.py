@@ -1,0 +1,87 @@
+"""A validated ELF section table (either class, either byte order).
+
+pyelftools trusts the section header table: a crafted `e_shentsize` or extended section count
+makes it loop for hours. Every reader of ELF input checks the table here first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+from weak_bpf.errors import ELFError, ParseError
+
+SHT_NOBITS = 8
+SHF_COMPRESSED = 0x800
+
+
+@dataclasses.dataclass(frozen=True)
+class SectionHeader:
+    index: int
+    name: str
+    type: int
+    flags: int
+    offset: int
+    size: int
+    header_offset: int  # where this header is in the file, for error messages
+
+
+def section_headers(
+    data: bytes | memoryview, source: str | None = None, *, error: type[ParseError] = ELFError
+) -> tuple[SectionHeader, ...]:
+    """Every section header, checked to lie inside the file. Raises `error` (ELFError)."""
+
+    def fail(message: str, offset: int) -> ParseError:
+        return error(message, source=source, offset=offset)
+
+    size = len(data)
+    if size < 0x34 or bytes(data[:4]) != b"\x7fELF":
+        raise fail("not an ELF file (bad magic or truncated header)", 0)
+    elf_class, elf_data = data[4], data[5]
+    if elf_data not in (1, 2):
+        raise fail(f"bad ELF data encoding {elf_data}", 5)
+    order = "<" if elf_data == 1 else ">"
+    if elf_class == 2:
+        if size < 0x40:
+            raise fail("ELF header is truncated", 0)
+        (shoff,) = struct.unpack_from(order + "Q", data, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from(order + "3H", data, 0x3A)
+        sh_format, sh_min = order + "IIQQQQI", 0x40
+    elif elf_class == 1:
+        (shoff,) = struct.unpack_from(order + "I", data, 0x20)
+        shentsize, shnum, shstrndx = struct.unpack_from(order + "3H", data, 0x2E)
+        sh_format, sh_min = order + "IIIIIII", 0x28
+    else:
+        raise fail(f"bad ELF class {elf_class}", 4)
+
+    def raw(index: int) -> tuple[int, int, int, int, int, int, int]:
+        at = shoff + index * shentsize
+        if at + sh_min > size:
+            raise fail(f"ELF section header {index} is outside the file", at)
+        return struct.unpack_from(sh_format, data, at)  # type: ignore[return-value]
+
+    if shoff == 0 or shentsize < sh_min:
+        raise fail("ELF file has no usable section headers", 0x20)
+    if shnum == 0:  # extended numbering: the count is in section 0
+        shnum = raw(0)[5]
+    if shstrndx == 0xFFFF:  # SHN_XINDEX: the index is section 0's sh_link
+        shstrndx = raw(0)[6]
+    if shoff + shnum * shentsize > size:
+        raise fail(f"ELF section headers ({shnum} at {shoff:#x}) run past the file", 0x20)
+    if shstrndx >= shnum:
+        raise fail(f"ELF section name table index {shstrndx} is out of range", 0x3E)
+    _n, _t, _f, _a, names_at, names_size, _l = raw(shstrndx)
+    if names_at + names_size > size:
+        raise fail("ELF section name table runs past the file", shoff + shstrndx * shentsize)
+    names = bytes(data[names_at : names_at + names_size])
+
+    headers = []
+    for index in range(shnum):
+        name_off, sh_type, flags, _addr, offset, sh_size, _link = raw(index)
+        at = shoff + index * shentsize
+        if sh_type != SHT_NOBITS and offset + sh_size > size:
+            raise fail(f"ELF section {index} ({offset:#x}+{sh_size:#x}) runs past the file", at)
+        end = names.find(b"\0", name_off)
+        name = names[name_off:end].decode("utf-8", "replace") if 0 <= name_off < end else ""
+        headers.append(SectionHeader(index, name, sh_type, flags, offset, sh_size, at))
+    return tuple(headers)
