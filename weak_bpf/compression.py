@@ -277,15 +277,13 @@ def _lz4_legacy_end(data: bytes, pos: int) -> int:
     """The end of a legacy lz4 stream: blocks of <le32 size><data> until EOF, a magic or a size
     that no block can have (the kernel appends the vmlinux size after the stream)."""
     p = pos + 4
-    last_full = True
     while p + 4 <= len(data):
         (size,) = struct.unpack_from("<I", data, p)
-        if size == 0 or size > _LZ4_LEGACY_BOUND or not last_full:
+        if size == 0 or size > _LZ4_LEGACY_BOUND:
             break
         if p + 4 + size > len(data):
             raise _Truncated(f"block at {p:#x} of {size} bytes runs past the end")
         p += 4 + size
-        # a short block is the last one; there is no other end marker, so stop only on evidence
     return p
 
 

@@ -227,10 +227,7 @@ class BpfObject:
         raise KeyError(name)
 
     def function_at(self, section: str, insn_index: int) -> Function | None:
-        for func in self.programs + self.subprograms:
-            if func.contains(section, insn_index):
-                return func
-        return None
+        return _function_at(self.programs + self.subprograms, section, insn_index)
 
     def reachable_functions(self, program: Function) -> tuple[Function, ...]:
         """The program and every subprogram it may call (call graph, not control flow)."""
