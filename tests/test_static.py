@@ -21,6 +21,7 @@ PURE = (
     "weak_bpf.btfcompat",
     "weak_bpf.signature",
     "weak_bpf.corerelo",
+    "weak_bpf.reachability",
 )
 # Imports a pure module may not make (I/O, processes, logging, the outside world).
 IMPURE_IMPORTS = {
