@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from weak_bpf.compression import decompress
 from weak_bpf.errors import BTFError
+from weak_bpf.parsers import btf as btf_module
 from weak_bpf.parsers.btf import BTF, Kind, Type
 from weak_bpf.parsers.vmlinuz import vmlinux_from_vmlinuz
 
@@ -49,14 +50,25 @@ def sysfs_json(sysfs_btf: tuple[bytes, BTF]) -> list[dict[str, Any]]:
     return _bpftool_json(SYSFS_VMLINUX)
 
 
-@pytest.fixture(scope="session")
-def old_vmlinux(old_kernel: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    kver, root = old_kernel
+def _unpack_vmlinux(kernel: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    kver, root = kernel
     vmlinuz = root / "boot" / f"vmlinuz-{kver}"
     elf = vmlinux_from_vmlinuz(vmlinuz.read_bytes(), str(vmlinuz), decompress=decompress)
     path = tmp_path_factory.mktemp("btf") / f"vmlinux-{kver}"
     path.write_bytes(elf)
     return path
+
+
+def _conntrack_path(kernel: tuple[str, Path]) -> Path:
+    kver, root = kernel
+    path = root / "lib" / "modules" / kver / "kernel" / "net" / "netfilter" / "nf_conntrack.ko"
+    require(path.exists(), f"{path} is missing")
+    return path
+
+
+@pytest.fixture(scope="session")
+def old_vmlinux(old_kernel: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _unpack_vmlinux(old_kernel, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -66,15 +78,39 @@ def old_btf(old_vmlinux: Path) -> BTF:
 
 @pytest.fixture(scope="session")
 def conntrack_ko(old_kernel: tuple[str, Path]) -> Path:
-    kver, root = old_kernel
-    path = root / "lib" / "modules" / kver / "kernel" / "net" / "netfilter" / "nf_conntrack.ko"
-    require(path.exists(), f"{path} is missing")
-    return path
+    return _conntrack_path(old_kernel)
 
 
 @pytest.fixture(scope="session")
 def conntrack_btf(conntrack_ko: Path, old_btf: BTF) -> BTF:
     return BTF.from_bytes(conntrack_ko.read_bytes(), base=old_btf, source=str(conntrack_ko))
+
+
+@pytest.fixture(scope="session")
+def new_vmlinux(new_kernel: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _unpack_vmlinux(new_kernel, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def new_btf(new_vmlinux: Path) -> BTF:
+    return BTF.from_bytes(new_vmlinux.read_bytes(), source=str(new_vmlinux))
+
+
+@pytest.fixture(scope="session")
+def new_conntrack_ko(new_kernel: tuple[str, Path]) -> Path:
+    return _conntrack_path(new_kernel)
+
+
+@pytest.fixture(scope="session")
+def new_conntrack_btf(new_conntrack_ko: Path, new_btf: BTF) -> BTF:
+    return BTF.from_bytes(new_conntrack_ko.read_bytes(), base=new_btf, source=str(new_conntrack_ko))
+
+
+# fixture names of each Debian kernel's (vmlinux file, its BTF, nf_conntrack.ko, the module's BTF)
+DEBIAN = {
+    "old": ("old_vmlinux", "old_btf", "conntrack_ko", "conntrack_btf"),
+    "new": ("new_vmlinux", "new_btf", "new_conntrack_ko", "new_conntrack_btf"),
+}
 
 
 # A small BPF object with every kind clang 14 emits (no ENUM64: clang 15+).
@@ -252,15 +288,26 @@ def test_running_kernel_matches_bpftool(
     _check_against_bpftool(btf, sysfs_json)
 
 
-def test_old_debian_vmlinux_matches_bpftool(old_vmlinux: Path, old_btf: BTF) -> None:
-    expected = _bpftool_json(old_vmlinux)
+@pytest.mark.parametrize("which", list(DEBIAN))
+def test_debian_vmlinux_matches_bpftool(which: str, request: pytest.FixtureRequest) -> None:
+    vmlinux: Path = request.getfixturevalue(DEBIAN[which][0])
+    btf: BTF = request.getfixturevalue(DEBIAN[which][1])
+    expected = _bpftool_json(vmlinux)
     assert len(expected) > 90_000
-    _check_against_bpftool(old_btf, expected)
+    assert btf.nr_types == len(expected) + 1
+    _check_against_bpftool(btf, expected)
 
 
-def test_split_module_btf_matches_bpftool(
-    conntrack_ko: Path, old_vmlinux: Path, old_btf: BTF, conntrack_btf: BTF
-) -> None:
+def test_debian_kernels_differ(old_btf: BTF, new_btf: BTF) -> None:
+    """The two kernels are distinct builds: the cross-check above covers two BTF blobs."""
+    assert old_btf.to_bytes() != new_btf.to_bytes()
+
+
+@pytest.mark.parametrize("which", list(DEBIAN))
+def test_split_module_btf_matches_bpftool(which: str, request: pytest.FixtureRequest) -> None:
+    old_vmlinux, old_btf, conntrack_ko, conntrack_btf = (
+        request.getfixturevalue(name) for name in DEBIAN[which]
+    )
     expected = _bpftool_json(conntrack_ko, base=old_vmlinux)
     assert conntrack_btf.start_id == old_btf.nr_types
     assert conntrack_btf.base is old_btf
@@ -282,6 +329,41 @@ def test_split_module_btf_matches_bpftool(
     assert all(tid >= conntrack_btf.start_id for tid in conntrack_btf.find(module_only[0]))
     for name, ids in own.items():
         assert conntrack_btf.find(name) == tuple(ids) + tuple(base_names.get(name, ()))
+
+
+def test_name_index_decodes_no_type(
+    sysfs_btf: tuple[bytes, BTF], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lazy indexing: parsing, find(), kind() and name() on a full kernel BTF decode nothing;
+    type() decodes just the one type asked for, once."""
+    data, _ = sysfs_btf
+    decoded: list[int] = []
+    constructed: list[int] = []
+    real_decode = BTF._decode
+    real_type = btf_module.Type
+
+    def spy_decode(self: BTF, tid: int, at: int) -> Type:
+        decoded.append(tid)
+        return real_decode(self, tid, at)
+
+    def spy_type(*args: Any, **kwargs: Any) -> Type:
+        constructed.append(1)
+        return real_type(*args, **kwargs)
+
+    monkeypatch.setattr(BTF, "_decode", spy_decode)
+    monkeypatch.setattr(btf_module, "Type", spy_type)
+    btf = BTF.from_bytes(data, source=str(SYSFS_VMLINUX))
+    assert btf.nr_types > 95_000
+    (task,) = btf.find("task_struct", Kind.STRUCT)
+    assert btf.find("bpf_prog") and btf.find("no_such_type_anywhere") == ()
+    assert btf.find("bpf_map_ops", Kind.STRUCT)
+    assert btf.kind(task) == Kind.STRUCT and btf.name(task) == "task_struct"
+    assert decoded == [] and constructed == []
+    decl = btf.type(task)
+    assert decl.name == "task_struct" and len(decl.members) > 50
+    assert decoded == [task] and len(constructed) == 1
+    assert btf.type(task) is decl  # cached: no second decode
+    assert decoded == [task]
 
 
 def test_find_agrees_with_bpftool_for_every_name(

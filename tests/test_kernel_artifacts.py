@@ -5,10 +5,12 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import platform
 import re
 import struct
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weak_bpf import kernel_data
-from weak_bpf.compression import decompress
+from weak_bpf.compression import Format, decompress, detect
 from weak_bpf.errors import ELFError, FormatError, KernelNotFound, ParseError
 from weak_bpf.kernel import (
     BtfSourceKind,
@@ -28,6 +30,8 @@ from weak_bpf.kernel import (
     installed_kernels,
     resolve_in_root,
 )
+from weak_bpf.parsers.btf import BTF
+from weak_bpf.parsers.elf import section_headers
 from weak_bpf.parsers.greylist import parse_greylist, render_greylist
 from weak_bpf.parsers.kabi import parse_kabi_list
 from weak_bpf.parsers.kconfig import parse_kconfig
@@ -99,12 +103,46 @@ def test_real_symvers(debian_kernels: dict[str, Path]) -> None:
         assert symvers.get("nf_conntrack_in").module == "net/netfilter/nf_conntrack"  # type: ignore[union-attr]
 
 
-def test_symvers_compressed(tmp_path: Path, old_kernel: tuple[str, Path]) -> None:
+def packed_with(argv: list[str], data: bytes) -> bytes:
+    """`data` compressed by the real program `argv` (stdin to stdout)."""
+    exe = require_tool(argv[0])
+    return subprocess.run([exe, *argv[1:]], input=data, capture_output=True, check=True).stdout
+
+
+SYMVERS_PACKERS = {  # suffix -> (program, the format it must write)
+    ".gz": (["gzip", "-c"], Format.GZIP),
+    ".xz": (["xz", "-c"], Format.XZ),
+    ".zst": (["zstd", "-q", "-c"], Format.ZSTD),
+}
+
+
+@pytest.mark.parametrize("suffix", list(SYMVERS_PACKERS))
+def test_symvers_compressed(tmp_path: Path, old_kernel: tuple[str, Path], suffix: str) -> None:
+    """RHEL/Fedora ship symvers packed: discovery finds it and loading gives the plain entries."""
     kver, kdir = old_kernel
-    plain = (headers(kdir, kver) / "Module.symvers").read_bytes()
-    packed = tmp_path / "symvers.gz"
-    packed.write_bytes(gzip.compress(plain))
-    assert kernel_data.load_symvers(packed).entries == parse_symvers(plain).entries
+    plain_path = headers(kdir, kver) / "Module.symvers"
+    plain = kernel_data.load_symvers(plain_path)
+    assert len(plain) > 10_000
+    argv, fmt = SYMVERS_PACKERS[suffix]
+    packed = packed_with(argv, plain_path.read_bytes())
+    assert detect(packed) is fmt
+    fake = "6.1.0-1.el9.x86_64"
+    places = [f"usr/lib/modules/{fake}/symvers{suffix}"]
+    if suffix != ".zst":  # boot/ holds symvers-K.gz (RHEL 8) or symvers-K.xz (RHEL 9)
+        places.append(f"boot/symvers-{fake}{suffix}")
+    for place in places:
+        root = tmp_path / place.split("/")[0] / "root"
+        path = root / place
+        path.parent.mkdir(parents=True)
+        path.write_bytes(packed)
+        (root / "boot").mkdir(exist_ok=True)
+        (root / "boot" / f"vmlinuz-{fake}").write_bytes(b"")
+        assert installed_kernels(root) == (fake,)
+        found = find_kernel(root, fake, running="")
+        assert found.symvers == path
+        loaded = kernel_data.load_symvers(found.symvers)
+        assert loaded.entries == plain.entries
+        assert loaded.get("nf_conntrack_in") == plain.get("nf_conntrack_in") is not None
 
 
 def test_real_config(debian_kernels: dict[str, Path]) -> None:
@@ -231,15 +269,49 @@ def test_stripped_vmlinux_has_no_kfunc_sets(vmlinux_of: dict[str, bytes]) -> Non
     assert vmlinux.btf is not None and len(vmlinux.btf) > 1_000_000
 
 
+MODULE_PACKERS = {  # suffix -> (program, the format it must write)
+    ".ko": (None, None),
+    ".ko.gz": (["gzip", "-c"], Format.GZIP),
+    ".ko.xz": (["xz", "-c", "--check=crc32"], Format.XZ),  # as kmod's xz modules
+    ".ko.zst": (["zstd", "-q", "-c"], Format.ZSTD),
+}
+
+
 def test_compressed_module(tmp_path: Path, old_kernel: tuple[str, Path]) -> None:
+    """Modules packed by the real programs (.ko.gz, .ko.xz, .ko.zst) are found and read."""
     kver, kdir = old_kernel
     raw = (kdir / "lib/modules" / kver / NF_CONNTRACK).read_bytes()
-    for suffix, argv in ((".xz", ["xz", "-c"]), (".zst", ["zstd", "-q", "-c"])):
-        require_tool(argv[0])
-        packed = subprocess.run(argv, input=raw, capture_output=True, check=True).stdout
-        path = tmp_path / f"nf_conntrack.ko{suffix}"
-        path.write_bytes(packed)
-        assert kernel_data.load_kernel_object(path).name == "nf_conntrack"
+    reference = read_kernel_object(raw, "nf_conntrack.ko")
+    assert reference.btf is not None and reference.kfunc_sets
+    fake = "6.1.0-2.fc40.x86_64"
+    tree = tmp_path / "usr/lib/modules" / fake
+    expected = []
+    for index, (suffix, (argv, fmt)) in enumerate(MODULE_PACKERS.items()):
+        data = raw
+        if argv is not None:
+            data = packed_with(argv, raw)
+            assert detect(data) is fmt
+        path = tree / "kernel" / f"d{index}" / f"nf_conntrack{suffix}"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(data)
+        expected.append(path)
+    (tree / "kernel/d0/nf_conntrack.ko.bz2").write_bytes(b"")  # no kernel packs modules so
+    (tree / "kernel/d0/modules.order").write_text("")
+    (tree / "modules.dep").write_text("")
+    found = find_kernel(tmp_path, fake, running="")
+    assert found.modules == tuple(sorted(expected))
+    assert found.modules_dep == tree / "modules.dep"
+    for path in found.modules:
+        module = kernel_data.load_kernel_object(path)
+        assert module.name == "nf_conntrack", path
+        assert module.btf == reference.btf
+        assert module.kfunc_sets == reference.kfunc_sets
+        assert module.modinfo_value("vermagic") == reference.modinfo_value("vermagic")
+    broken = tree / "kernel/d1/nf_conntrack.ko.gz"
+    broken.write_bytes(broken.read_bytes()[:-100])
+    with pytest.raises(ParseError) as info:
+        kernel_data.load_kernel_object(broken)
+    assert info.value.source == str(broken)
 
 
 def test_kf_flags() -> None:
@@ -437,6 +509,25 @@ def test_discovery_debian_layout(tmp_path: Path, debian_kernels: dict[str, Path]
     assert find_kernel(tmp_path, old.kver, running="").btf == vmlinux
 
 
+def test_running_kernel_discovery() -> None:
+    """On this machine: the running kernel's BTF comes from sysfs, and only for that kernel."""
+    sysfs = Path("/sys/kernel/btf/vmlinux")
+    require(sysfs.is_file(), "the running kernel has no /sys/kernel/btf/vmlinux")
+    release = platform.release()
+    found = find_kernel(Path("/"), release, running=release, require=False)
+    assert found.kver == release and found.root == Path("/")
+    assert found.btf == sysfs and found.btf_source_kind is BtfSourceKind.SYSFS
+    data = kernel_data.load_btf_bytes(found)
+    assert data is not None and data[:2] == b"\x9f\xeb"
+    btf = BTF.from_bytes(data, source=str(found.btf))
+    assert btf.nr_types > 95_000
+    assert len(btf.find("task_struct")) >= 1
+    other = find_kernel(Path("/"), release, running=release + "-other", require=False)
+    assert other.btf_source_kind is not BtfSourceKind.SYSFS and other.btf != sysfs
+    unknown = find_kernel(Path("/"), release, running="", require=False)
+    assert unknown.btf_source_kind is not BtfSourceKind.SYSFS
+
+
 def test_symvers_search_order(tmp_path: Path) -> None:
     kver = "6.9.0-1.fc40.aarch64"
     line = b"0x00000001\tkfree\tvmlinux\tEXPORT_SYMBOL\n"
@@ -589,6 +680,39 @@ def small_module(old_kernel: tuple[str, Path]) -> bytes:
     return (kdir / "lib/modules" / kver / NF_CONNTRACK).read_bytes()
 
 
+def kmod_targets(module: bytes) -> list[int]:
+    """Offsets worth corrupting, read from this build of the module (not hard-coded)."""
+    shoff = struct.unpack_from("<Q", module, 0x28)[0]
+    sections = {s.name: s for s in section_headers(module, "nf_conntrack.ko")}
+    wanted = (".BTF_ids", ".BTF", ".symtab", ".modinfo", ".rela.BTF_ids")
+    missing = [name for name in wanted[:4] if name not in sections]
+    assert not missing, f"nf_conntrack.ko has no {missing}"
+    return [0, shoff] + [sections[name].offset for name in wanted if name in sections]
+
+
+def test_kmod_targets(small_module: bytes, old_kernel: tuple[str, Path]) -> None:
+    """The corruption targets are where llvm-readelf puts those sections in this build."""
+    readelf = require_tool("llvm-readelf")
+    kver, kdir = old_kernel
+    table = subprocess.run(
+        [readelf, "-S", "--wide", str(kdir / "lib/modules" / kver / NF_CONNTRACK)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    offsets = {
+        m.group(1): int(m.group(2), 16)
+        for m in re.finditer(r"\]\s+(\S+)\s+\S+\s+[0-9a-f]+\s+([0-9a-f]+)\s", table)
+    }
+    header = re.search(r"section headers, starting at offset (0x[0-9a-f]+)", table)
+    assert header is not None
+    shoff = int(header.group(1), 16)
+    targets = kmod_targets(small_module)
+    assert targets[:6] == [0, shoff] + [
+        offsets[name] for name in (".BTF_ids", ".BTF", ".symtab", ".modinfo")
+    ]
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), max_size=8),
@@ -596,9 +720,8 @@ def small_module(old_kernel: tuple[str, Path]) -> bytes:
 )
 def test_corrupt_kmod(small_module: bytes, flips: list[tuple[int, int]], cut: int) -> None:
     data = bytearray(small_module)
-    # aim at the headers and the tables that matter: ELF header, section headers, .BTF_ids
-    shoff = struct.unpack_from("<Q", small_module, 0x28)[0]
-    targets = [0, shoff, 0x1C4A6]
+    # aim at the headers and the tables that matter: ELF header, section headers, .BTF_ids, ...
+    targets = kmod_targets(small_module)
     for pos, value in flips:
         base = targets[pos % len(targets)]
         data[(base + pos % 512) % len(data)] = value
@@ -609,13 +732,91 @@ def test_corrupt_kmod(small_module: bytes, flips: list[tuple[int, int]], cut: in
         assert e.source == "nf_conntrack.ko"
 
 
-def fake_bzimage(payload: bytes, setup_sects: int = 1) -> bytearray:
+def fake_bzimage(
+    payload: bytes, setup_sects: int = 1, *, code_before: bytes = b"", code_after: bytes = b""
+) -> bytearray:
+    """An x86 bzImage: setup sectors with a boot protocol 2.15 header, then the protected-mode
+    code, which holds the payload at payload_offset (the decompressor's code around it)."""
     image = bytearray((setup_sects + 1) * 512)
     image[0x1F1] = setup_sects
     image[0x202:0x206] = b"HdrS"
     struct.pack_into("<H", image, 0x206, 0x20F)
-    struct.pack_into("<II", image, 0x248, 0, len(payload))
-    return image + payload
+    struct.pack_into("<II", image, 0x248, len(code_before), len(payload))
+    return image + code_before + payload + code_after
+
+
+# How the kernel's Makefiles pack vmlinux.bin (scripts/Makefile.lib, scripts/xz_wrap.sh), at fast
+# levels; lz4 frame is not used by the kernel but is a known format all the same.
+KERNEL_PACKERS = {
+    "gzip": (["gzip", "-c", "-1"], Format.GZIP),
+    "bzip2": (["bzip2", "-c", "-1"], Format.BZIP2),
+    "lzma": (["xz", "--format=lzma", "-c", "-0"], Format.LZMA),
+    "xz": (["xz", "--check=crc32", "--x86", "--lzma2=preset=0", "-c"], Format.XZ),
+    "lz4-legacy": (["lz4", "-l", "-c"], Format.LZ4_LEGACY),
+    "lz4": (["lz4", "-c"], Format.LZ4),
+    "zstd": (["zstd", "-q", "-c", "-1"], Format.ZSTD),
+}
+SLICE = 12_000_000  # more than one 8 MiB lz4 legacy block; the whole vmlinux takes seconds
+CODE_BEFORE = b"\x90" * 0x3A5  # stands for the decompressor's code (no compression magic)
+CODE_AFTER = b"\xcc" * 0x1000 + b"\x55\x48\x89\xe5"
+
+
+@pytest.fixture(scope="session")
+def kernel_payloads(vmlinux_of: dict[str, bytes]) -> tuple[bytes, dict[str, bytes]]:
+    """The first SLICE bytes of the old vmlinux, and each piggy: the stream as the real program
+    writes it, then the kernel's 4-byte little-endian size of the unpacked vmlinux."""
+    vmlinux = vmlinux_of[min(vmlinux_of)][:SLICE]
+    for argv, _ in KERNEL_PACKERS.values():
+        require_tool(argv[0])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        jobs = {
+            name: pool.submit(packed_with, argv, vmlinux)
+            for name, (argv, _) in KERNEL_PACKERS.items()
+        }
+        streams = {name: job.result() for name, job in jobs.items()}
+    size = len(vmlinux).to_bytes(4, "little")
+    return vmlinux, {name: stream + size for name, stream in streams.items()}
+
+
+@pytest.mark.parametrize("name", list(KERNEL_PACKERS))
+def test_bzimage_payload_formats(
+    name: str, kernel_payloads: tuple[bytes, dict[str, bytes]]
+) -> None:
+    vmlinux, piggies = kernel_payloads
+    piggy = piggies[name]
+    assert detect(piggy) is KERNEL_PACKERS[name][1]
+    assert int.from_bytes(piggy[-4:], "little") == len(vmlinux)
+    image = fake_bzimage(piggy, code_before=CODE_BEFORE, code_after=CODE_AFTER)
+    assert vmlinux_from_vmlinuz(bytes(image), name, decompress=decompress) == vmlinux
+    # setup_sects 0 means 4, for old boot loaders
+    image = fake_bzimage(piggy, 4, code_before=CODE_BEFORE)
+    image[0x1F1] = 0
+    assert vmlinux_from_vmlinuz(bytes(image), name, decompress=decompress) == vmlinux
+
+
+@pytest.mark.parametrize("name", list(KERNEL_PACKERS))
+def test_bzimage_scan_fallback_formats(
+    name: str, kernel_payloads: tuple[bytes, dict[str, bytes]]
+) -> None:
+    """No setup header (e.g. an arm64 Image.gz or a damaged header): the payload is found by its
+    magic, and the trailing size and code after it are not part of the stream."""
+    vmlinux, piggies = kernel_payloads
+    image = fake_bzimage(piggies[name], code_before=CODE_BEFORE, code_after=CODE_AFTER)
+    image[0x202:0x206] = b"\0\0\0\0"
+    assert vmlinux_from_vmlinuz(bytes(image), name, decompress=decompress) == vmlinux
+    # protocol < 2.08 has no payload fields: the scan is used too
+    image[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", image, 0x206, 0x207)
+    assert vmlinux_from_vmlinuz(bytes(image), name, decompress=decompress) == vmlinux
+
+
+def test_bzimage_small_lz4_legacy_kernel(kernel_payloads: tuple[bytes, dict[str, bytes]]) -> None:
+    """A vmlinux under one 8 MiB lz4 legacy block: its appended size is a plausible block size,
+    yet it is the last 4 bytes of the payload, so it cannot be a block."""
+    vmlinux = kernel_payloads[0][:3_000_000]
+    piggy = packed_with(["lz4", "-l", "-c"], vmlinux) + len(vmlinux).to_bytes(4, "little")
+    image = fake_bzimage(piggy, code_before=CODE_BEFORE, code_after=CODE_AFTER)
+    assert vmlinux_from_vmlinuz(bytes(image), decompress=decompress) == vmlinux
 
 
 def test_fake_bzimage_round_trip() -> None:

@@ -279,8 +279,8 @@ def _lz4_legacy_end(data: bytes, pos: int) -> int:
     p = pos + 4
     while p + 4 <= len(data):
         (size,) = struct.unpack_from("<I", data, p)
-        if size == 0 or size > _LZ4_LEGACY_BOUND:
-            break
+        if size == 0 or size > _LZ4_LEGACY_BOUND or len(data) - p == 4:
+            break  # the last 4 bytes of a kernel payload are the unpacked size, not a block
         if p + 4 + size > len(data):
             raise _Truncated(f"block at {p:#x} of {size} bytes runs past the end")
         p += 4 + size
