@@ -22,6 +22,9 @@ PURE = (
     "weak_bpf.signature",
     "weak_bpf.corerelo",
     "weak_bpf.reachability",
+    "weak_bpf.checks",
+    "weak_bpf.model",
+    "weak_bpf.bpf_helpers",
 )
 # Imports a pure module may not make (I/O, processes, logging, the outside world).
 IMPURE_IMPORTS = {

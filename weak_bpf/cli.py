@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ class Exit(enum.IntEnum):
 
 
 class Verb(str, enum.Enum):
+    AUDIT = "audit"
+    EXPLAIN = "explain"
     KERNELS = "kernels"
     INSPECT = "inspect"
 
@@ -34,6 +37,8 @@ class Verb(str, enum.Enum):
 
 
 _VERB_HELP = {
+    Verb.AUDIT: "check every installed program against every (or the given) kernel",
+    Verb.EXPLAIN: "every check of one program on a kernel, passed or failed, in words",
     Verb.KERNELS: "list installed kernels and the artifacts found for each",
     Verb.INSPECT: "show what BPF objects need from a kernel (programs, kfuncs, ksyms, CO-RE)",
 }
@@ -65,6 +70,12 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     parser.add_argument(
         "--debug", action="store_true", default=default(False), help="show tracebacks on errors"
     )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print one JSON document on stdout instead of text (audit)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +92,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     def verb(v: Verb) -> argparse.ArgumentParser:
         return sub.add_parser(v.value, help=v.help, parents=[common], allow_abbrev=False)
+
+    audit = verb(Verb.AUDIT)
+    audit.add_argument("kernels", nargs="*", metavar="K", help="kernel versions (default: all)")
+    audit.add_argument(
+        "--kernel",
+        action="append",
+        default=[],
+        metavar="K",
+        dest="kernel_filter",
+        help="only this kernel (repeatable)",
+    )
+    audit.add_argument(
+        "--program",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only programs whose path or <pkg>/<name> matches (repeatable)",
+    )
+    explain = verb(Verb.EXPLAIN)
+    explain.add_argument(
+        "object",
+        type=Path,
+        metavar="OBJECT",
+        help="a BPF object: installed (relative to --root) or any file",
+    )
+    explain.add_argument("kernels", nargs="*", metavar="K", help="kernel versions (default: all)")
 
     verb(Verb.KERNELS).add_argument(
         "kernels", nargs="*", metavar="K", help="kernel versions (default: all installed)"
@@ -118,7 +155,28 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return status
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from weak_bpf import ops, report
+
+    kernels = [*args.kernels, *args.kernel_filter]
+    result = ops.audit(args.root, kernels, programs=args.program)
+    if args.json:
+        sys.stdout.write(json.dumps(report.audit_json(result), indent=2) + "\n")
+    else:
+        sys.stdout.write(report.render_audit(result))
+    return Exit.OK if result.clean else Exit.FINDINGS
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from weak_bpf import ops, report
+
+    sys.stdout.write(report.render_explain(ops.explain(args.root, args.object, args.kernels)))
+    return Exit.OK
+
+
 _COMMANDS: dict[Verb, Callable[[argparse.Namespace], int]] = {
+    Verb.AUDIT: _cmd_audit,
+    Verb.EXPLAIN: _cmd_explain,
     Verb.KERNELS: _cmd_kernels,
     Verb.INSPECT: _cmd_inspect,
 }

@@ -4,13 +4,21 @@ never print. (The writing use cases, add-kernel and friends, come with the resol
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from collections.abc import Sequence
 from pathlib import Path
 
 from weak_bpf import kernel, kernel_data
+from weak_bpf import programs as programs_mod
+from weak_bpf.cache import Cache
+from weak_bpf.checks import check_object, malformed
 from weak_bpf.errors import ParseError, WeakBpfError
+from weak_bpf.kernel import resolve_in_root
+from weak_bpf.kernelfacts import load_kernel_facts
+from weak_bpf.model import KernelFacts, Result, Verdict
 from weak_bpf.parsers.bpfobject import BpfObject, read_bpf_object
 from weak_bpf.parsers.btf import BTF, Kind
+from weak_bpf.programs import InstalledProgram, LoadedProgram, installed_programs, load_program
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,3 +88,100 @@ def inspect_object(root: Path, path: Path) -> BpfObject:
         return read_bpf_object(data, shown)
     except ParseError as e:
         raise e.located(shown) from None
+
+
+# --- audit and explain ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramAudit:
+    loaded: LoadedProgram
+    results: dict[str, tuple[Result, bool]]  # kver -> (result, linked now)
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditReport:
+    root: Path
+    kernels: tuple[str, ...]
+    programs: tuple[ProgramAudit, ...]
+
+    @property
+    def clean(self) -> bool:
+        """Nothing incompatible or unknown (audit's exit status 0)."""
+        return all(
+            result.verdict not in (Verdict.INCOMPATIBLE, Verdict.UNKNOWN)
+            for p in self.programs
+            for result, _ in p.results.values()
+        )
+
+
+def weak_updates_dir(kver: str) -> str:
+    return f"usr/lib/modules/{kver}/bpf/weak-updates"
+
+
+def is_linked(root: Path, kver: str, program: InstalledProgram) -> bool:
+    """Whether K's weak-updates link for the program's link name points at this object."""
+    link = root / weak_updates_dir(kver) / program.link_name
+    if not link.is_symlink():
+        return False
+    target = resolve_in_root(root, f"{weak_updates_dir(kver)}/{program.link_name}")
+    return target is not None and target == resolve_in_root(root, program.path)
+
+
+def evaluate(loaded: LoadedProgram, facts: KernelFacts) -> Result:
+    if loaded.obj is None or loaded.error is not None:
+        return malformed(loaded.error or "unreadable")
+    native = loaded.program.native_kernel == facts.kver
+    return check_object(loaded.obj, loaded.greylist, facts, native=native)
+
+
+def kernel_facts(root: Path, kvers: Sequence[str] = (), *, cache: bool = True) -> list[KernelFacts]:
+    """Facts of the given (default: all installed) kernels, oldest first."""
+    store = Cache(root, writable=cache)
+    wanted = list(kvers) or list(kernel.installed_kernels(root))
+    return [load_kernel_facts(kernel.find_kernel(root, k), store) for k in wanted]
+
+
+def audit(
+    root: Path, kvers: Sequence[str] = (), *, programs: Sequence[str] = (), cache: bool = True
+) -> AuditReport:
+    """Every installed program (or those whose path matches one of `programs`, fnmatch
+    patterns) against every installed kernel (or the ones given)."""
+    facts = kernel_facts(root, kvers, cache=cache)
+    selected = [
+        p
+        for p in installed_programs(root)
+        if not programs
+        or any(fnmatch.fnmatch(p.path, pat) or p.link_name == pat for pat in programs)
+    ]
+    audits = []
+    for program in selected:
+        loaded = load_program(root, program)
+        results = {f.kver: (evaluate(loaded, f), is_linked(root, f.kver, program)) for f in facts}
+        audits.append(ProgramAudit(loaded, results))
+    return AuditReport(root, tuple(f.kver for f in facts), tuple(audits))
+
+
+def _selected(program: InstalledProgram, patterns: Sequence[str]) -> bool:
+    if not patterns:
+        return True
+    names = (program.path, program.link_name)
+    return any(fnmatch.fnmatch(name, pat) for pat in patterns for name in names)
+
+
+def explain(root: Path, path: Path, kvers: Sequence[str] = ()) -> ProgramAudit:
+    """Every check of one program (installed or not) on the given or all installed kernels."""
+    program = programs_mod.program_for_path(root, path)
+    if program is not None:
+        loaded = load_program(root, program)
+    else:
+        where = object_path(root, path)
+        if not where.is_file():
+            raise WeakBpfError(f"{path}: no such BPF object", hint="give the object's path")
+        loaded = programs_mod.loose_program(where)
+    facts = kernel_facts(root, kvers)
+    results = {
+        f.kver: (evaluate(loaded, f), program is not None and is_linked(root, f.kver, program))
+        for f in facts
+    }
+    return ProgramAudit(loaded, results)

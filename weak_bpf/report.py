@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 from weak_bpf.kernel import BtfSourceKind
-from weak_bpf.ops import KernelSummary
+from weak_bpf.model import Area, Outcome, ReasonCode, Result
+from weak_bpf.ops import AuditReport, KernelSummary, ProgramAudit
 from weak_bpf.parsers.bpfobject import BpfObject, Extern, ExternKind, Function
 from weak_bpf.parsers.btfext import CoreReloKind
 
@@ -108,4 +109,130 @@ def render_object(obj: BpfObject, *, verbose: bool = False) -> str:
         out.append(_row("CO-RE", f"{len(relos)} relocations"))
     out.append(_row("greylist", "embedded .greylist section" if obj.greylist else "none"))
     out.extend(_row("problem", p) for p in obj.extern_problems)
+    return "".join(out)
+
+
+# --- audit and explain ---------------------------------------------------------------------------
+
+AUDIT_JSON_VERSION = 1
+
+_ADVICE = {
+    ReasonCode.MALFORMED: "reinstall the package that ships it: the file is damaged or not a "
+    "BPF object",
+    ReasonCode.SYMBOL_MISSING: "update the package to a build made for {k}, or ask the vendor",
+    ReasonCode.CRC_MISMATCH: "update the package to a build made for {k}: the kernel interface "
+    "it uses changed",
+    ReasonCode.LICENSE: "the vendor must ship the program under a GPL-compatible license, or "
+    "stop using GPL-only kernel functions",
+    ReasonCode.KFUNC_MISSING: "update the package to a build for {k}, or rebuild the program "
+    "against {k} (guard optional kfuncs with bpf_ksym_exists)",
+    ReasonCode.KFUNC_PROTO: "rebuild the program against {k}: a kfunc it calls changed",
+    ReasonCode.KSYM_MISSING: "update the package to a build for {k}, or rebuild the program "
+    "against {k}",
+    ReasonCode.CORE_RELO: "rebuild the program against {k}, or guard the access with "
+    "bpf_core_field_exists()",
+    ReasonCode.ATTACH_TARGET: "update the package: the kernel function or tracepoint it attaches "
+    "to is gone in {k}",
+    ReasonCode.KERNEL_DATA_MISSING: "install what {k} lacks (its BTF, System.map or symvers: "
+    "e.g. the kernel-devel or -dbg package), then run the audit again",
+}
+
+_MARK = {
+    Outcome.PASS: "ok",
+    Outcome.FAIL: "FAIL",
+    Outcome.UNDECIDED: "??",
+    Outcome.UNSTABLE: "unstable",
+    Outcome.NOTE: "note",
+}
+
+
+def audit_json(report: AuditReport) -> dict[str, object]:
+    """The `audit --json` document, schema version 1 (SPEC §5)."""
+    programs = []
+    for p in report.programs:
+        results = {
+            kver: {
+                "verdict": result.verdict.value,
+                "linked": linked,
+                "reasons": [reason.to_json() for reason in result.reasons],
+            }
+            for kver, (result, linked) in p.results.items()
+        }
+        programs.append(
+            {
+                "path": p.loaded.program.path,
+                "package": None,
+                "build_kernel": p.loaded.build_kernel,
+                "results": results,
+            }
+        )
+    return {
+        "version": AUDIT_JSON_VERSION,
+        "root": str(report.root),
+        "kernels": list(report.kernels),
+        "programs": programs,
+    }
+
+
+def _cell(result: Result) -> str:
+    reasons = result.reasons
+    return f"{result.verdict.value} ({reasons[0].code.value})" if reasons else result.verdict.value
+
+
+def render_audit(report: AuditReport) -> str:
+    if not report.kernels:
+        return "no kernels installed under this root\n"
+    if not report.programs:
+        return "no BPF programs installed under this root\n"
+    header = ["program", *report.kernels]
+    rows = [
+        [p.loaded.program.path, *(_cell(p.results[k][0]) for k in report.kernels)]
+        for p in report.programs
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() + "\n"
+
+    out = [line(header), line(["-" * w for w in widths])]
+    out.extend(line(r) for r in rows)
+    out.append("\n")
+    for kver in report.kernels:
+        usable = sum(1 for p in report.programs if p.results[kver][0].verdict.usable)
+        out.append(f"{kver}: {usable} of {len(report.programs)} programs usable\n")
+    return "".join(out)
+
+
+def render_explain(audit: ProgramAudit) -> str:
+    loaded = audit.loaded
+    out = [f"{loaded.program.path}\n"]
+    if loaded.build_kernel:
+        out.append(f"  built for {loaded.build_kernel}\n")
+    if loaded.greylist is not None:
+        out.append(f"  greylist: {loaded.greylist.source} ({len(loaded.greylist)} symbols)\n")
+    for kver, (result, linked) in audit.results.items():
+        state = ", linked" if linked else ""
+        out.append(f"\non {kver}: {result.verdict.value}{state}\n")
+        for area in Area:
+            checks = [c for c in result.checks if c.area is area]
+            if not checks:
+                continue
+            out.append(f"  {area.value}\n")
+            for c in checks:
+                where = f" [{c.program}]" if c.program else ""
+                out.append(f"    {_MARK[c.outcome]:<8} {c.subject}{where}: {c.detail}\n")
+        todo = [
+            _ADVICE[code].format(k=kver) for code in dict.fromkeys(r.code for r in result.reasons)
+        ]
+        if result.modules and result.verdict.usable:
+            todo.append(f"load module(s) {', '.join(result.modules)} before loading the program")
+        if todo:
+            out.append("  what to do\n")
+            out.extend(f"    - {t}\n" for t in todo)
+    out.append(
+        "\n  Not checked offline (the kernel decides at load time): which program types may call "
+        "a kfunc,\n  the verifier's verdict on the program's logic, helpers per program type, "
+        "features of the\n  loader's libbpf, and attach-time refusals (kprobe blacklist, "
+        "lockdown, LSM policy).\n"
+    )
     return "".join(out)

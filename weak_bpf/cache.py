@@ -1,0 +1,65 @@
+"""The cache of parsed kernel data, `var/cache/weak-bpf-progs/` under the root: safe to delete.
+
+Entries are named by a hash of what they were made from, so a stale entry is never used: it is
+simply not found. Reading never fails (a bad entry counts as absent); writing goes through
+weak_bpf.actions and is skipped in a dry run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+
+from weak_bpf import actions
+
+CACHE_DIR = "var/cache/weak-bpf-progs"
+MAX_ENTRY = 256 << 20
+
+
+def content_key(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()[:32]
+
+
+def file_key(path: Path) -> str:
+    """A hash of a file's content."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:32]
+
+
+def stat_key(paths: list[Path]) -> str:
+    """A hash of many files' names, sizes and modification times: cheap, for module trees."""
+    parts = []
+    for path in paths:
+        st = os.stat(path)
+        parts.append(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}")
+    return content_key("\n".join(parts))
+
+
+class Cache:
+    def __init__(self, root: Path, *, writable: bool) -> None:
+        self.dir = root / CACHE_DIR
+        self.writable = writable
+
+    def get(self, name: str) -> bytes | None:
+        try:
+            with open(self.dir / name, "rb") as f:
+                data = f.read(MAX_ENTRY + 1)
+        except OSError:
+            return None
+        return data if len(data) <= MAX_ENTRY else None
+
+    def put(self, name: str, data: bytes) -> None:
+        if not self.writable:
+            return
+        with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
+            actions.write_atomic(self.dir / name, data)

@@ -1,0 +1,609 @@
+"""The compatibility checks of SPEC §4: one BPF object against one kernel, every check in words.
+
+Pure: the object, its greylist and the kernel's facts come in as values (KernelFacts may read a
+module's BTF on first use, through the loader it carries); a Result comes out.
+
+The question asked is always the loader's: will libbpf and the verifier accept this object on K?
+libbpf loads every program of an object together, so one failing program fails the object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from weak_bpf.bpf_helpers import helper_name, is_gpl_only, license_is_gpl_compatible
+from weak_bpf.btfcompat import essential_name, func_protos_compatible
+from weak_bpf.corerelo import CoreResolver, CoreResult, target_index, types_are_compat
+from weak_bpf.model import (
+    Area,
+    Check,
+    KernelFacts,
+    Outcome,
+    ReasonCode,
+    Result,
+    Verdict,
+    verdict_of,
+)
+from weak_bpf.parsers.bpfobject import BpfObject, Extern, ExternKind, Function
+from weak_bpf.parsers.btf import BTF, Kind
+from weak_bpf.parsers.greylist import Greylist
+from weak_bpf.parsers.insn import InsnClass
+from weak_bpf.parsers.sections import TargetKind
+from weak_bpf.parsers.symvers import SymvEntry
+from weak_bpf.reachability import NONZERO, KnownValue, Slot, reachability
+from weak_bpf.signature import format_crc, signature_crc
+
+MAX_KFUNC_ARGS = 5  # MAX_BPF_FUNC_REG_ARGS
+_MEMORY_CLASSES = (InsnClass.LDX, InsnClass.ST, InsnClass.STX)
+_TEXT_SYMBOL_TYPES = frozenset("tTwW")
+
+
+def malformed(detail: str) -> Result:
+    """The result for an object (or greylist) that cannot be read."""
+    check = Check(Area.OBJECT, Outcome.FAIL, "object", detail, ReasonCode.MALFORMED)
+    return Result(Verdict.INCOMPATIBLE, (check,))
+
+
+def check_object(
+    obj: BpfObject, greylist: Greylist | None, kernel: KernelFacts, *, native: bool = False
+) -> Result:
+    """Every check of `obj` on `kernel`; `native` when the object was built for this kernel."""
+    checker = _Checker(obj, greylist, kernel)
+    checks = tuple(checker.run())
+    modules = tuple(sorted(checker.modules))
+    verdict = Verdict.NATIVE if native else verdict_of(checks)
+    return Result(verdict, checks, modules)
+
+
+class _Checker:
+    def __init__(self, obj: BpfObject, greylist: Greylist | None, kernel: KernelFacts) -> None:
+        self.obj = obj
+        self.greylist = greylist
+        self.k = kernel
+        self.modules: set[str] = set()
+        # what K resolves, for the reachability analysis: slot -> value, and poisoned slots
+        self.known: dict[Slot, KnownValue] = {}
+        self.poisoned: dict[Slot, tuple[ReasonCode, str, str]] = {}
+        self.present_kfuncs: list[str] = []
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _check(
+        self,
+        area: Area,
+        outcome: Outcome,
+        subject: str,
+        detail: str,
+        *,
+        code: ReasonCode | None = None,
+        symbol: str | None = None,
+        program: str | None = None,
+    ) -> Check:
+        return Check(area, outcome, subject, detail, code, symbol, program)
+
+    def _missing_data(
+        self, area: Area, subject: str, detail: str, symbol: str | None = None
+    ) -> Check:
+        return self._check(
+            area,
+            Outcome.UNDECIDED,
+            subject,
+            detail,
+            code=ReasonCode.KERNEL_DATA_MISSING,
+            symbol=symbol,
+        )
+
+    def _own_func(self, btf: BTF, name: str) -> int | None:
+        """A FUNC called `name` defined by `btf` itself (not by its base)."""
+        ids = [i for i in btf.find(name, Kind.FUNC) if i >= btf.start_id]
+        return ids[0] if ids else None
+
+    def _find_func(
+        self, name: str, module: str | None = None
+    ) -> tuple[BTF, int, str | None] | None:
+        """Where K defines FUNC `name`: (btf, id, module or None for vmlinux). A named module is
+        searched first, then vmlinux, then the modules that register kfuncs, as libbpf does."""
+        vmlinux = self.k.vmlinux
+        assert vmlinux is not None
+        candidates: list[str | None] = [module] if module else []
+        candidates.append(None)
+        indexed = self.k.module_kfuncs.get(name)
+        if indexed is not None:
+            candidates.append(indexed.module)
+        for mod in candidates:
+            btf = vmlinux if mod is None else self.k.module_btf(mod)
+            if btf is None:
+                continue
+            func_id = self._own_func(btf, name)
+            if func_id is not None:
+                return btf, func_id, mod
+        return None
+
+    # --- the checks --------------------------------------------------------------------------
+
+    def run(self) -> Iterable[Check]:
+        if self.k.vmlinux is None:
+            why = "; ".join(self.k.problems) or "no vmlinux, vmlinuz or sysfs BTF was found"
+            yield self._missing_data(
+                Area.KERNEL,
+                f"BTF of {self.k.kver}",
+                f"no BTF ({why}): kfuncs, ksyms, CO-RE relocations and attach targets "
+                "cannot be checked",
+            )
+        yield from self._license()
+        yield from self._greylist()
+        if self.k.vmlinux is None:
+            return
+        yield from self._kfuncs()
+        yield from self._ksyms()
+        yield from self._core()
+        yield from self._attach_targets()
+        yield from self._poisoned_code()
+
+    def _license(self) -> Iterable[Check]:
+        license = self.obj.license
+        if license is not None and license_is_gpl_compatible(license):
+            yield self._check(
+                Area.LICENSE, Outcome.PASS, "license", f'"{license}" is GPL-compatible'
+            )
+            return
+        shown = f'"{license}"' if license is not None else "no license section"
+        gpl_uses = [f"kfunc {e.name}" for e in self.obj.ksyms if e.kind is ExternKind.FUNC]
+        helpers = sorted({h for f in self._functions() for h in f.helper_ids if is_gpl_only(h)})
+        gpl_uses += [f"GPL-only helper {helper_name(h)}" for h in helpers]
+        if self.greylist is not None:
+            gpl_uses += [
+                f"{e.symbol} ({e.export_type.value})"
+                for e in self.greylist.entries
+                if e.export_type.gpl_only
+            ]
+        if not gpl_uses:
+            yield self._check(
+                Area.LICENSE,
+                Outcome.PASS,
+                "license",
+                f"{shown} is not GPL-compatible, but the program uses nothing GPL-only",
+            )
+            return
+        yield self._check(
+            Area.LICENSE,
+            Outcome.FAIL,
+            "license",
+            f"{shown} is not GPL-compatible, and the program uses {', '.join(gpl_uses)}: "
+            "the kernel refuses that",
+            code=ReasonCode.LICENSE,
+        )
+
+    def _functions(self) -> tuple[Function, ...]:
+        return self.obj.programs + self.obj.subprograms
+
+    def _greylist(self) -> Iterable[Check]:
+        if self.greylist is None:
+            return
+        for entry in self.greylist.entries:
+            yield from self._greylist_entry(entry)
+
+    def _greylist_entry(self, entry: SymvEntry) -> Iterable[Check]:
+        subject = f"greylist symbol {entry.symbol}"
+        if entry.export_type.flagged:
+            yield self._check(
+                Area.GREYLIST,
+                Outcome.NOTE,
+                subject,
+                f"export type {entry.export_type.value} is obsolete: rebuild the greylist",
+                symbol=entry.symbol,
+            )
+        provided = self.k.symvers.get(entry.symbol) if self.k.symvers is not None else None
+        if provided is not None:
+            crc, where = provided.crc, f"{self.k.kver}'s symvers ({provided.module})"
+        else:
+            found = self._find_func(
+                entry.symbol, None if entry.module == "vmlinux" else entry.module
+            )
+            if found is None:
+                if self.k.symvers is None and self.k.vmlinux is None:
+                    yield self._missing_data(
+                        Area.GREYLIST,
+                        subject,
+                        "the kernel has neither symvers nor BTF",
+                        entry.symbol,
+                    )
+                else:
+                    yield self._check(
+                        Area.GREYLIST,
+                        Outcome.FAIL,
+                        subject,
+                        f"{entry.symbol} is provided neither by {self.k.kver}'s symvers "
+                        "nor by its BTF",
+                        code=ReasonCode.SYMBOL_MISSING,
+                        symbol=entry.symbol,
+                    )
+                return
+            btf, func_id, module = found
+            crc = signature_crc(btf, func_id)
+            where = f"the BTF signature in {module or 'vmlinux'}"
+        if crc != entry.crc:
+            yield self._check(
+                Area.GREYLIST,
+                Outcome.FAIL,
+                subject,
+                f"CRC {format_crc(entry.crc)} in the greylist, {format_crc(crc)} in {where}",
+                code=ReasonCode.CRC_MISMATCH,
+                symbol=entry.symbol,
+            )
+            return
+        if self.k.kabi is not None and entry.symbol in self.k.kabi.symbols:
+            yield self._check(
+                Area.GREYLIST,
+                Outcome.PASS,
+                subject,
+                f"CRC matches {where}; on the kABI stablelist",
+                symbol=entry.symbol,
+            )
+        else:
+            stablelist = "not on" if self.k.kabi is not None else "no kABI stablelist, so not on"
+            yield self._check(
+                Area.GREYLIST,
+                Outcome.UNSTABLE,
+                subject,
+                f"CRC matches {where}; {stablelist} the kABI stablelist: "
+                "it may change in any update",
+                symbol=entry.symbol,
+            )
+
+    def _kfuncs(self) -> Iterable[Check]:
+        for ext in self.obj.ksyms:
+            if ext.kind is ExternKind.FUNC:
+                yield from self._kfunc(ext)
+
+    def _kfunc(self, ext: Extern) -> Iterable[Check]:
+        subject = f"kfunc {ext.name}"
+        name = essential_name(ext.name)
+        found = self._find_func(name)
+        if found is None:
+            self._set_extern(ext, 0)
+            if ext.weak:
+                self._poison_calls(ext.name, f"weak kfunc {ext.name} is absent from {self.k.kver}")
+                yield self._check(
+                    Area.KFUNC,
+                    Outcome.PASS,
+                    subject,
+                    "absent, but weak: its calls must be unreachable (bpf_ksym_exists guards)",
+                    symbol=ext.name,
+                )
+            else:
+                yield self._check(
+                    Area.KFUNC,
+                    Outcome.FAIL,
+                    subject,
+                    f"in no BTF of {self.k.kver} (vmlinux or modules)",
+                    code=ReasonCode.KFUNC_MISSING,
+                    symbol=ext.name,
+                )
+            return
+        btf, func_id, module = found
+        self._set_extern(ext, NONZERO)
+        where = f"found in module {module} (must be loaded)" if module else "found in vmlinux"
+        if module:
+            self.modules.add(module)
+        problem = self._not_a_kfunc(btf, func_id, module)
+        if problem:
+            yield self._check(
+                Area.KFUNC,
+                Outcome.FAIL,
+                subject,
+                f"{where}, but {problem}",
+                code=ReasonCode.KFUNC_MISSING,
+                symbol=ext.name,
+            )
+            return
+        proto = btf.type(btf.type(func_id).type)
+        if len(proto.params) > MAX_KFUNC_ARGS:
+            yield self._check(
+                Area.KFUNC,
+                Outcome.FAIL,
+                subject,
+                f"{where}, but it takes {len(proto.params)} arguments; BPF passes at most 5",
+                code=ReasonCode.KFUNC_PROTO,
+                symbol=ext.name,
+            )
+            return
+        compat = func_protos_compatible(self.obj.btf, ext.btf_id, btf, func_id)  # type: ignore[arg-type]
+        if not compat.compatible:
+            yield self._check(
+                Area.KFUNC,
+                Outcome.FAIL,
+                subject,
+                f"{where}, but the prototype is incompatible: {compat.reason}",
+                code=ReasonCode.KFUNC_PROTO,
+                symbol=ext.name,
+            )
+            return
+        self.present_kfuncs.append(ext.name)
+        yield self._check(
+            Area.KFUNC,
+            Outcome.NOTE if module else Outcome.PASS,
+            subject,
+            f"{where}; prototype compatible",
+            symbol=ext.name,
+        )
+
+    def _not_a_kfunc(self, btf: BTF, func_id: int, module: str | None) -> str | None:
+        """Why a FUNC that exists is not callable as a kfunc, where K's data can tell."""
+        if self.k.has_kfunc_tags:
+            tags = [t for t in btf.decl_tags(func_id) if t.name == "bpf_kfunc"]
+            return None if tags else "its BTF does not tag it as a kfunc (bpf_kfunc)"
+        if module is not None and btf.name(func_id) not in self.k.module_kfuncs:
+            return f"module {module} does not register it as a kfunc"
+        return None
+
+    def _set_extern(self, ext: Extern, value: KnownValue) -> None:
+        """Record what libbpf writes into the ld_imm64 loads of an extern's address."""
+        for func in self._functions():
+            for ref in func.extern_refs:
+                if ref.name == ext.name:
+                    self.known[(ref.section, ref.insn_index)] = value
+
+    def _poison_calls(self, name: str, why: str) -> None:
+        for func in self._functions():
+            for call in func.kfunc_calls:
+                if call.name == name:
+                    slot = (call.section, call.insn_index)
+                    self.poisoned[slot] = (ReasonCode.KFUNC_MISSING, f"kfunc {name}", why)
+
+    def _ksyms(self) -> Iterable[Check]:
+        for ext in self.obj.ksyms:
+            if ext.kind is ExternKind.VAR:
+                yield from self._typed_ksym(ext) if ext.typed else self._typeless_ksym(ext)
+
+    def _typed_ksym(self, ext: Extern) -> Iterable[Check]:
+        subject = f"ksym {ext.name}"
+        vmlinux = self.k.vmlinux
+        assert vmlinux is not None and self.obj.btf is not None
+        var_ids = [i for i in vmlinux.find(ext.name, Kind.VAR)]
+        if not var_ids:
+            self._set_extern(ext, 0)
+            if ext.weak:
+                yield self._check(
+                    Area.KSYM,
+                    Outcome.PASS,
+                    subject,
+                    "absent, but weak: its address reads as 0",
+                    symbol=ext.name,
+                )
+            else:
+                yield self._check(
+                    Area.KSYM,
+                    Outcome.FAIL,
+                    subject,
+                    f"no variable {ext.name} in {self.k.kver}'s BTF",
+                    code=ReasonCode.KSYM_MISSING,
+                    symbol=ext.name,
+                )
+            return
+        self._set_extern(ext, NONZERO)
+        target_type = vmlinux.type(var_ids[0]).type
+        # libbpf compares the types with modifiers and typedefs skipped on both sides
+        local_type = self.obj.btf.resolve(ext.btf_type)
+        if types_are_compat(self.obj.btf, local_type, vmlinux, vmlinux.resolve(target_type)) <= 0:
+            yield self._check(
+                Area.KSYM,
+                Outcome.FAIL,
+                subject,
+                f"present in {self.k.kver}, but its type is incompatible with the program's",
+                code=ReasonCode.KSYM_MISSING,
+                symbol=ext.name,
+            )
+            return
+        yield self._check(
+            Area.KSYM, Outcome.PASS, subject, "present, with a compatible type", symbol=ext.name
+        )
+
+    def _typeless_ksym(self, ext: Extern) -> Iterable[Check]:
+        subject = f"ksym {ext.name} (typeless)"
+        system_map = self.k.system_map
+        if system_map is None:
+            self._set_extern(ext, NONZERO if ext.weak else 0)
+            yield self._missing_data(
+                Area.KSYM,
+                subject,
+                f"{self.k.kver} has no usable System.map (missing, or a placeholder as on Debian)",
+                ext.name,
+            )
+            return
+        symbol = system_map.get(ext.name)
+        if symbol is not None and symbol.type not in _TEXT_SYMBOL_TYPES:
+            kallsyms_all = self.k.config.get("KALLSYMS_ALL") if self.k.config else None
+            if kallsyms_all is None:
+                yield self._missing_data(
+                    Area.KSYM,
+                    subject,
+                    f"a data symbol; without {self.k.kver}'s config, whether kallsyms lists it "
+                    "(CONFIG_KALLSYMS_ALL) is unknown",
+                    ext.name,
+                )
+                return
+            if kallsyms_all != "y":
+                symbol = None  # data symbols are not in kallsyms, where libbpf looks
+        if symbol is None:
+            self._set_extern(ext, 0)
+            if ext.weak:
+                yield self._check(
+                    Area.KSYM, Outcome.PASS, subject, "absent, but weak", symbol=ext.name
+                )
+            else:
+                yield self._check(
+                    Area.KSYM,
+                    Outcome.FAIL,
+                    subject,
+                    f"not in {self.k.kver}'s kallsyms (System.map and CONFIG_KALLSYMS_ALL)",
+                    code=ReasonCode.KSYM_MISSING,
+                    symbol=ext.name,
+                )
+            return
+        self._set_extern(ext, NONZERO)
+        yield self._check(
+            Area.KSYM, Outcome.PASS, subject, "present in System.map", symbol=ext.name
+        )
+
+    def _core(self) -> Iterable[Check]:
+        if not self.obj.core_relos or self.obj.btf is None:
+            return
+        assert self.k.vmlinux is not None
+        resolver = CoreResolver(self.obj.btf, target_index(self.k.vmlinux))
+        for site in self.obj.core_relos:
+            result = resolver.resolve_relo(site)
+            slot = (site.section, site.insn_index)
+            if result.fatal:
+                yield self._check(
+                    Area.CORE,
+                    Outcome.FAIL,
+                    f"relocation {result.name}",
+                    f"{result.status}: {result.reason}",
+                    code=ReasonCode.CORE_RELO,
+                    symbol=result.name,
+                    program=site.program,
+                )
+            elif result.ok and not self._size_change_poisons(site.section, site.insn_index, result):
+                self.known[slot] = result.value if result.value is not None else 0
+            else:
+                why = result.reason or "no matching field or type in the kernel"
+                self.poisoned[slot] = (ReasonCode.CORE_RELO, f"relocation {result.name}", why)
+        if not any(code is ReasonCode.CORE_RELO for code, _, _ in self.poisoned.values()):
+            yield self._check(
+                Area.CORE,
+                Outcome.PASS,
+                "CO-RE relocations",
+                f"all {len(self.obj.core_relos)} resolve on {self.k.kver}",
+            )
+
+    def _size_change_poisons(self, section: str, index: int, result: CoreResult) -> bool:
+        """libbpf poisons a memory access whose field changed size."""
+        if not result.mem_size_change_fails:
+            return False
+        func = self.obj.function_at(section, index)
+        if func is None:
+            return False
+        insn = func.instructions[index - func.insn_start]
+        return insn.cls in _MEMORY_CLASSES
+
+    def _poisoned_code(self) -> Iterable[Check]:
+        """Poisoned instructions fail the load only if the verifier can reach them."""
+        if not self.poisoned:
+            return
+        for program in self.obj.programs:
+            in_program = {
+                slot: why
+                for slot, why in self.poisoned.items()
+                if any(f.contains(*slot) for f in self.obj.reachable_functions(program))
+            }
+            if not in_program:
+                continue
+            reach = reachability(self.obj, program, self.known)
+            for slot, (code, subject, why) in sorted(in_program.items()):
+                area = Area.CORE if code is ReasonCode.CORE_RELO else Area.KFUNC
+                symbol = subject.split(" ", 1)[-1]
+                where = f"instruction {slot[1]} of {slot[0]}"
+                if reach.undecidable:
+                    outcome, detail = (
+                        Outcome.UNDECIDED,
+                        (
+                            f"{why}; whether {where} can run cannot be decided "
+                            f"({'; '.join(reach.undecidable)})"
+                        ),
+                    )
+                elif slot in reach.reachable:
+                    outcome, detail = (
+                        Outcome.FAIL,
+                        (
+                            f"{why}, and {where} can run in program {program.name}: "
+                            "the verifier rejects it"
+                        ),
+                    )
+                else:
+                    outcome = Outcome.PASS
+                    detail = f"{why}, but {where} cannot run on {self.k.kver} (guarded)"
+                failed = outcome is not Outcome.PASS
+                yield self._check(
+                    area,
+                    outcome,
+                    subject,
+                    detail,
+                    code=code if failed else None,
+                    symbol=symbol,
+                    program=program.name,
+                )
+
+    def _attach_targets(self) -> Iterable[Check]:
+        for program in self.obj.programs:
+            check = self._attach_target(program)
+            if check is not None:
+                yield check
+
+    def _attach_target(self, program: Function) -> Check | None:
+        info = program.info
+        if not info.needs_kernel_target or not info.lookup_name:
+            return None
+        vmlinux = self.k.vmlinux
+        assert vmlinux is not None
+        name = info.lookup_name
+        subject = f"attach target {info.section}"
+
+        def result(found: bool, where: str) -> Check:
+            if found:
+                return self._check(
+                    Area.ATTACH,
+                    Outcome.PASS,
+                    subject,
+                    f"{name} {where}",
+                    symbol=name,
+                    program=program.name,
+                )
+            return self._check(
+                Area.ATTACH,
+                Outcome.FAIL,
+                subject,
+                f"{name} is absent from {self.k.kver}",
+                code=ReasonCode.ATTACH_TARGET,
+                symbol=name,
+                program=program.name,
+            )
+
+        kind = info.target_kind
+        if kind is TargetKind.BTF_FUNC:
+            found = self._find_func(name, info.module)
+            if found is not None and found[2]:
+                self.modules.add(found[2])
+            return result(found is not None, "is a function in the kernel's BTF")
+        if kind in (TargetKind.BTF_TYPEDEF, TargetKind.RAW_TP):
+            typedef = name if name.startswith("btf_trace_") else f"btf_trace_{name}"
+            return result(bool(vmlinux.find(typedef, Kind.TYPEDEF)), "is a BTF tracepoint")
+        if kind is TargetKind.TRACEPOINT:
+            event = name.split("/")[-1]
+            if name.startswith("syscalls/"):
+                syscall = (
+                    event.split("_", 2)[-1]
+                    if event.startswith(("sys_enter_", "sys_exit_"))
+                    else event
+                )
+                funcs = (f"__x64_sys_{syscall}", f"__se_sys_{syscall}", f"__do_sys_{syscall}")
+                return result(
+                    any(vmlinux.find(f, Kind.FUNC) for f in funcs), "is a syscall with tracepoints"
+                )
+            return result(bool(vmlinux.find(f"btf_trace_{event}", Kind.TYPEDEF)), "is a tracepoint")
+        if kind in (TargetKind.KSYM, TargetKind.SYSCALL):
+            symbols = (
+                [name] if kind is TargetKind.KSYM else [f"__x64_sys_{name}", f"__se_sys_{name}"]
+            )
+            if self.k.system_map is not None:
+                return result(any(s in self.k.system_map for s in symbols), "is in System.map")
+            if any(vmlinux.find(s, Kind.FUNC) for s in symbols):
+                return result(True, "is a function in the kernel's BTF")
+            return self._missing_data(
+                Area.ATTACH,
+                subject,
+                f"{name} is not a BTF function of {self.k.kver}, and without System.map "
+                "whether kprobes can attach there is unknown",
+                name,
+            )
+        return None

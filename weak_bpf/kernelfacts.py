@@ -1,0 +1,156 @@
+"""What one kernel provides to BPF programs, read from its artifacts under the root: vmlinux BTF,
+the kfuncs of its modules, symvers, the kABI stablelist, System.map and config.
+
+Reading is lazy where it is costly (module BTF) and cached across runs (var/cache): the vmlinux
+BTF taken out of a vmlinuz, and the index of module kfuncs. A missing or unreadable artifact is
+recorded in `problems`, never raised: the checks turn it into an `unknown` verdict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+from weak_bpf import kernel_data
+from weak_bpf.cache import Cache, content_key, file_key, stat_key
+from weak_bpf.errors import WeakBpfError
+from weak_bpf.kernel import BtfSourceKind, KernelArtifacts
+from weak_bpf.model import KernelFacts, ModuleKfunc
+from weak_bpf.parsers.btf import BTF
+from weak_bpf.parsers.elf import section_headers
+from weak_bpf.parsers.kmod import read_kernel_object
+
+INDEX_VERSION = "1"
+
+
+def module_name(path: Path) -> str:
+    """nf_conntrack.ko.xz -> nf_conntrack (dashes read as underscores, as the kernel does)."""
+    return path.name.split(".ko")[0].replace("-", "_")
+
+
+def _load_vmlinux_btf(artifacts: KernelArtifacts, cache: Cache) -> BTF:
+    assert artifacts.btf is not None
+    if artifacts.btf_source_kind is BtfSourceKind.VMLINUZ:
+        name = f"btf-{file_key(artifacts.btf)}.btf"
+        cached = cache.get(name)
+        if cached is not None:
+            try:
+                return BTF.from_bytes(cached, source=str(artifacts.btf))
+            except WeakBpfError:
+                pass  # a damaged entry: rebuild it
+        btf = BTF.from_bytes(kernel_data.load_vmlinux(artifacts.btf), source=str(artifacts.btf))
+        cache.put(name, btf.to_bytes())
+        return btf
+    raw = kernel_data.load_btf_bytes(artifacts)
+    assert raw is not None
+    return BTF.from_bytes(raw, source=str(artifacts.btf))
+
+
+def _scan_module_kfuncs(
+    artifacts: KernelArtifacts, vmlinux: BTF, problems: list[str]
+) -> dict[str, ModuleKfunc]:
+    """Kfuncs of modules: only a module with a `.BTF_ids` section can register any."""
+    found: dict[str, ModuleKfunc] = {}
+    for path in artifacts.modules:
+        try:
+            data = kernel_data.read_file(path)
+            if not any(s.name == ".BTF_ids" for s in section_headers(data, str(path))):
+                continue
+            ko = read_kernel_object(data, str(path))
+            if ko.btf is None:
+                continue
+            btf = BTF.from_bytes(ko.btf, base=vmlinux, source=str(path))
+            name = ko.name or module_name(path)
+            for kset in ko.kfunc_sets:
+                for entry in kset.entries:
+                    if btf.start_id <= entry.btf_id < btf.nr_types:
+                        func = btf.name(entry.btf_id)
+                        rel = artifacts.relative(path) or str(path)
+                        found.setdefault(func, ModuleKfunc(name, rel, entry.flags))
+        except WeakBpfError as e:
+            problems.append(f"module {artifacts.relative(path)}: {e}")
+    return found
+
+
+def _module_kfuncs(
+    artifacts: KernelArtifacts, vmlinux: BTF, cache: Cache, problems: list[str]
+) -> dict[str, ModuleKfunc]:
+    key = content_key(INDEX_VERSION, artifacts.kver, stat_key(list(artifacts.modules)))
+    name = f"kfuncs-{key}.json"
+    cached = cache.get(name)
+    if cached is not None:
+        try:
+            raw = json.loads(cached)
+            return {k: ModuleKfunc(**v) for k, v in raw.items()}
+        except (ValueError, TypeError):
+            pass
+    scan_problems: list[str] = []
+    found = _scan_module_kfuncs(artifacts, vmlinux, scan_problems)
+    problems.extend(scan_problems)
+    if not scan_problems:
+        data = {k: dataclasses.asdict(v) for k, v in sorted(found.items())}
+        cache.put(name, json.dumps(data, indent=0).encode())
+    return found
+
+
+T = TypeVar("T")
+
+
+def _attempt(problems: list[str], what: str, load: Callable[[], T]) -> T | None:
+    try:
+        return load()
+    except WeakBpfError as e:
+        problems.append(f"{what}: {e}")
+        return None
+
+
+def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache) -> KernelFacts:
+    """Everything the checks need from one kernel; problems are recorded, not raised."""
+    facts = KernelFacts(artifacts.kver, artifacts)
+    problems = facts.problems
+    a = artifacts
+    if a.btf is not None:
+        facts.vmlinux = _attempt(problems, "BTF", lambda: _load_vmlinux_btf(a, cache))
+    if a.symvers is not None:
+        facts.symvers = _attempt(problems, "symvers", partial(kernel_data.load_symvers, a.symvers))
+    if a.kabi_list is not None:
+        load_kabi = partial(kernel_data.load_kabi_list, a.kabi_list)
+        facts.kabi = _attempt(problems, "kABI list", load_kabi)
+    if a.system_map is not None:
+        load_map = partial(kernel_data.load_system_map, a.system_map)
+        system_map = _attempt(problems, "System.map", load_map)
+        facts.system_map = None if system_map is None or system_map.placeholder else system_map
+    if a.config is not None:
+        facts.config = _attempt(problems, "config", partial(kernel_data.load_config, a.config))
+    if facts.vmlinux is not None:
+        facts.module_kfuncs = _module_kfuncs(a, facts.vmlinux, cache, problems)
+        facts.load_module_btf = _module_btf_loader(a, facts.vmlinux, problems)
+    return facts
+
+
+def _module_btf_loader(
+    artifacts: KernelArtifacts, vmlinux: BTF, problems: list[str]
+) -> Callable[[str], BTF | None]:
+    """A memoised loader of one module's split BTF, by module name."""
+    by_name = {module_name(p): p for p in artifacts.modules}
+    loaded: dict[str, BTF | None] = {}
+
+    def load(path: Path) -> BTF | None:
+        ko = kernel_data.load_kernel_object(path)
+        return None if ko.btf is None else BTF.from_bytes(ko.btf, base=vmlinux, source=str(path))
+
+    def module_btf(module: str) -> BTF | None:
+        if module not in loaded:
+            path = by_name.get(module.replace("-", "_"))
+            loaded[module] = (
+                None
+                if path is None
+                else _attempt(problems, f"module {module}", partial(load, path))
+            )
+        return loaded[module]
+
+    return module_btf

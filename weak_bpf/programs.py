@@ -1,0 +1,134 @@
+"""Installed BPF programs under the root (SPEC §2), and what each one is read as. Reads only.
+
+- CO-RE programs: `usr/lib/bpf/<pkg>/<name>.bpf.o`;
+- native programs, built for kernel K: `usr/lib/modules/K/bpf/extra/<pkg>/<name>.bpf.o`.
+
+`<pkg>/<name>.bpf.o` (the *link name*) is where a kernel's weak-updates link for it goes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from weak_bpf import kernel_data
+from weak_bpf.errors import ParseError
+from weak_bpf.kernel import module_dirs, resolve_in_root
+from weak_bpf.parsers.bpfobject import BpfObject, read_bpf_object
+from weak_bpf.parsers.greylist import Greylist, parse_greylist
+from weak_bpf.versions import kernel_sort_key
+
+SUFFIX = ".bpf.o"
+CORE_DIR = "usr/lib/bpf"
+MAX_OBJECT_SIZE = 64 << 20
+MAX_GREYLIST_SIZE = 4 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class InstalledProgram:
+    path: str  # relative to the root, e.g. "usr/lib/bpf/acme/lb.bpf.o"
+    link_name: str  # "<pkg>/<name>.bpf.o"
+    native_kernel: str | None  # K for usr/lib/modules/K/bpf/extra/..., else None
+
+    @property
+    def package_dir(self) -> str:
+        return self.link_name.split("/", 1)[0] if "/" in self.link_name else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedProgram:
+    """An installed program as read: the object and its greylist, or why it could not be."""
+
+    program: InstalledProgram
+    obj: BpfObject | None
+    greylist: Greylist | None
+    error: str | None = None  # set when the object or its greylist is malformed
+
+    @property
+    def build_kernel(self) -> str | None:
+        if self.program.native_kernel is not None:
+            return self.program.native_kernel
+        return self.greylist.build_kernel if self.greylist is not None else None
+
+
+def _objects_below(root: Path, top: str) -> Iterator[str]:
+    """Relative paths of the *.bpf.o regular files below root/top, not following links out."""
+    base = resolve_in_root(root, top)
+    if base is None or not base.is_dir():
+        return
+    found = []
+    for directory, subdirs, files in os.walk(base):  # never descends into linked directories
+        subdirs.sort()
+        for name in files:
+            if not name.endswith(SUFFIX):
+                continue
+            rel = os.path.relpath(os.path.join(directory, name), base)
+            target = resolve_in_root(root, f"{top}/{rel}")
+            if target is not None and target.is_file():
+                found.append(rel)
+    yield from sorted(found)
+
+
+def installed_programs(root: Path) -> tuple[InstalledProgram, ...]:
+    """Every installed program: CO-RE ones first, then native ones by kernel."""
+    programs = [
+        InstalledProgram(f"{CORE_DIR}/{rel}", rel, None) for rel in _objects_below(root, CORE_DIR)
+    ]
+    native: dict[str, list[InstalledProgram]] = {}
+    for mods in module_dirs(root):
+        base = resolve_in_root(root, mods)
+        if base is None:
+            continue
+        for kver in sorted(os.listdir(base)):
+            extra = f"{mods}/{kver}/bpf/extra"
+            for rel in _objects_below(root, extra):
+                native.setdefault(kver, []).append(InstalledProgram(f"{extra}/{rel}", rel, kver))
+    for kver in sorted(native, key=kernel_sort_key):
+        programs.extend(native[kver])
+    return tuple(programs)
+
+
+def program_for_path(root: Path, path: Path) -> InstalledProgram | None:
+    """The installed program at `path` (absolute, or relative to the root), if it is one."""
+    absolute = path if path.is_absolute() else root / path
+    try:
+        rel = str(absolute.relative_to(root))
+    except ValueError:
+        return None
+    return next((p for p in installed_programs(root) if p.path == rel), None)
+
+
+def load_program(root: Path, program: InstalledProgram) -> LoadedProgram:
+    """Read the object and its greylist (sidecar `<object>.greylist`, else the `.greylist`
+    section); a malformed one is reported in `error`, never raised."""
+    source = program.path
+    try:
+        target = resolve_in_root(root, program.path)
+        if target is None:
+            raise ParseError("the object is gone, or a link leads out of the root", source=source)
+        data = kernel_data.read_file(target, max_size=MAX_OBJECT_SIZE)
+        obj = read_bpf_object(data, source)
+    except ParseError as e:
+        return LoadedProgram(program, None, None, str(e.located(source)))
+    greylist_source = f"{program.path}.greylist"
+    try:
+        sidecar = resolve_in_root(root, greylist_source)
+        if sidecar is not None and sidecar.is_file():
+            raw = kernel_data.read_file(sidecar, max_size=MAX_GREYLIST_SIZE)
+            greylist = parse_greylist(raw, greylist_source)
+        elif obj.greylist is not None:
+            greylist = parse_greylist(obj.greylist, f"{source} (.greylist section)")
+        else:
+            greylist = None
+    except ParseError as e:
+        return LoadedProgram(program, obj, None, str(e))
+    return LoadedProgram(program, obj, greylist)
+
+
+def loose_program(path: Path) -> LoadedProgram:
+    """An object that is not installed (a packager's build output), read the same way."""
+    rel = path.name
+    program = InstalledProgram(str(path), rel, None)
+    return load_program(Path("/") if path.is_absolute() else Path("."), program)
