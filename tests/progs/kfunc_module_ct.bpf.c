@@ -53,9 +53,12 @@ int xdp_ct_count(struct xdp_md *ctx)
 	tuple.ipv4.dport = tcp->dest;
 
 	ct = bpf_xdp_ct_lookup(ctx, &tuple, sizeof(tuple.ipv4), &opts, sizeof(opts));
-	key = ct ? 1 : 0;
-	if (ct)
+	/* one null check: 6.1's verifier loses track of `ct` across two (unreleased reference) */
+	key = 0;
+	if (ct) {
 		bpf_ct_release(ct);
+		key = 1;
+	}
 	hits = bpf_map_lookup_elem(&ct_hits, &key);
 	if (hits)
 		__sync_fetch_and_add(hits, 1);

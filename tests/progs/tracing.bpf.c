@@ -19,7 +19,9 @@ int BPF_PROG(unlink_fexit, int dfd, struct filename *name, long ret)
 	return 0;
 }
 
-SEC("fentry/nf_conntrack:nf_ct_delete")
+/* a module function: libbpf looks in vmlinux, then in the modules (the "module:func" form
+ * needs a newer libbpf than some distributions ship) */
+SEC("fentry/nf_ct_delete")
 int BPF_PROG(ct_delete, struct nf_conn *ct, u32 portid, int report)
 {
 	unlinks += 0x10000;
