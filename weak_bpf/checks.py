@@ -102,7 +102,7 @@ class _Checker:
         self, name: str, module: str | None = None
     ) -> tuple[BTF, int, str | None] | None:
         """Where K defines FUNC `name`: (btf, id, module or None for vmlinux). A named module is
-        searched first, then vmlinux, then the modules that register kfuncs, as libbpf does."""
+        searched first, then vmlinux, then the modules, as libbpf does."""
         vmlinux = self.k.vmlinux
         assert vmlinux is not None
         candidates: list[str | None] = [module] if module else []
@@ -110,7 +110,9 @@ class _Checker:
         indexed = self.k.module_kfuncs.get(name)
         if indexed is not None:
             candidates.append(indexed.module)
-        for mod in candidates:
+        elif not self._own_func(vmlinux, name):
+            candidates.append(self.k.module_of_symbol(name))
+        for mod in dict.fromkeys(candidates):
             btf = vmlinux if mod is None else self.k.module_btf(mod)
             if btf is None:
                 continue
@@ -360,7 +362,13 @@ class _Checker:
         subject = f"ksym {ext.name}"
         vmlinux = self.k.vmlinux
         assert vmlinux is not None and self.obj.btf is not None
-        var_ids = [i for i in vmlinux.find(ext.name, Kind.VAR)]
+        btf, var_ids, module = vmlinux, list(vmlinux.find(ext.name, Kind.VAR)), None
+        if not var_ids:
+            module = self.k.module_of_symbol(ext.name)
+            module_btf = self.k.module_btf(module) if module else None
+            if module_btf is not None:
+                btf = module_btf
+                var_ids = [i for i in btf.find(ext.name, Kind.VAR) if i >= btf.start_id]
         if not var_ids:
             self._set_extern(ext, 0)
             if ext.weak:
@@ -382,10 +390,12 @@ class _Checker:
                 )
             return
         self._set_extern(ext, NONZERO)
-        target_type = vmlinux.type(var_ids[0]).type
+        if module:
+            self.modules.add(module)
+        target_type = btf.resolve(btf.type(var_ids[0]).type)
         # libbpf compares the types with modifiers and typedefs skipped on both sides
         local_type = self.obj.btf.resolve(ext.btf_type)
-        if types_are_compat(self.obj.btf, local_type, vmlinux, vmlinux.resolve(target_type)) <= 0:
+        if types_are_compat(self.obj.btf, local_type, btf, target_type) <= 0:
             yield self._check(
                 Area.KSYM,
                 Outcome.FAIL,
@@ -395,8 +405,13 @@ class _Checker:
                 symbol=ext.name,
             )
             return
+        where = f"in module {module} (must be loaded)" if module else "in vmlinux"
         yield self._check(
-            Area.KSYM, Outcome.PASS, subject, "present, with a compatible type", symbol=ext.name
+            Area.KSYM,
+            Outcome.PASS,
+            subject,
+            f"present {where}, with a compatible type",
+            symbol=ext.name,
         )
 
     def _typeless_ksym(self, ext: Extern) -> Iterable[Check]:
@@ -412,7 +427,8 @@ class _Checker:
             )
             return
         symbol = system_map.get(ext.name)
-        if symbol is not None and symbol.type not in _TEXT_SYMBOL_TYPES:
+        data_symbol = symbol is not None and symbol.type not in _TEXT_SYMBOL_TYPES
+        if data_symbol and not self.k.system_map_is_kallsyms:
             kallsyms_all = self.k.config.get("KALLSYMS_ALL") if self.k.config else None
             if kallsyms_all is None:
                 yield self._missing_data(

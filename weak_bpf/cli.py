@@ -28,6 +28,8 @@ class Exit(enum.IntEnum):
 class Verb(str, enum.Enum):
     AUDIT = "audit"
     EXPLAIN = "explain"
+    GREYLIST = "greylist"
+    SYMVERS = "symvers"
     KERNELS = "kernels"
     INSPECT = "inspect"
 
@@ -39,6 +41,8 @@ class Verb(str, enum.Enum):
 _VERB_HELP = {
     Verb.AUDIT: "check every installed program against every (or the given) kernel",
     Verb.EXPLAIN: "every check of one program on a kernel, passed or failed, in words",
+    Verb.GREYLIST: "print the greylist of a BPF object against its build kernel (for packagers)",
+    Verb.SYMVERS: "print a kernel's BPF symvers, derived from its BTF",
     Verb.KERNELS: "list installed kernels and the artifacts found for each",
     Verb.INSPECT: "show what BPF objects need from a kernel (programs, kfuncs, ksyms, CO-RE)",
 }
@@ -119,6 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("kernels", nargs="*", metavar="K", help="kernel versions (default: all)")
 
+    grey = verb(Verb.GREYLIST)
+    grey.add_argument("object", type=Path, metavar="OBJECT", help="the BPF object")
+    source = grey.add_mutually_exclusive_group(required=True)
+    source.add_argument("--kernel", metavar="K", help="an installed build kernel")
+    source.add_argument(
+        "--btf",
+        type=Path,
+        metavar="FILE",
+        help="the build kernel's BTF: vmlinux, vmlinuz or raw BTF",
+    )
+    grey.add_argument(
+        "--symvers",
+        type=Path,
+        metavar="FILE",
+        help="the build kernel's Module.symvers (with --btf)",
+    )
+    verb(Verb.SYMVERS).add_argument("kernel", metavar="K", help="an installed kernel")
+
     verb(Verb.KERNELS).add_argument(
         "kernels", nargs="*", metavar="K", help="kernel versions (default: all installed)"
     )
@@ -174,7 +196,30 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def _cmd_greylist(args: argparse.Namespace) -> int:
+    from weak_bpf import ops
+
+    if args.symvers is not None and args.btf is None:
+        raise WeakBpfError("--symvers goes with --btf", hint="with --kernel, K's symvers is used")
+    result = ops.greylist(
+        args.root, args.object, kver=args.kernel, btf_file=args.btf, symvers_file=args.symvers
+    )
+    for name in result.missing:
+        log.warning("%s is not provided by the build kernel: left out of the greylist", name)
+    sys.stdout.write(result.text)
+    return Exit.OK
+
+
+def _cmd_symvers(args: argparse.Namespace) -> int:
+    from weak_bpf import ops
+
+    sys.stdout.write(ops.bpf_symvers(args.root, args.kernel))
+    return Exit.OK
+
+
 _COMMANDS: dict[Verb, Callable[[argparse.Namespace], int]] = {
+    Verb.GREYLIST: _cmd_greylist,
+    Verb.SYMVERS: _cmd_symvers,
     Verb.AUDIT: _cmd_audit,
     Verb.EXPLAIN: _cmd_explain,
     Verb.KERNELS: _cmd_kernels,

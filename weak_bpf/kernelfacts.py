@@ -18,9 +18,9 @@ from typing import TypeVar
 from weak_bpf import kernel_data
 from weak_bpf.cache import Cache, content_key, file_key, stat_key
 from weak_bpf.errors import WeakBpfError
-from weak_bpf.kernel import BtfSourceKind, KernelArtifacts
+from weak_bpf.kernel import BtfSourceKind, KernelArtifacts, resolve_in_root
 from weak_bpf.model import KernelFacts, ModuleKfunc
-from weak_bpf.parsers.btf import BTF
+from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.elf import section_headers
 from weak_bpf.parsers.kmod import read_kernel_object
 
@@ -124,11 +124,19 @@ def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache) -> KernelFacts:
         load_map = partial(kernel_data.load_system_map, a.system_map)
         system_map = _attempt(problems, "System.map", load_map)
         facts.system_map = None if system_map is None or system_map.placeholder else system_map
+    if facts.system_map is None and a.btf_source_kind is BtfSourceKind.SYSFS:
+        # the running kernel: kallsyms is where libbpf itself looks typeless ksyms up
+        kallsyms = resolve_in_root(a.root, "proc/kallsyms")
+        if kallsyms is not None:
+            load_kallsyms = partial(kernel_data.load_system_map, kallsyms)
+            facts.system_map = _attempt(problems, "kallsyms", load_kallsyms)
+            facts.system_map_is_kallsyms = facts.system_map is not None
     if a.config is not None:
         facts.config = _attempt(problems, "config", partial(kernel_data.load_config, a.config))
     if facts.vmlinux is not None:
         facts.module_kfuncs = _module_kfuncs(a, facts.vmlinux, cache, problems)
         facts.load_module_btf = _module_btf_loader(a, facts.vmlinux, problems)
+        facts.module_of_symbol = _module_symbol_finder(a, facts.vmlinux, cache, problems)
     return facts
 
 
@@ -154,3 +162,68 @@ def _module_btf_loader(
         return loaded[module]
 
     return module_btf
+
+
+def _scan_module_symbols(
+    artifacts: KernelArtifacts, vmlinux: BTF, problems: list[str]
+) -> dict[str, str]:
+    """FUNC and VAR names of every module's BTF -> the first module defining each."""
+    found: dict[str, str] = {}
+    for path in artifacts.modules:
+        try:
+            data = kernel_data.read_file(path)
+            btf_section = next(
+                (s for s in section_headers(data, str(path)) if s.name == ".BTF"), None
+            )
+            if btf_section is None:
+                continue
+            raw = data[btf_section.offset : btf_section.offset + btf_section.size]
+            btf = BTF.from_bytes(raw, base=vmlinux, source=str(path))
+            name = module_name(path)
+            for kind in (Kind.FUNC, Kind.VAR):
+                for type_id in btf.ids_of_kind(kind):
+                    found.setdefault(btf.name(type_id), name)
+        except WeakBpfError as e:
+            problems.append(f"module {artifacts.relative(path)}: {e}")
+    return found
+
+
+def _module_symbol_finder(
+    artifacts: KernelArtifacts, vmlinux: BTF, cache: Cache, problems: list[str]
+) -> Callable[[str], str | None]:
+    """A lookup in the index of all module symbols, built (or read from the cache) on first use:
+    most programs never need it, and scanning every module costs about a second."""
+    index: dict[str, str] | None = None
+
+    def module_of(symbol: str) -> str | None:
+        nonlocal index
+        if index is None:
+            key = content_key(INDEX_VERSION, artifacts.kver, stat_key(list(artifacts.modules)))
+            name = f"modsyms-{key}.json"
+            cached = cache.get(name)
+            if cached is not None:
+                try:
+                    index = dict(json.loads(cached))
+                except (ValueError, TypeError):
+                    index = None
+            if index is None:
+                scan_problems: list[str] = []
+                index = _scan_module_symbols(artifacts, vmlinux, scan_problems)
+                problems.extend(scan_problems)
+                if not scan_problems:
+                    cache.put(name, json.dumps(index, sort_keys=True).encode())
+        return index.get(symbol)
+
+    return module_of
+
+
+def facts_from_files(btf_file: Path, symvers_file: Path | None = None) -> KernelFacts:
+    """Facts from a BTF file (vmlinux ELF or raw) and a symvers file, for a packager's build
+    machine where the build kernel is not installed: no modules, no cache. Errors are raised."""
+    data = kernel_data.read_file(btf_file)
+    if data[:2] not in (b"\x9f\xeb", b"\xeb\x9f"):  # not raw BTF: a vmlinux, or a vmlinuz
+        data = kernel_data.load_vmlinux(btf_file)
+    facts = KernelFacts(btf_file.name, None, vmlinux=BTF.from_bytes(data, source=str(btf_file)))
+    if symvers_file is not None:
+        facts.symvers = kernel_data.load_symvers(symvers_file)
+    return facts

@@ -143,10 +143,13 @@ class KernelFacts:
     symvers: Symvers | None = None
     kabi: KabiList | None = None
     system_map: SystemMap | None = None  # None when missing or a placeholder
+    system_map_is_kallsyms: bool = False  # the running kernel's kallsyms: exactly what libbpf sees
     config: KernelConfig | None = None
     module_kfuncs: dict[str, ModuleKfunc] = dataclasses.field(default_factory=dict)
     problems: list[str] = dataclasses.field(default_factory=list)
     load_module_btf: Callable[[str], BTF | None] = lambda name: None
+    # the module whose BTF defines a FUNC or VAR of this name (all modules, scanned on first use)
+    module_of_symbol: Callable[[str], str | None] = lambda name: None
 
     @property
     def has_kfunc_tags(self) -> bool:

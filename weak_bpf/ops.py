@@ -8,16 +8,17 @@ import fnmatch
 from collections.abc import Sequence
 from pathlib import Path
 
-from weak_bpf import kernel, kernel_data
+from weak_bpf import kernel, kernel_data, symbols
 from weak_bpf import programs as programs_mod
 from weak_bpf.cache import Cache
 from weak_bpf.checks import check_object, malformed
 from weak_bpf.errors import ParseError, WeakBpfError
 from weak_bpf.kernel import resolve_in_root
-from weak_bpf.kernelfacts import load_kernel_facts
+from weak_bpf.kernelfacts import facts_from_files, load_kernel_facts
 from weak_bpf.model import KernelFacts, Result, Verdict
 from weak_bpf.parsers.bpfobject import BpfObject, read_bpf_object
 from weak_bpf.parsers.btf import BTF, Kind
+from weak_bpf.parsers.greylist import render_greylist
 from weak_bpf.programs import InstalledProgram, LoadedProgram, installed_programs, load_program
 
 
@@ -185,3 +186,61 @@ def explain(root: Path, path: Path, kvers: Sequence[str] = ()) -> ProgramAudit:
         for f in facts
     }
     return ProgramAudit(loaded, results)
+
+
+# --- greylist and symvers ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GreylistResult:
+    text: str
+    missing: tuple[str, ...]  # externs the build kernel lacks
+
+
+def greylist(
+    root: Path,
+    path: Path,
+    *,
+    kver: str | None = None,
+    btf_file: Path | None = None,
+    symvers_file: Path | None = None,
+) -> GreylistResult:
+    """The greylist a packager ships with `path`, against an installed kernel or BTF file."""
+    where = object_path(root, path)
+    loaded = programs_mod.loose_program(where)
+    if loaded.obj is None:
+        raise WeakBpfError(loaded.error or f"{path}: unreadable", hint="is it a BPF object?")
+    if btf_file is not None:
+        facts = facts_from_files(btf_file, symvers_file)
+    else:
+        assert kver is not None
+        facts = kernel_facts(root, [kver], cache=False)[0]
+        if facts.vmlinux is None and facts.symvers is None:
+            raise WeakBpfError(
+                f"{kver} has neither BTF nor symvers: no greylist can be made",
+                hint="install the kernel's BTF (vmlinux or vmlinuz) or its symvers",
+            )
+    entries, missing = symbols.greylist_entries(loaded.obj, facts)
+    text = render_greylist(
+        entries,
+        build_kernel=kver,  # a bare BTF file names no kernel release
+        comments=[f"greylist of {where.name}, made by weak-bpf-progs greylist"],
+    )
+    return GreylistResult(text, tuple(missing))
+
+
+def bpf_symvers(root: Path, kver: str) -> str:
+    """K's BPF symvers, derived from its BTF, in Module.symvers format."""
+    facts = kernel_facts(root, [kver])[0]
+    if facts.vmlinux is None:
+        raise WeakBpfError(
+            f"{kver} has no BTF: {'; '.join(facts.problems) or 'none was found'}",
+            hint="see 'weak-bpf-progs kernels' for what was found",
+        )
+    entries = symbols.bpf_symvers(facts)
+    comments = [f"BPF symvers of {kver}, derived from its BTF by weak-bpf-progs"]
+    if not facts.has_kfunc_tags:
+        comments.append(
+            "its vmlinux BTF has no bpf_kfunc tags (pahole < 1.27): vmlinux kfuncs are not listed"
+        )
+    return render_greylist(entries, comments=comments)
