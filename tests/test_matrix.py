@@ -1,0 +1,144 @@
+"""The matrix: every C test program, built against the older Debian kernel as packages are, on
+the two real Debian kernels and the running kernel. Verdicts must match what the kernels really
+do: the Debian kernels are booted under qemu and load every program (tests/qemuload.py); the
+running kernel's loads are in tests/test_engine.py. Programs named break_* break on the newer
+Debian kernel through real differences found by diffing the two kernels' BTF."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import pytest
+
+from weak_bpf import cli, ops
+from weak_bpf.model import Verdict
+
+import exampleroot
+import qemuload
+from conftest import REPO, require, require_tool
+
+OLD, NEW = "6.1.0-47-cloud-amd64", "6.1.0-56-cloud-amd64"
+RUNNING = platform.release()
+GOLDEN = REPO / "tests" / "golden"
+REGENERATE = os.environ.get("WEAK_BPF_REGENERATE_GOLDEN") == "1"
+
+C, U, INC, UNSTABLE = "compatible", "unknown", "incompatible", "compatible-unstable"
+# program -> {kernel: (verdict, reason codes)}; what the kernels' data says, derived by hand.
+EXPECTED: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
+    "break_field": {OLD: (C, ()), NEW: (INC, ("core-relo",))},
+    "break_field_guarded": {OLD: (C, ()), NEW: (C, ())},
+    "break_attach": {OLD: (C, ()), NEW: (INC, ("attach-target",))},
+    "break_enum": {OLD: (C, ()), NEW: (INC, ("core-relo",))},
+    "core_guards": {OLD: (C, ()), NEW: (C, ()), RUNNING: (C, ())},
+    "kfunc_task": {OLD: (INC, ("kfunc-missing",)), RUNNING: (C, ())},
+    "kfunc_weak": {OLD: (C, ()), NEW: (C, ()), RUNNING: (C, ())},
+    "kfunc_module_ct": {OLD: (C, ()), NEW: (C, ())},
+    "proprietary_kfunc": {OLD: (INC, ("license",)), RUNNING: (INC, ("license",))},
+    "proprietary_plain": {OLD: (C, ()), RUNNING: (C, ())},
+    # Debian's System.map is a placeholder: a typeless ksym cannot be checked there
+    "ksyms": {OLD: (U, ("kernel-data-missing",)), RUNNING: (INC, ("ksym-missing",))},
+    # no kABI stablelist on Debian: greylisted symbols are off the stablelist
+    "greylist": {OLD: (UNSTABLE, ()), RUNNING: (UNSTABLE, ())},
+}
+
+
+@pytest.fixture(scope="module")
+def matrix_root(
+    tmp_path_factory: pytest.TempPathFactory,
+    debian_kernels: dict[str, Path],
+    old_progs: dict[str, Path],
+) -> Path:
+    root = tmp_path_factory.mktemp("matrix") / "root"
+    for kver, unpacked in debian_kernels.items():
+        exampleroot.install_kernel(root, kver, unpacked)
+    sysfs = Path("/sys/kernel/btf/vmlinux")
+    if sysfs.exists():
+        (root / "usr/lib/modules" / RUNNING).mkdir(parents=True)
+        (root / "usr/lib/modules" / RUNNING / "modules.dep").touch()
+        (root / "sys/kernel/btf").mkdir(parents=True)
+        shutil.copyfile(sysfs, root / "sys/kernel/btf/vmlinux")
+        (root / "proc").mkdir()
+        shutil.copyfile("/proc/kallsyms", root / "proc/kallsyms")
+    for name, obj in old_progs.items():
+        target = root / "usr/lib/bpf/tests" / f"{name}.bpf.o"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(obj, target)
+    return root
+
+
+@pytest.fixture(scope="module")
+def matrix(matrix_root: Path) -> dict[str, dict[str, ops.ProgramAudit]]:
+    report = ops.audit(matrix_root)
+    return {
+        Path(p.loaded.program.path).name[: -len(".bpf.o")]: p  # type: ignore[misc]
+        for p in report.programs
+    }
+
+
+@pytest.mark.parametrize("program", sorted(EXPECTED))
+def test_expected_verdicts(program: str, matrix: dict[str, ops.ProgramAudit]) -> None:
+    audit = matrix[program]
+    for kver, (verdict, codes) in EXPECTED[program].items():
+        if kver not in audit.results:
+            require(kver != RUNNING, "the running kernel has no sysfs BTF")
+            continue
+        result = audit.results[kver][0]
+        got = (result.verdict.value, tuple(sorted({r.code.value for r in result.reasons})))
+        assert got == (verdict, codes), f"{program} on {kver}: {result.reasons}"
+
+
+@pytest.mark.parametrize("kver", [OLD, NEW])
+def test_debian_verdicts_agree_with_real_loads(
+    kver: str,
+    matrix: dict[str, ops.ProgramAudit],
+    debian_kernels: dict[str, Path],
+    old_progs: dict[str, Path],
+) -> None:
+    """Boot the kernel, load every program: no verdict may disagree, and no false compatible."""
+    require_tool("qemu-system-x86_64")
+    unpacked = debian_kernels[kver]
+    loads = qemuload.load_on_kernel(
+        unpacked / f"boot/vmlinuz-{kver}", unpacked / "lib/modules" / kver, old_progs
+    )
+    lines, wrong = [], 0
+    for name, audit in sorted(matrix.items()):
+        result = audit.results[kver][0]
+        loaded = loads[name].loaded
+        lines.append(f"{name}: {result.verdict.value}, real load {'ok' if loaded else 'failed'}")
+        if result.verdict is Verdict.UNKNOWN:
+            codes = {r.code.value for r in result.reasons}
+            assert codes == {"kernel-data-missing"}, (name, result.reasons)
+            continue
+        if result.verdict.usable != loaded:
+            wrong += 1
+            lines.append(f"  reasons {result.reasons}\n  log {loads[name].log[-1200:]}")
+    assert wrong == 0, "\n".join(lines)
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if REGENERATE:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} is missing: run with WEAK_BPF_REGENERATE_GOLDEN=1"
+    assert text == path.read_text()
+
+
+def test_golden_audit_json(matrix_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["--root", str(matrix_root), "audit", "--json", OLD, NEW])
+    out = capsys.readouterr().out
+    assert status == cli.Exit.FINDINGS
+    doc = json.loads(out)
+    doc["root"] = "<root>"
+    _golden("audit.json", json.dumps(doc, indent=2) + "\n")
+
+
+def test_golden_explain(matrix_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("break_field", "kfunc_module_ct"):
+        path = f"usr/lib/bpf/tests/{name}.bpf.o"
+        assert cli.main(["--root", str(matrix_root), "explain", path, OLD, NEW]) == cli.Exit.OK
+        _golden(f"explain-{name}.txt", capsys.readouterr().out)
