@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,20 +16,12 @@ from weak_bpf.parsers.bpfobject import read_bpf_object
 from weak_bpf.parsers.sections import AttachType, ProgType
 
 from conftest import require
-from realload import load_running
+from realload import SYSFS_BTF, install_programs, install_running_kernel, load_running
 
 RUNNING = platform.release()
-SYSFS_BTF = Path("/sys/kernel/btf/vmlinux")
 # The host refuses every fentry/fexit/fmod_ret/lsm program with EPERM, whatever it holds: a host
 # policy, not ABI. Those are checked on the Debian kernels, booted under qemu.
 HOST_REFUSED = (AttachType.TRACE_FENTRY, AttachType.TRACE_FEXIT, AttachType.MODIFY_RETURN)
-
-
-def install_programs(root: Path, objects: dict[str, Path]) -> None:
-    for name, obj in objects.items():
-        target = root / "usr/lib/bpf/tests" / f"{name}.bpf.o"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(obj, target)
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +29,7 @@ def running_root(tmp_path_factory: pytest.TempPathFactory, old_progs: dict[str, 
     """A root holding the running kernel (its sysfs BTF and kallsyms) and the test programs."""
     require(SYSFS_BTF.exists(), "the running kernel has no /sys/kernel/btf/vmlinux")
     root = tmp_path_factory.mktemp("running") / "root"
-    (root / "usr/lib/modules" / RUNNING).mkdir(parents=True)
-    (root / "usr/lib/modules" / RUNNING / "modules.dep").touch()
-    (root / "sys/kernel/btf").mkdir(parents=True)
-    shutil.copyfile(SYSFS_BTF, root / "sys/kernel/btf/vmlinux")
-    (root / "proc").mkdir()
-    shutil.copyfile("/proc/kallsyms", root / "proc/kallsyms")
+    install_running_kernel(root, RUNNING)
     install_programs(root, old_progs)
     return root
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from weak_bpf.model import Verdict
 import exampleroot
 import qemuload
 from conftest import REPO, require, require_tool
+from realload import SYSFS_BTF, install_programs, install_running_kernel
 
 OLD, NEW = "6.1.0-47-cloud-amd64", "6.1.0-56-cloud-amd64"
 RUNNING = platform.release()
@@ -55,18 +55,9 @@ def matrix_root(
     root = tmp_path_factory.mktemp("matrix") / "root"
     for kver, unpacked in debian_kernels.items():
         exampleroot.install_kernel(root, kver, unpacked)
-    sysfs = Path("/sys/kernel/btf/vmlinux")
-    if sysfs.exists():
-        (root / "usr/lib/modules" / RUNNING).mkdir(parents=True)
-        (root / "usr/lib/modules" / RUNNING / "modules.dep").touch()
-        (root / "sys/kernel/btf").mkdir(parents=True)
-        shutil.copyfile(sysfs, root / "sys/kernel/btf/vmlinux")
-        (root / "proc").mkdir()
-        shutil.copyfile("/proc/kallsyms", root / "proc/kallsyms")
-    for name, obj in old_progs.items():
-        target = root / "usr/lib/bpf/tests" / f"{name}.bpf.o"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(obj, target)
+    if SYSFS_BTF.exists():
+        install_running_kernel(root, RUNNING)
+    install_programs(root, old_progs)
     return root
 
 
