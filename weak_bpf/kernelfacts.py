@@ -23,6 +23,7 @@ from weak_bpf.model import KernelFacts, ModuleKfunc
 from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.elf import section_headers
 from weak_bpf.parsers.kmod import read_kernel_object
+from weak_bpf.parsers.sysmap import SystemMap
 
 INDEX_VERSION = "1"
 
@@ -110,29 +111,33 @@ def _attempt(problems: list[str], what: str, load: Callable[[], T]) -> T | None:
 
 def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache) -> KernelFacts:
     """Everything the checks need from one kernel; problems are recorded, not raised."""
-    facts = KernelFacts(artifacts.kver, artifacts)
-    problems = facts.problems
     a = artifacts
+    problems: list[str] = []
+
+    def lazily(what: str, load: Callable[[Path], T], path: Path) -> Callable[[], T | None]:
+        return partial(_attempt, problems, what, partial(load, path))
+
+    def symbols() -> tuple[SystemMap | None, bool]:
+        if a.system_map is not None:
+            system_map = lazily("System.map", kernel_data.load_system_map, a.system_map)()
+            if system_map is not None and not system_map.placeholder:
+                return system_map, False
+        kallsyms = resolve_in_root(a.root, "proc/kallsyms")
+        if kallsyms is not None and a.btf_source_kind is BtfSourceKind.SYSFS:
+            # the running kernel: kallsyms is where libbpf itself looks typeless ksyms up
+            return lazily("kallsyms", kernel_data.load_system_map, kallsyms)(), True
+        return None, False
+
+    lazy: dict[str, Callable[[], object]] = {"symbols": symbols}
+    if a.symvers is not None:
+        lazy["symvers"] = lazily("symvers", kernel_data.load_symvers, a.symvers)
+    if a.kabi_list is not None:
+        lazy["kabi"] = lazily("kABI list", kernel_data.load_kabi_list, a.kabi_list)
+    if a.config is not None:
+        lazy["config"] = lazily("config", kernel_data.load_config, a.config)
+    facts = KernelFacts(a.kver, a, problems=problems, lazy=lazy)
     if a.btf is not None:
         facts.vmlinux = _attempt(problems, "BTF", lambda: _load_vmlinux_btf(a, cache))
-    if a.symvers is not None:
-        facts.symvers = _attempt(problems, "symvers", partial(kernel_data.load_symvers, a.symvers))
-    if a.kabi_list is not None:
-        load_kabi = partial(kernel_data.load_kabi_list, a.kabi_list)
-        facts.kabi = _attempt(problems, "kABI list", load_kabi)
-    if a.system_map is not None:
-        load_map = partial(kernel_data.load_system_map, a.system_map)
-        system_map = _attempt(problems, "System.map", load_map)
-        facts.system_map = None if system_map is None or system_map.placeholder else system_map
-    if facts.system_map is None and a.btf_source_kind is BtfSourceKind.SYSFS:
-        # the running kernel: kallsyms is where libbpf itself looks typeless ksyms up
-        kallsyms = resolve_in_root(a.root, "proc/kallsyms")
-        if kallsyms is not None:
-            load_kallsyms = partial(kernel_data.load_system_map, kallsyms)
-            facts.system_map = _attempt(problems, "kallsyms", load_kallsyms)
-            facts.system_map_is_kallsyms = facts.system_map is not None
-    if a.config is not None:
-        facts.config = _attempt(problems, "config", partial(kernel_data.load_config, a.config))
     if facts.vmlinux is not None:
         facts.module_kfuncs = _module_kfuncs(a, facts.vmlinux, cache, problems)
         facts.load_module_btf = _module_btf_loader(a, facts.vmlinux, problems)
@@ -224,6 +229,5 @@ def facts_from_files(btf_file: Path, symvers_file: Path | None = None) -> Kernel
     if data[:2] not in (b"\x9f\xeb", b"\xeb\x9f"):  # not raw BTF: a vmlinux, or a vmlinuz
         data = kernel_data.load_vmlinux(btf_file)
     facts = KernelFacts(btf_file.name, None, vmlinux=BTF.from_bytes(data, source=str(btf_file)))
-    if symvers_file is not None:
-        facts.symvers = kernel_data.load_symvers(symvers_file)
+    facts.set_fact("symvers", kernel_data.load_symvers(symvers_file) if symvers_file else None)
     return facts

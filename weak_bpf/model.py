@@ -135,21 +135,68 @@ class ModuleKfunc:
     flags: int  # KF_* bits from the module's kfunc set
 
 
-@dataclasses.dataclass
 class KernelFacts:
-    kver: str
-    artifacts: Any  # weak_bpf.kernel.KernelArtifacts: where each fact was read from
-    vmlinux: BTF | None = None
-    symvers: Symvers | None = None
-    kabi: KabiList | None = None
-    system_map: SystemMap | None = None  # None when missing or a placeholder
-    system_map_is_kallsyms: bool = False  # the running kernel's kallsyms: exactly what libbpf sees
-    config: KernelConfig | None = None
-    module_kfuncs: dict[str, ModuleKfunc] = dataclasses.field(default_factory=dict)
-    problems: list[str] = dataclasses.field(default_factory=list)
-    load_module_btf: Callable[[str], BTF | None] = lambda name: None
-    # the module whose BTF defines a FUNC or VAR of this name (all modules, scanned on first use)
-    module_of_symbol: Callable[[str], str | None] = lambda name: None
+    """What one kernel provides to BPF programs. Facts that cost time to read (symvers, the kABI
+    list, System.map or kallsyms, config) are read on first use, through `lazy` loaders: most
+    programs need none of them."""
+
+    def __init__(
+        self,
+        kver: str,
+        artifacts: Any = None,  # weak_bpf.kernel.KernelArtifacts: where the facts were read
+        *,
+        vmlinux: BTF | None = None,
+        module_kfuncs: dict[str, ModuleKfunc] | None = None,
+        problems: list[str] | None = None,
+        load_module_btf: Callable[[str], BTF | None] | None = None,
+        module_of_symbol: Callable[[str], str | None] | None = None,
+        lazy: dict[str, Callable[[], Any]] | None = None,
+    ) -> None:
+        self.kver = kver
+        self.artifacts = artifacts
+        self.vmlinux = vmlinux
+        self.module_kfuncs = module_kfuncs or {}
+        self.problems = problems if problems is not None else []
+        self.load_module_btf = load_module_btf or (lambda name: None)
+        # the module whose BTF defines a FUNC or VAR of this name
+        self.module_of_symbol = module_of_symbol or (lambda name: None)
+        self._lazy = dict(lazy or {})
+        self._values: dict[str, Any] = {}
+
+    def _fact(self, name: str) -> Any:
+        if name not in self._values:
+            loader = self._lazy.pop(name, None)
+            self._values[name] = loader() if loader is not None else None
+        return self._values[name]
+
+    def set_fact(self, name: str, value: Any) -> None:
+        self._lazy.pop(name, None)
+        self._values[name] = value
+
+    @property
+    def symvers(self) -> Symvers | None:
+        return self._fact("symvers")
+
+    @property
+    def kabi(self) -> KabiList | None:
+        return self._fact("kabi")
+
+    @property
+    def config(self) -> KernelConfig | None:
+        return self._fact("config")
+
+    @property
+    def system_map(self) -> SystemMap | None:
+        """System.map, or the running kernel's kallsyms; None when missing or a placeholder.
+        The lazy fact "symbols" gives both, as (map, is_kallsyms)."""
+        symbols = self._fact("symbols")
+        return None if symbols is None else symbols[0]
+
+    @property
+    def system_map_is_kallsyms(self) -> bool:
+        """The symbols are the running kernel's kallsyms: exactly what libbpf sees."""
+        symbols = self._fact("symbols")
+        return symbols is not None and symbols[0] is not None and symbols[1]
 
     @property
     def has_kfunc_tags(self) -> bool:

@@ -14,22 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import struct
 from collections.abc import Iterable
-
-from elftools.common.exceptions import ELFError as PyElfError
-from elftools.construct.core import ConstructError
-from elftools.elf.elffile import ELFFile
 
 from weak_bpf.errors import BTFError, ELFError, ParseError
 from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.btfext import BtfExt, CoreReloKind, parse_btf_ext
-from weak_bpf.parsers.bytestream import ByteStream
-from weak_bpf.parsers.elf import section_headers
+from weak_bpf.parsers.elf import elf_header, section_headers
 from weak_bpf.parsers.insn import Insn, LdImm64Src, decode
 from weak_bpf.parsers.sections import SectionInfo, section_info
 
 EM_BPF = 247
+ET_REL = 1
+_DEBUG = re.compile(r"\.(rel|rela)?\.?debug_")
 SHT_PROGBITS = 1
 SHT_SYMTAB = 2
 SHT_NOBITS = 8
@@ -250,8 +248,6 @@ def read_bpf_object(data: bytes, source: str | None = None) -> BpfObject:
     except ParseError as err:
         raise (err.located(source) if source else err) from None
     except (
-        PyElfError,
-        ConstructError,
         struct.error,
         IndexError,
         KeyError,
@@ -323,63 +319,37 @@ class _Reader:
         )
 
     def _elf_layout(self) -> list[_Section]:
-        """Check the ELF header and read the section headers: the only pyelftools code. It
-        raises assorted exceptions on corrupt files (even TypeError), so all become ELFError."""
-        try:
-            section_headers(self.raw, self.source)  # pyelftools trusts the table: check it
-            elf = ELFFile(ByteStream(self.raw))
-            self._check_header(elf)
-            return self._sections(elf)
-        except ParseError:
-            raise
-        except Exception as err:  # a third-party parser on untrusted input
-            raise ELFError(f"unreadable ELF structure: {err!r}") from err
-
-    def _check_header(self, elf: ELFFile) -> None:
-        header = elf.header
-        if header["e_machine"] not in ("EM_BPF", EM_BPF):
+        """Check the ELF header and read the (validated) section table."""
+        header = elf_header(self.raw, self.source)
+        if header.machine != EM_BPF:
             raise ELFError(
-                f"not a BPF object: e_machine is {header['e_machine']}",
+                f"not a BPF object: e_machine is {header.machine}",
                 offset=0x12,
                 hint="BPF objects are built with clang -target bpf",
             )
-        if header["e_type"] != "ET_REL":
-            raise ELFError(
-                f"not a relocatable BPF object: e_type is {header['e_type']}", offset=0x10
-            )
-        if elf.elfclass != 64:
+        if header.type != ET_REL:
+            raise ELFError(f"not a relocatable BPF object: e_type is {header.type}", offset=0x10)
+        if header.elf_class != 64:
             raise ELFError("BPF objects are 64-bit ELF", offset=4)
-        self.byteorder = "little" if elf.little_endian else "big"
-        self.endian = "<" if elf.little_endian else ">"
-
-    def _sections(self, elf: ELFFile) -> list[_Section]:
-        out = []
-        size = len(self.raw)
-        for index, sec in enumerate(elf.iter_sections()):
-            hdr = sec.header
-            sh_type = hdr["sh_type"]
-            type_num = _SH_TYPES.get(sh_type, _SHT_OTHER) if isinstance(sh_type, str) else sh_type
-            offset, length = hdr["sh_offset"], hdr["sh_size"]
-            if type_num not in (SHT_NOBITS, 0) and offset + length > size:
-                raise ELFError(
-                    f"section {sec.name!r} [{offset:#x}, +{length:#x}) runs past the end of file",
-                    offset=offset,
-                )
-            data = b"" if type_num in (SHT_NOBITS, 0) else self.raw[offset : offset + length]
-            out.append(
-                _Section(
-                    index,
-                    sec.name,
-                    int(type_num),
-                    hdr["sh_flags"],
-                    offset,
-                    length,
-                    hdr["sh_link"],
-                    hdr["sh_info"],
-                    data,
-                )
+        self.byteorder = header.byteorder
+        self.endian = "<" if header.byteorder == "little" else ">"
+        return [
+            _Section(
+                h.index,
+                h.name,
+                h.type,
+                h.flags,
+                h.offset,
+                h.size,
+                h.link,
+                h.info,
+                # DWARF is most of an object's bytes and nothing here reads it
+                b""
+                if h.type in (SHT_NOBITS, 0) or _DEBUG.match(h.name)
+                else self.raw[h.offset : h.offset + h.size],
             )
-        return out
+            for h in section_headers(self.raw, self.source)
+        ]
 
     def _symbols(self) -> list[Symbol]:
         symtabs = [sec for sec in self.sections if sec.type == SHT_SYMTAB]
@@ -769,15 +739,3 @@ def _cstr(table: bytes, offset: int, what: str) -> str:
     if end < 0:
         raise ELFError(f"{what} at {offset:#x} is not NUL-terminated")
     return table[offset:end].decode("utf-8", "replace")
-
-
-_SHT_OTHER = 0x7FFFFFFF
-_SH_TYPES = {
-    "SHT_NULL": 0,
-    "SHT_PROGBITS": 1,
-    "SHT_SYMTAB": 2,
-    "SHT_STRTAB": 3,
-    "SHT_RELA": 4,
-    "SHT_NOBITS": 8,
-    "SHT_REL": 9,
-}

@@ -23,7 +23,28 @@ class SectionHeader:
     flags: int
     offset: int
     size: int
+    link: int
+    info: int
     header_offset: int  # where this header is in the file, for error messages
+
+
+@dataclasses.dataclass(frozen=True)
+class ElfHeader:
+    elf_class: int  # 32 or 64
+    byteorder: str  # "little" or "big"
+    type: int  # e_type: 1 ET_REL, 2 ET_EXEC, 3 ET_DYN
+    machine: int  # e_machine: 247 EM_BPF, 62 EM_X86_64, ...
+
+
+def elf_header(data: bytes | memoryview, source: str | None = None) -> ElfHeader:
+    """The identification fields of an ELF header. Raises ELFError."""
+    if len(data) < 0x34 or bytes(data[:4]) != b"\x7fELF":
+        raise ELFError("not an ELF file (bad magic or truncated header)", source=source, offset=0)
+    if data[4] not in (1, 2) or data[5] not in (1, 2):
+        raise ELFError("bad ELF class or data encoding", source=source, offset=4)
+    order = "<" if data[5] == 1 else ">"
+    e_type, e_machine = struct.unpack_from(order + "HH", data, 0x10)
+    return ElfHeader(32 * data[4], "little" if data[5] == 1 else "big", e_type, e_machine)
 
 
 def section_headers(
@@ -46,15 +67,15 @@ def section_headers(
             raise fail("ELF header is truncated", 0)
         (shoff,) = struct.unpack_from(order + "Q", data, 0x28)
         shentsize, shnum, shstrndx = struct.unpack_from(order + "3H", data, 0x3A)
-        sh_format, sh_min = order + "IIQQQQI", 0x40
+        sh_format, sh_min = order + "IIQQQQII", 0x40
     elif elf_class == 1:
         (shoff,) = struct.unpack_from(order + "I", data, 0x20)
         shentsize, shnum, shstrndx = struct.unpack_from(order + "3H", data, 0x2E)
-        sh_format, sh_min = order + "IIIIIII", 0x28
+        sh_format, sh_min = order + "IIIIIIII", 0x28
     else:
         raise fail(f"bad ELF class {elf_class}", 4)
 
-    def raw(index: int) -> tuple[int, int, int, int, int, int, int]:
+    def raw(index: int) -> tuple[int, int, int, int, int, int, int, int]:
         at = shoff + index * shentsize
         if at + sh_min > size:
             raise fail(f"ELF section header {index} is outside the file", at)
@@ -70,18 +91,18 @@ def section_headers(
         raise fail(f"ELF section headers ({shnum} at {shoff:#x}) run past the file", 0x20)
     if shstrndx >= shnum:
         raise fail(f"ELF section name table index {shstrndx} is out of range", 0x3E)
-    _n, _t, _f, _a, names_at, names_size, _l = raw(shstrndx)
+    _n, _t, _f, _a, names_at, names_size, _l, _i = raw(shstrndx)
     if names_at + names_size > size:
         raise fail("ELF section name table runs past the file", shoff + shstrndx * shentsize)
     names = bytes(data[names_at : names_at + names_size])
 
     headers = []
     for index in range(shnum):
-        name_off, sh_type, flags, _addr, offset, sh_size, _link = raw(index)
+        name_off, sh_type, flags, _addr, offset, sh_size, link, info = raw(index)
         at = shoff + index * shentsize
         if sh_type != SHT_NOBITS and offset + sh_size > size:
             raise fail(f"ELF section {index} ({offset:#x}+{sh_size:#x}) runs past the file", at)
         end = names.find(b"\0", name_off)
         name = names[name_off:end].decode("utf-8", "replace") if 0 <= name_off < end else ""
-        headers.append(SectionHeader(index, name, sh_type, flags, offset, sh_size, at))
+        headers.append(SectionHeader(index, name, sh_type, flags, offset, sh_size, link, info, at))
     return tuple(headers)
