@@ -53,7 +53,7 @@ def test_verdicts_agree_with_real_loads_on_the_running_kernel(
     compared = disagreements = 0
     table = []
     for p in running_audit.programs:
-        name = Path(p.loaded.program.path).name[: -len(".bpf.o")]
+        name = Path(p.program.path).name[: -len(".bpf.o")]
         result, _ = p.results[RUNNING]
         if not _testable_on_host(old_progs[name]):
             continue

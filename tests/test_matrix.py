@@ -85,7 +85,7 @@ def matrix_root(
 def matrix(matrix_root: Path) -> dict[str, dict[str, ops.ProgramAudit]]:
     report = ops.audit(matrix_root)
     return {
-        Path(p.loaded.program.path).name[: -len(".bpf.o")]: p  # type: ignore[misc]
+        Path(p.program.path).name[: -len(".bpf.o")]: p  # type: ignore[misc]
         for p in report.programs
     }
 

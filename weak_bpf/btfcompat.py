@@ -27,6 +27,7 @@ since libbpf 1.3) belong to the caller.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from weak_bpf.errors import BTFError
 from weak_bpf.parsers.btf import BTF, Kind, Type
@@ -59,9 +60,12 @@ class Compat:
         return "; ".join(self.steps + self.notes)
 
 
+@functools.lru_cache(maxsize=65536)
 def essential_name(name: str) -> str:
     """`name` without its flavor suffix: the part before the last `___` that has a non-underscore
     on both sides (`bpf_ct_opts___local` -> `bpf_ct_opts`), as libbpf's essential name."""
+    if "___" not in name:
+        return name
     for i in range(len(name) - 5, -1, -1):
         if name[i] != "_" and name[i + 1 : i + 4] == "___" and name[i + 4] != "_":
             return name[: i + 1]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from weak_bpf import actions
 
@@ -37,11 +39,16 @@ def file_key(path: Path) -> str:
 
 
 def stat_key(paths: list[Path]) -> str:
-    """A hash of many files' names, sizes and modification times: cheap, for module trees."""
+    """A hash of many files' names, inodes, sizes and change times: cheap, and any write or
+    replacement changes it (ctime cannot be set back). A missing file counts too."""
     parts = []
     for path in paths:
-        st = os.stat(path)
-        parts.append(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}")
+        try:
+            st = os.stat(path)
+        except OSError:
+            parts.append(f"{path}\0-")
+            continue
+        parts.append(f"{path}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}")
     return content_key("\n".join(parts))
 
 
@@ -57,6 +64,16 @@ class Cache:
         except OSError:
             return None
         return data if len(data) <= MAX_ENTRY else None
+
+    def get_json(self, name: str) -> Any:
+        """A JSON entry, or None if absent or unreadable."""
+        data = self.get(name)
+        if data is None:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:
+            return None
 
     def put(self, name: str, data: bytes) -> None:
         if not self.writable:

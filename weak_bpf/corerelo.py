@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Protocol
 
+from weak_bpf.btfcompat import essential_name
 from weak_bpf.errors import BTFError
 from weak_bpf.parsers.btf import BTF, Kind, Type
 from weak_bpf.parsers.btfext import CoreReloKind
@@ -100,14 +101,6 @@ class _Fail(Exception):
 
 
 # --- names -----------------------------------------------------------------------------------
-
-
-def essential_name(name: str) -> str:
-    """`name` up to its last flavor separator: `task_struct___old` -> `task_struct`."""
-    for i in range(len(name) - 5, -1, -1):
-        if name[i] != "_" and name[i + 1 : i + 4] == "___" and name[i + 4] != "_":
-            return name[: i + 1]
-    return name
 
 
 def _names_match(local: str, target: str) -> bool:

@@ -136,12 +136,16 @@ def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache) -> KernelFacts:
     if a.config is not None:
         lazy["config"] = lazily("config", kernel_data.load_config, a.config)
     facts = KernelFacts(a.kver, a, problems=problems, lazy=lazy)
-    if a.btf is not None:
-        facts.vmlinux = _attempt(problems, "BTF", lambda: _load_vmlinux_btf(a, cache))
-    if facts.vmlinux is not None:
-        facts.module_kfuncs = _module_kfuncs(a, facts.vmlinux, cache, problems)
-        facts.load_module_btf = _module_btf_loader(a, facts.vmlinux, problems)
-        facts.module_of_symbol = _module_symbol_finder(a, facts.vmlinux, cache, problems)
+
+    def vmlinux() -> BTF | None:
+        btf = _attempt(problems, "BTF", lambda: _load_vmlinux_btf(a, cache)) if a.btf else None
+        if btf is not None:
+            facts.module_kfuncs_found = _module_kfuncs(a, btf, cache, problems)
+            facts.load_module_btf = _module_btf_loader(a, btf, problems)
+            facts.find_module_symbol = _module_symbol_finder(a, btf, cache, problems)
+        return btf
+
+    facts.defer("vmlinux", vmlinux)
     return facts
 
 
@@ -153,8 +157,7 @@ def _module_btf_loader(
     loaded: dict[str, BTF | None] = {}
 
     def load(path: Path) -> BTF | None:
-        ko = kernel_data.load_kernel_object(path)
-        return None if ko.btf is None else BTF.from_bytes(ko.btf, base=vmlinux, source=str(path))
+        return _module_btf(kernel_data.read_file(path), path, vmlinux)
 
     def module_btf(module: str) -> BTF | None:
         if module not in loaded:
@@ -169,6 +172,15 @@ def _module_btf_loader(
     return module_btf
 
 
+def _module_btf(data: bytes, path: Path, vmlinux: BTF) -> BTF | None:
+    """A module's split BTF, straight from its `.BTF` section; None if it has none."""
+    for section in section_headers(data, str(path)):
+        if section.name == ".BTF":
+            raw = data[section.offset : section.offset + section.size]
+            return BTF.from_bytes(raw, base=vmlinux, source=str(path))
+    return None
+
+
 def _scan_module_symbols(
     artifacts: KernelArtifacts, vmlinux: BTF, problems: list[str]
 ) -> dict[str, str]:
@@ -176,14 +188,9 @@ def _scan_module_symbols(
     found: dict[str, str] = {}
     for path in artifacts.modules:
         try:
-            data = kernel_data.read_file(path)
-            btf_section = next(
-                (s for s in section_headers(data, str(path)) if s.name == ".BTF"), None
-            )
-            if btf_section is None:
+            btf = _module_btf(kernel_data.read_file(path), path, vmlinux)
+            if btf is None:
                 continue
-            raw = data[btf_section.offset : btf_section.offset + btf_section.size]
-            btf = BTF.from_bytes(raw, base=vmlinux, source=str(path))
             name = module_name(path)
             for kind in (Kind.FUNC, Kind.VAR):
                 for type_id in btf.ids_of_kind(kind):

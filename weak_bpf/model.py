@@ -110,6 +110,36 @@ class Result:
             if c.outcome in (Outcome.FAIL, Outcome.UNDECIDED) and c.code is not None
         )
 
+    def to_json(self) -> dict[str, Any]:
+        """Everything, for the results cache (from_json reads it back)."""
+        return {
+            "verdict": self.verdict.value,
+            "modules": list(self.modules),
+            "checks": [
+                [
+                    c.area.value,
+                    c.outcome.value,
+                    c.subject,
+                    c.detail,
+                    c.code.value if c.code else None,
+                    c.symbol,
+                    c.program,
+                ]
+                for c in self.checks
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Result:
+        """Raises KeyError, ValueError or TypeError on a document to_json did not write."""
+        checks = tuple(
+            Check(
+                Area(a), Outcome(o), subject, detail, ReasonCode(code) if code else None, sym, prog
+            )
+            for a, o, subject, detail, code, sym, prog in doc["checks"]
+        )
+        return cls(Verdict(doc["verdict"]), checks, tuple(doc["modules"]))
+
     @property
     def unstable_symbols(self) -> tuple[str, ...]:
         return tuple(c.symbol or c.subject for c in self.checks if c.outcome is Outcome.UNSTABLE)
@@ -146,22 +176,20 @@ class KernelFacts:
         artifacts: Any = None,  # weak_bpf.kernel.KernelArtifacts: where the facts were read
         *,
         vmlinux: BTF | None = None,
-        module_kfuncs: dict[str, ModuleKfunc] | None = None,
         problems: list[str] | None = None,
-        load_module_btf: Callable[[str], BTF | None] | None = None,
-        module_of_symbol: Callable[[str], str | None] | None = None,
         lazy: dict[str, Callable[[], Any]] | None = None,
     ) -> None:
         self.kver = kver
         self.artifacts = artifacts
-        self.vmlinux = vmlinux
-        self.module_kfuncs = module_kfuncs or {}
         self.problems = problems if problems is not None else []
-        self.load_module_btf = load_module_btf or (lambda name: None)
-        # the module whose BTF defines a FUNC or VAR of this name
-        self.module_of_symbol = module_of_symbol or (lambda name: None)
+        # set by the "vmlinux" loader, with the BTF they depend on
+        self.module_kfuncs_found: dict[str, ModuleKfunc] = {}
+        self.load_module_btf: Callable[[str], BTF | None] = lambda name: None
+        self.find_module_symbol: Callable[[str], str | None] = lambda name: None
         self._lazy = dict(lazy or {})
         self._values: dict[str, Any] = {}
+        if vmlinux is not None:
+            self.set_fact("vmlinux", vmlinux)
 
     def _fact(self, name: str) -> Any:
         if name not in self._values:
@@ -169,9 +197,30 @@ class KernelFacts:
             self._values[name] = loader() if loader is not None else None
         return self._values[name]
 
+    def defer(self, name: str, loader: Callable[[], Any]) -> None:
+        """Read fact `name` with `loader` when it is first asked for."""
+        self._values.pop(name, None)
+        self._lazy[name] = loader
+
     def set_fact(self, name: str, value: Any) -> None:
         self._lazy.pop(name, None)
         self._values[name] = value
+
+    @property
+    def vmlinux(self) -> BTF | None:
+        return self._fact("vmlinux")
+
+    @property
+    def module_kfuncs(self) -> dict[str, ModuleKfunc]:
+        """Kfuncs registered by modules: name -> where."""
+        self._fact("vmlinux")
+        return self.module_kfuncs_found
+
+    def module_of_symbol(self, name: str) -> str | None:
+        """The module whose BTF defines a FUNC or VAR called `name` (all modules are scanned on
+        first use)."""
+        self._fact("vmlinux")
+        return self.find_module_symbol(name)
 
     @property
     def symvers(self) -> Symvers | None:
@@ -204,4 +253,5 @@ class KernelFacts:
         return self.vmlinux is not None and bool(self.vmlinux.find("bpf_kfunc", Kind.DECL_TAG))
 
     def module_btf(self, module: str) -> BTF | None:
+        self._fact("vmlinux")
         return self.load_module_btf(module)

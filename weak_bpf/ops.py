@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from weak_bpf import kernel, kernel_data, symbols
+from weak_bpf import __version__, kernel, kernel_data, symbols
 from weak_bpf import programs as programs_mod
-from weak_bpf.cache import Cache
+from weak_bpf.cache import Cache, content_key, stat_key
 from weak_bpf.checks import check_object, malformed
 from weak_bpf.errors import ParseError, WeakBpfError
 from weak_bpf.kernel import resolve_in_root
@@ -18,7 +19,7 @@ from weak_bpf.kernelfacts import facts_from_files, load_kernel_facts
 from weak_bpf.model import KernelFacts, Result, Verdict
 from weak_bpf.parsers.bpfobject import BpfObject, read_bpf_object
 from weak_bpf.parsers.btf import BTF, Kind
-from weak_bpf.parsers.greylist import render_greylist
+from weak_bpf.parsers.greylist import Greylist, render_greylist
 from weak_bpf.programs import InstalledProgram, LoadedProgram, installed_programs, load_program
 
 
@@ -96,8 +97,10 @@ def inspect_object(root: Path, path: Path) -> BpfObject:
 
 @dataclasses.dataclass(frozen=True)
 class ProgramAudit:
-    loaded: LoadedProgram
+    program: InstalledProgram
+    build_kernel: str | None
     results: dict[str, tuple[Result, bool]]  # kver -> (result, linked now)
+    greylist: Greylist | None = None  # when the object was read in this run (not cached)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,23 +146,60 @@ def kernel_facts(root: Path, kvers: Sequence[str] = (), *, cache: bool = True) -
     return [load_kernel_facts(kernel.find_kernel(root, k), store) for k in wanted]
 
 
+RESULTS_VERSION = "1"
+
+
+def _kernel_key(facts: KernelFacts) -> str:
+    """What a kernel's results depend on: every artifact read, and this tool's version."""
+    a = facts.artifacts
+    files = [a.btf, a.symvers, a.system_map, a.config, a.kabi_list, a.root / "proc/kallsyms"]
+    files += list(a.modules)
+    return content_key(RESULTS_VERSION, __version__, a.kver, stat_key([f for f in files if f]))
+
+
+def _program_key(root: Path, program: InstalledProgram) -> str:
+    files = [root / program.path, root / f"{program.path}.greylist"]
+    return content_key(program.path, program.native_kernel or "", stat_key(files))
+
+
 def audit(
     root: Path, kvers: Sequence[str] = (), *, programs: Sequence[str] = (), cache: bool = True
 ) -> AuditReport:
     """Every installed program (or those whose path matches one of `programs`, fnmatch
-    patterns) against every installed kernel (or the ones given)."""
+    patterns) against every installed kernel (or the ones given).
+
+    Results are kept in the cache, per kernel, under keys that change with any file they were
+    computed from, so a warm audit reads no object and no BTF at all."""
+    store = Cache(root, writable=cache)
     facts = kernel_facts(root, kvers, cache=cache)
-    selected = [
-        p
-        for p in installed_programs(root)
-        if not programs
-        or any(fnmatch.fnmatch(p.path, pat) or p.link_name == pat for pat in programs)
-    ]
+    names = {f.kver: f"results-{_kernel_key(f)}.json" for f in facts}
+    tables = {kver: store.get_json(name) or {} for kver, name in names.items()}
+    changed: set[str] = set()
     audits = []
-    for program in selected:
-        loaded = load_program(root, program)
-        results = {f.kver: (evaluate(loaded, f), is_linked(root, f.kver, program)) for f in facts}
-        audits.append(ProgramAudit(loaded, results))
+    for program in (p for p in installed_programs(root) if _selected(p, programs)):
+        key = _program_key(root, program)
+        entries = {kver: table.get(key) for kver, table in tables.items()}
+        try:
+            cached = {k: Result.from_json(e["result"]) for k, e in entries.items() if e}
+        except (KeyError, ValueError, TypeError):
+            cached = {}
+        build_kernel = next((e.get("build_kernel") for e in entries.values() if e), None)
+        greylist = None
+        if len(cached) < len(facts):
+            loaded = load_program(root, program)
+            greylist, build_kernel = loaded.greylist, loaded.build_kernel
+            for f in facts:
+                if f.kver not in cached:
+                    cached[f.kver] = evaluate(loaded, f)
+                    tables[f.kver][key] = {
+                        "build_kernel": build_kernel,
+                        "result": cached[f.kver].to_json(),
+                    }
+                    changed.add(f.kver)
+        results = {f.kver: (cached[f.kver], is_linked(root, f.kver, program)) for f in facts}
+        audits.append(ProgramAudit(program, build_kernel, results, greylist))
+    for kver in changed:
+        store.put(names[kver], json.dumps(tables[kver]).encode())
     return AuditReport(root, tuple(f.kver for f in facts), tuple(audits))
 
 
@@ -185,7 +225,7 @@ def explain(root: Path, path: Path, kvers: Sequence[str] = ()) -> ProgramAudit:
         f.kver: (evaluate(loaded, f), program is not None and is_linked(root, f.kver, program))
         for f in facts
     }
-    return ProgramAudit(loaded, results)
+    return ProgramAudit(loaded.program, loaded.build_kernel, results, loaded.greylist)
 
 
 # --- greylist and symvers ------------------------------------------------------------------------

@@ -160,9 +160,9 @@ def audit_json(report: AuditReport) -> dict[str, object]:
         }
         programs.append(
             {
-                "path": p.loaded.program.path,
+                "path": p.program.path,
                 "package": None,
-                "build_kernel": p.loaded.build_kernel,
+                "build_kernel": p.build_kernel,
                 "results": results,
             }
         )
@@ -186,8 +186,7 @@ def render_audit(report: AuditReport) -> str:
         return "no BPF programs installed under this root\n"
     header = ["program", *report.kernels]
     rows = [
-        [p.loaded.program.path, *(_cell(p.results[k][0]) for k in report.kernels)]
-        for p in report.programs
+        [p.program.path, *(_cell(p.results[k][0]) for k in report.kernels)] for p in report.programs
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
@@ -204,12 +203,11 @@ def render_audit(report: AuditReport) -> str:
 
 
 def render_explain(audit: ProgramAudit) -> str:
-    loaded = audit.loaded
-    out = [f"{loaded.program.path}\n"]
-    if loaded.build_kernel:
-        out.append(f"  built for {loaded.build_kernel}\n")
-    if loaded.greylist is not None:
-        out.append(f"  greylist: {loaded.greylist.source} ({len(loaded.greylist)} symbols)\n")
+    out = [f"{audit.program.path}\n"]
+    if audit.build_kernel:
+        out.append(f"  built for {audit.build_kernel}\n")
+    if audit.greylist is not None:
+        out.append(f"  greylist: {audit.greylist.source} ({len(audit.greylist)} symbols)\n")
     for kver, (result, linked) in audit.results.items():
         state = ", linked" if linked else ""
         out.append(f"\non {kver}: {result.verdict.value}{state}\n")

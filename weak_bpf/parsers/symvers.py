@@ -149,11 +149,20 @@ def parse_line(line: str, lineno: int, offset: int, source: str | None) -> SymvE
     return SymvEntry(int(crc_text, 16), symbol, module, export_type, namespace, lineno)
 
 
+# a well-formed line, matched in one step; anything else goes through parse_line for its error
+_GOOD_LINE = re.compile(r"0x([0-9a-fA-F]{1,8})\t([^\s]+)\t([^\s]+)\t([^\s]+)(?:\t([^\s]*))?\r?\Z")
+
+
 def parse_symvers(data: bytes, source: str | None = None) -> Symvers:
     """Parse a plain Module.symvers (blank lines are skipped)."""
-    entries = [
-        parse_line(line, number, offset, source)
-        for number, offset, line in iter_lines(data, source, "Module.symvers")
-        if line.strip()
-    ]
+    entries = []
+    for number, offset, line in iter_lines(data, source, "Module.symvers"):
+        good = _GOOD_LINE.match(line)
+        export_type = _EXPORT_TYPES.get(good.group(4)) if good else None
+        if good and export_type is not None:
+            crc, symbol, module, _, namespace = good.groups()
+            entry = SymvEntry(int(crc, 16), symbol, module, export_type, namespace or None, number)
+            entries.append(entry)
+        elif line.strip():
+            entries.append(parse_line(line, number, offset, source))
     return Symvers(tuple(entries), source)
