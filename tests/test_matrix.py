@@ -36,6 +36,7 @@ EXPECTED: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     "core_guards": {OLD: (C, ()), NEW: (C, ()), RUNNING: (C, ())},
     "kfunc_task": {OLD: (INC, ("kfunc-missing",)), RUNNING: (C, ())},
     "kfunc_weak": {OLD: (C, ()), NEW: (C, ()), RUNNING: (C, ())},
+    "kfunc_weak_unguarded": {OLD: (INC, ("kfunc-missing",)), RUNNING: (C, ())},
     "kfunc_module_ct": {OLD: (C, ()), NEW: (C, ())},
     "proprietary_kfunc": {OLD: (INC, ("license",)), RUNNING: (INC, ("license",))},
     "proprietary_plain": {OLD: (C, ()), RUNNING: (C, ())},

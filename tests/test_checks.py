@@ -1,0 +1,93 @@
+"""Branches of the checks that no real kernel here exercises, on kernels with made-up BTF: a
+real program (compiled from tests/progs) against hand-built kernel facts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from weak_bpf.checks import check_object
+from weak_bpf.model import KernelFacts, Outcome, ReasonCode, Verdict
+from weak_bpf.parsers.bpfobject import BpfObject, read_bpf_object
+from weak_bpf.parsers.btf import Kind
+
+from btfbuilder import Builder
+
+
+@pytest.fixture(scope="module")
+def kfunc_task(old_progs: dict[str, Path]) -> BpfObject:
+    """Calls bpf_task_acquire(struct task_struct *) and bpf_task_release(struct task_struct *)."""
+    return read_bpf_object(old_progs["kfunc_task"].read_bytes())
+
+
+def kernel(build: Builder) -> KernelFacts:
+    return KernelFacts("9.9.9-test", vmlinux=build.btf())
+
+
+def task_kernel(*, params: int = 1, tagged: bool | None = None) -> KernelFacts:
+    """A kernel whose bpf_task_acquire takes `params` task pointers; `tagged`: whether its BTF
+    tags kfuncs at all (None) and this one (True)."""
+    b = Builder()
+    task = b.ptr(b.struct("task_struct", members=(("pid", b.int_(), 0),)))
+    acquire = b.func("bpf_task_acquire", b.proto(task, *[task] * params))
+    release = b.func("bpf_task_release", b.proto(0, task))
+    b.struct("trace_event_raw_task_newtask")
+    b.mod(Kind.TYPEDEF, b.ptr(b.proto(0)), "btf_trace_task_newtask")
+    if tagged is not None:
+        b.decl_tag("bpf_kfunc", release)
+        if tagged:
+            b.decl_tag("bpf_kfunc", acquire)
+    return kernel(b)
+
+
+def failures(obj: BpfObject, facts: KernelFacts) -> list[tuple[str, str]]:
+    result = check_object(obj, None, facts)
+    return [
+        (c.code.value, c.detail)
+        for c in result.checks
+        if c.outcome in (Outcome.FAIL, Outcome.UNDECIDED) and c.code is not None
+    ]
+
+
+def test_matching_kernel_is_compatible(kfunc_task: BpfObject) -> None:
+    assert check_object(kfunc_task, None, task_kernel()).verdict is Verdict.COMPATIBLE
+
+
+def test_more_than_five_arguments(kfunc_task: BpfObject) -> None:
+    got = failures(kfunc_task, task_kernel(params=6))
+    assert got == [
+        ("kfunc-proto", "found in vmlinux, but it takes 6 arguments; BPF passes at most 5")
+    ]
+
+
+def test_prototype_change(kfunc_task: BpfObject) -> None:
+    [(code, detail)] = failures(kfunc_task, task_kernel(params=2))
+    assert code == "kfunc-proto" and "prototype is incompatible" in detail
+
+
+def test_untagged_function_where_the_kernel_tags_kfuncs(kfunc_task: BpfObject) -> None:
+    assert failures(kfunc_task, task_kernel(tagged=True)) == []
+    [(code, detail)] = failures(kfunc_task, task_kernel(tagged=False))
+    assert code == "kfunc-missing" and "does not tag it as a kfunc" in detail
+
+
+def test_no_btf_is_unknown_never_compatible(kfunc_task: BpfObject) -> None:
+    facts = KernelFacts("9.9.9-nobtf", problems=["no vmlinux, vmlinuz or sysfs BTF was found"])
+    result = check_object(kfunc_task, None, facts)
+    assert result.verdict is Verdict.UNKNOWN
+    assert [r.code for r in result.reasons] == [ReasonCode.KERNEL_DATA_MISSING]
+
+
+def test_missing_attach_target(kfunc_task: BpfObject) -> None:
+    b = Builder()
+    task = b.ptr(b.struct("task_struct", members=(("pid", b.int_(), 0),)))
+    b.func("bpf_task_acquire", b.proto(task, task))
+    b.func("bpf_task_release", b.proto(0, task))
+    got = failures(kfunc_task, kernel(b))
+    assert got == [("attach-target", "btf_trace_task_newtask is absent from 9.9.9-test")]
+
+
+def test_native_programs_keep_their_checks(kfunc_task: BpfObject) -> None:
+    result = check_object(kfunc_task, None, task_kernel(params=2), native=True)
+    assert result.verdict is Verdict.NATIVE and result.reasons
