@@ -25,9 +25,12 @@ def kernel(build: Builder) -> KernelFacts:
     return KernelFacts("9.9.9-test", vmlinux=build.btf())
 
 
-def task_kernel(*, params: int = 1, tagged: bool | None = None) -> KernelFacts:
-    """A kernel whose bpf_task_acquire takes `params` task pointers; `tagged`: whether its BTF
-    tags kfuncs at all (None) and this one (True)."""
+def task_kernel(
+    *, params: int = 1, tagged: bool | None = True, in_btf_ids: bool | None = None
+) -> KernelFacts:
+    """A kernel whose bpf_task_acquire takes `params` task pointers. `tagged`: whether its BTF
+    tags kfuncs at all (None) and this one (True); `in_btf_ids`, for untagged BTF: whether
+    vmlinux's .BTF_ids holds the kfuncs' ids (None: no .BTF_ids known)."""
     b = Builder()
     task = b.ptr(b.struct("task_struct", members=(("pid", b.int_(), 0),)))
     acquire = b.func("bpf_task_acquire", b.proto(task, *[task] * params))
@@ -38,7 +41,10 @@ def task_kernel(*, params: int = 1, tagged: bool | None = None) -> KernelFacts:
         b.decl_tag("bpf_kfunc", release)
         if tagged:
             b.decl_tag("bpf_kfunc", acquire)
-    return kernel(b)
+    facts = kernel(b)
+    if in_btf_ids is not None:
+        facts.set_fact("vmlinux_btf_ids", frozenset({acquire, release} if in_btf_ids else ()))
+    return facts
 
 
 def failures(obj: BpfObject, facts: KernelFacts) -> list[tuple[str, str]]:
@@ -72,6 +78,15 @@ def test_untagged_function_where_the_kernel_tags_kfuncs(kfunc_task: BpfObject) -
     assert code == "kfunc-missing" and "does not tag it as a kfunc" in detail
 
 
+def test_untagged_kernels_need_the_kfunc_sets(kfunc_task: BpfObject) -> None:
+    assert failures(kfunc_task, task_kernel(tagged=None, in_btf_ids=True)) == []
+    got = failures(kfunc_task, task_kernel(tagged=None, in_btf_ids=False))
+    assert got and all(code == "kfunc-missing" and "plain kernel function" in d for code, d in got)
+    result = check_object(kfunc_task, None, task_kernel(tagged=None))
+    assert result.verdict is Verdict.UNKNOWN
+    assert {r.code for r in result.reasons} == {ReasonCode.KERNEL_DATA_MISSING}
+
+
 def test_no_btf_is_unknown_never_compatible(kfunc_task: BpfObject) -> None:
     facts = KernelFacts("9.9.9-nobtf", problems=["no vmlinux, vmlinuz or sysfs BTF was found"])
     result = check_object(kfunc_task, None, facts)
@@ -82,8 +97,8 @@ def test_no_btf_is_unknown_never_compatible(kfunc_task: BpfObject) -> None:
 def test_missing_attach_target(kfunc_task: BpfObject) -> None:
     b = Builder()
     task = b.ptr(b.struct("task_struct", members=(("pid", b.int_(), 0),)))
-    b.func("bpf_task_acquire", b.proto(task, task))
-    b.func("bpf_task_release", b.proto(0, task))
+    b.decl_tag("bpf_kfunc", b.func("bpf_task_acquire", b.proto(task, task)))
+    b.decl_tag("bpf_kfunc", b.func("bpf_task_release", b.proto(0, task)))
     got = failures(kfunc_task, kernel(b))
     assert got == [("attach-target", "btf_trace_task_newtask is absent from 9.9.9-test")]
 

@@ -34,6 +34,7 @@ from weak_bpf.reachability import NONZERO, KnownValue, Slot, reachability
 from weak_bpf.signature import format_crc, signature_crc
 
 MAX_KFUNC_ARGS = 5  # MAX_BPF_FUNC_REG_ARGS
+_UNDECIDED = "undecided"  # a marker: the kernel's data cannot tell
 _MEMORY_CLASSES = (InsnClass.LDX, InsnClass.ST, InsnClass.STX)
 _TEXT_SYMBOL_TYPES = frozenset("tTwW")
 
@@ -99,19 +100,22 @@ class _Checker:
         return ids[0] if ids else None
 
     def _find_func(
-        self, name: str, module: str | None = None
+        self, name: str, module: str | None = None, *, only: bool = False
     ) -> tuple[BTF, int, str | None] | None:
-        """Where K defines FUNC `name`: (btf, id, module or None for vmlinux). A named module is
-        searched first, then vmlinux, then the modules, as libbpf does."""
+        """Where K defines FUNC `name`: (btf, id, module or None for vmlinux). `module` is
+        searched first (with `only`, alone, as libbpf does for `module:func` targets), then
+        vmlinux, then the modules."""
         vmlinux = self.k.vmlinux
-        assert vmlinux is not None
+        if vmlinux is None:
+            return None
         candidates: list[str | None] = [module] if module else []
-        candidates.append(None)
-        indexed = self.k.module_kfuncs.get(name)
-        if indexed is not None:
-            candidates.append(indexed.module)
-        elif not self._own_func(vmlinux, name):
-            candidates.append(self.k.module_of_symbol(name))
+        if not (module and only):
+            candidates.append(None)
+            indexed = self.k.module_kfuncs.get(name)
+            if indexed is not None:
+                candidates.append(indexed.module)
+            elif not self._own_func(vmlinux, name):
+                candidates.append(self.k.module_of_symbol(name))
         for mod in dict.fromkeys(candidates):
             btf = vmlinux if mod is None else self.k.module_btf(mod)
             if btf is None:
@@ -195,6 +199,11 @@ class _Checker:
                 f"export type {entry.export_type.value} is obsolete: rebuild the greylist",
                 symbol=entry.symbol,
             )
+        if self.k.symvers is None and self.k.artifacts is not None and self.k.artifacts.symvers:
+            yield self._missing_data(
+                Area.GREYLIST, subject, f"{self.k.kver}'s symvers could not be read", entry.symbol
+            )
+            return
         provided = self.k.symvers.get(entry.symbol) if self.k.symvers is not None else None
         if provided is not None:
             crc, where = provided.crc, f"{self.k.kver}'s symvers ({provided.module})"
@@ -203,11 +212,13 @@ class _Checker:
                 entry.symbol, None if entry.module == "vmlinux" else entry.module
             )
             if found is None:
-                if self.k.symvers is None and self.k.vmlinux is None:
+                if self.k.vmlinux is None or self.k.module_problems:
+                    what = "has no BTF" if self.k.vmlinux is None else "has unreadable modules"
                     yield self._missing_data(
                         Area.GREYLIST,
                         subject,
-                        "the kernel has neither symvers nor BTF",
+                        f"not in {self.k.kver}'s symvers, and {self.k.kver} {what}: "
+                        "whether it provides the symbol is unknown",
                         entry.symbol,
                     )
                 else:
@@ -261,7 +272,17 @@ class _Checker:
     def _kfunc(self, ext: Extern) -> Iterable[Check]:
         subject = f"kfunc {ext.name}"
         name = essential_name(ext.name)
-        found = self._find_func(name)
+        listed = self.greylist.get(name) if self.greylist is not None else None
+        hint = listed.module if listed is not None and listed.module != "vmlinux" else None
+        found = self._find_func(name, hint)
+        if found is None and self.k.module_problems:
+            yield self._missing_data(
+                Area.KFUNC,
+                subject,
+                f"not in {self.k.kver}'s vmlinux BTF, and some of its modules could not be read",
+                ext.name,
+            )
+            return
         if found is None:
             self._set_extern(ext, 0)
             if ext.weak:
@@ -289,6 +310,15 @@ class _Checker:
         if module:
             self.modules.add(module)
         problem = self._not_a_kfunc(btf, func_id, module)
+        if problem is _UNDECIDED:
+            yield self._missing_data(
+                Area.KFUNC,
+                subject,
+                f"{where}, but {self.k.kver}'s BTF does not mark kfuncs (no bpf_kfunc tags) and "
+                "its kfunc sets could not be read: whether it is a kfunc is unknown",
+                ext.name,
+            )
+            return
         if problem:
             yield self._check(
                 Area.KFUNC,
@@ -322,6 +352,19 @@ class _Checker:
             )
             return
         self.present_kfuncs.append(ext.name)
+        if self._address_taken(ext) and not self.k.has_kfunc_tags:
+            # libbpf turns the load into a BTF id of a FUNC; verifiers before about 6.4 take
+            # only VARs there. Only the set8 kfunc flag (6.8+), which pahole's tags need, shows
+            # a verifier new enough.
+            yield self._missing_data(
+                Area.KFUNC,
+                subject,
+                f"{where}; the program takes its address (bpf_ksym_exists), and whether "
+                f"{self.k.kver}'s verifier accepts a kfunc address is unknown (its BTF has no "
+                "kfunc tags)",
+                ext.name,
+            )
+            return
         yield self._check(
             Area.KFUNC,
             Outcome.NOTE if module else Outcome.PASS,
@@ -331,13 +374,24 @@ class _Checker:
         )
 
     def _not_a_kfunc(self, btf: BTF, func_id: int, module: str | None) -> str | None:
-        """Why a FUNC that exists is not callable as a kfunc, where K's data can tell."""
+        """Why a FUNC that exists is not callable as a kfunc, where K's data can tell;
+        _UNDECIDED where it cannot."""
         if self.k.has_kfunc_tags:
             tags = [t for t in btf.decl_tags(func_id) if t.name == "bpf_kfunc"]
             return None if tags else "its BTF does not tag it as a kfunc (bpf_kfunc)"
-        if module is not None and btf.name(func_id) not in self.k.module_kfuncs:
-            return f"module {module} does not register it as a kfunc"
+        if module is not None:
+            if btf.name(func_id) not in self.k.module_kfuncs:
+                return f"module {module} does not register it as a kfunc"
+            return None
+        ids = self.k.vmlinux_btf_ids
+        if ids is None:
+            return _UNDECIDED
+        if func_id not in ids:
+            return "it is in none of vmlinux's kfunc sets: it is a plain kernel function"
         return None
+
+    def _address_taken(self, ext: Extern) -> bool:
+        return any(ref.name == ext.name for f in self._functions() for ref in f.extern_refs)
 
     def _set_extern(self, ext: Extern, value: KnownValue) -> None:
         """Record what libbpf writes into the ld_imm64 loads of an extern's address."""
@@ -587,7 +641,7 @@ class _Checker:
 
         kind = info.target_kind
         if kind is TargetKind.BTF_FUNC:
-            found = self._find_func(name, info.module)
+            found = self._find_func(name, info.module, only=True)
             if found is not None and found[2]:
                 self.modules.add(found[2])
             return result(found is not None, "is a function in the kernel's BTF")

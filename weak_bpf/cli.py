@@ -6,13 +6,17 @@ import argparse
 import enum
 import json
 import logging
+import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from weak_bpf import __version__
-from weak_bpf.errors import WeakBpfError
+from weak_bpf.errors import ApplyError, WeakBpfError
+
+if TYPE_CHECKING:
+    from weak_bpf.ops import KernelRun
 
 log = logging.getLogger("weak-bpf-progs")
 
@@ -26,6 +30,10 @@ class Exit(enum.IntEnum):
 
 
 class Verb(str, enum.Enum):
+    ADD_KERNEL = "add-kernel"
+    REMOVE_KERNEL = "remove-kernel"
+    ADD_PROGS = "add-progs"
+    REMOVE_PROGS = "remove-progs"
     AUDIT = "audit"
     EXPLAIN = "explain"
     GREYLIST = "greylist"
@@ -39,6 +47,12 @@ class Verb(str, enum.Enum):
 
 
 _VERB_HELP = {
+    Verb.ADD_KERNEL: "link the compatible programs into a new kernel's weak-updates (default: "
+    "the running kernel)",
+    Verb.REMOVE_KERNEL: "take away a kernel's weak-updates links (before the kernel goes)",
+    Verb.ADD_PROGS: "resolve every kernel again for new or updated objects (paths on stdin)",
+    Verb.REMOVE_PROGS: "unlink objects being removed (paths on stdin); the best remaining build "
+    "takes their place",
     Verb.AUDIT: "check every installed program against every (or the given) kernel",
     Verb.EXPLAIN: "every check of one program on a kernel, passed or failed, in words",
     Verb.GREYLIST: "print the greylist of a BPF object against its build kernel (for packagers)",
@@ -48,7 +62,15 @@ _VERB_HELP = {
 }
 
 # weak-modules spellings, normalised to verbs before parsing.
-_ALIASES: dict[str, str] = {}
+_ALIASES: dict[str, str] = {
+    "--add-kernel": Verb.ADD_KERNEL.value,
+    "--remove-kernel": Verb.REMOVE_KERNEL.value,
+    "--add-progs": Verb.ADD_PROGS.value,
+    "--remove-progs": Verb.REMOVE_PROGS.value,
+    "--add-modules": Verb.ADD_PROGS.value,
+    "--remove-modules": Verb.REMOVE_PROGS.value,
+    "--basedir": "--root",
+}
 
 
 def _normalise(argv: Sequence[str]) -> list[str]:
@@ -78,7 +100,19 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         "--json",
         action="store_true",
         default=default(False),
-        help="print one JSON document on stdout instead of text (audit)",
+        help="print one JSON document on stdout instead of text",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=default(False),
+        help="change nothing anywhere (no links, cache, lock, report or journal); print the plan",
+    )
+    parser.add_argument(
+        "--no-journal",
+        action="store_true",
+        default=default(False),
+        help="do not write the report to the systemd journal (the report file is still written)",
     )
 
 
@@ -96,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def verb(v: Verb) -> argparse.ArgumentParser:
         return sub.add_parser(v.value, help=v.help, parents=[common], allow_abbrev=False)
+
+    verb(Verb.ADD_KERNEL).add_argument(
+        "kernel", nargs="?", metavar="K", help="the kernel release (default: uname -r)"
+    )
+    verb(Verb.REMOVE_KERNEL).add_argument("kernel", metavar="K", help="the kernel release")
+    verb(Verb.ADD_PROGS)
+    verb(Verb.REMOVE_PROGS)
 
     audit = verb(Verb.AUDIT)
     audit.add_argument("kernels", nargs="*", metavar="K", help="kernel versions (default: all)")
@@ -177,11 +218,52 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return status
 
 
+def _print_runs(args: argparse.Namespace, runs: list[KernelRun]) -> int:
+    if args.json:
+        doc = [run.resolution.to_json() for run in runs]
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        for run in runs:
+            if args.dry_run:
+                sys.stdout.writelines(f"{line}\n" for line in run.plan.describe())
+            print(run.resolution.summary)
+    for run in runs:
+        for problem in run.resolution.errors:
+            log.warning("%s: %s", run.resolution.kernel, problem)
+    return Exit.OK
+
+
+def _cmd_add_kernel(args: argparse.Namespace) -> int:
+    from weak_bpf import ops
+
+    kver = args.kernel or platform.release()
+    runs = ops.add_kernel(args.root, kver, dry_run=args.dry_run, journal=not args.no_journal)
+    return _print_runs(args, runs)
+
+
+def _cmd_remove_kernel(args: argparse.Namespace) -> int:
+    from weak_bpf import ops
+
+    runs = ops.remove_kernel(
+        args.root, args.kernel, dry_run=args.dry_run, journal=not args.no_journal
+    )
+    return _print_runs(args, runs)
+
+
+def _cmd_progs(args: argparse.Namespace) -> int:
+    from weak_bpf import ops
+
+    change = ops.add_progs if args.verb == Verb.ADD_PROGS.value else ops.remove_progs
+    paths = sys.stdin.read().splitlines() if not sys.stdin.isatty() else []
+    runs = change(args.root, paths, dry_run=args.dry_run, journal=not args.no_journal)
+    return _print_runs(args, runs)
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from weak_bpf import ops, report
 
     kernels = [*args.kernels, *args.kernel_filter]
-    result = ops.audit(args.root, kernels, programs=args.program)
+    result = ops.audit(args.root, kernels, programs=args.program, cache=not args.dry_run)
     if args.json:
         sys.stdout.write(json.dumps(report.audit_json(result), indent=2) + "\n")
     else:
@@ -218,6 +300,10 @@ def _cmd_symvers(args: argparse.Namespace) -> int:
 
 
 _COMMANDS: dict[Verb, Callable[[argparse.Namespace], int]] = {
+    Verb.ADD_KERNEL: _cmd_add_kernel,
+    Verb.REMOVE_KERNEL: _cmd_remove_kernel,
+    Verb.ADD_PROGS: _cmd_progs,
+    Verb.REMOVE_PROGS: _cmd_progs,
     Verb.GREYLIST: _cmd_greylist,
     Verb.SYMVERS: _cmd_symvers,
     Verb.AUDIT: _cmd_audit,
@@ -247,4 +333,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         _error(e)
-        return Exit.USAGE
+        return Exit.APPLY if isinstance(e, ApplyError) else Exit.USAGE

@@ -61,3 +61,11 @@ class DecompressError(ParseError):
 
 class KernelNotFound(WeakBpfError):
     """A kernel version that is not installed under the root."""
+
+
+class ApplyError(WeakBpfError):
+    """A plan that could not be applied (disk, permissions, a weak-updates we did not make)."""
+
+
+class LockTimeout(ApplyError):
+    """Another run held the lock for longer than the configured timeout."""

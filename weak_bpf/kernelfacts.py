@@ -8,8 +8,10 @@ recorded in `problems`, never raised: the checks turn it into an `unknown` verdi
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import json
+import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -33,22 +35,43 @@ def module_name(path: Path) -> str:
     return path.name.split(".ko")[0].replace("-", "_")
 
 
-def _load_vmlinux_btf(artifacts: KernelArtifacts, cache: Cache) -> BTF:
+def _btf_ids_of(elf: bytes, source: str) -> frozenset[int]:
+    """Every u32 in a vmlinux ELF's `.BTF_ids` section: the ids of its kfunc sets and BTF_ID
+    lists. A function whose id is not there is no kfunc of that kernel."""
+    for section in section_headers(elf, source):
+        if section.name == ".BTF_ids":
+            data = elf[section.offset : section.offset + section.size]
+            words = array.array("I", data[: len(data) - len(data) % 4])
+            if (elf[5] == 2) != (sys.byteorder == "big"):
+                words.byteswap()
+            return frozenset(words)
+    return frozenset()
+
+
+def _load_vmlinux_btf(
+    artifacts: KernelArtifacts, cache: Cache
+) -> tuple[BTF, frozenset[int] | None]:
+    """K's vmlinux BTF and, when it comes from an ELF, its `.BTF_ids` (cached together)."""
     assert artifacts.btf is not None
-    if artifacts.btf_source_kind is BtfSourceKind.VMLINUZ:
-        name = f"btf-{file_key(artifacts.btf)}.btf"
-        cached = cache.get(name)
-        if cached is not None:
-            try:
-                return BTF.from_bytes(cached, source=str(artifacts.btf))
-            except WeakBpfError:
-                pass  # a damaged entry: rebuild it
-        btf = BTF.from_bytes(kernel_data.load_vmlinux(artifacts.btf), source=str(artifacts.btf))
-        cache.put(name, btf.to_bytes())
-        return btf
-    raw = kernel_data.load_btf_bytes(artifacts)
-    assert raw is not None
-    return BTF.from_bytes(raw, source=str(artifacts.btf))
+    source = str(artifacts.btf)
+    if artifacts.btf_source_kind is BtfSourceKind.SYSFS:
+        raw = kernel_data.load_btf_bytes(artifacts)
+        assert raw is not None
+        return BTF.from_bytes(raw, source=source), None
+    key = file_key(artifacts.btf)
+    btf_name, ids_name = f"btf-{key}.btf", f"btfids-{key}.json"
+    cached, cached_ids = cache.get(btf_name), cache.get_json(ids_name)
+    if cached is not None and isinstance(cached_ids, list):
+        try:
+            return BTF.from_bytes(cached, source=source), frozenset(cached_ids)
+        except (WeakBpfError, TypeError):
+            pass  # a damaged entry: rebuild it
+    elf = kernel_data.load_vmlinux(artifacts.btf)
+    btf = BTF.from_bytes(elf, source=source)
+    ids = _btf_ids_of(elf, source)
+    cache.put(btf_name, btf.to_bytes())
+    cache.put(ids_name, json.dumps(sorted(ids)).encode())
+    return btf, ids
 
 
 def _scan_module_kfuncs(
@@ -138,7 +161,9 @@ def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache) -> KernelFacts:
     facts = KernelFacts(a.kver, a, problems=problems, lazy=lazy)
 
     def vmlinux() -> BTF | None:
-        btf = _attempt(problems, "BTF", lambda: _load_vmlinux_btf(a, cache)) if a.btf else None
+        loaded = _attempt(problems, "BTF", lambda: _load_vmlinux_btf(a, cache)) if a.btf else None
+        btf, ids = loaded if loaded is not None else (None, None)
+        facts.set_fact("vmlinux_btf_ids", ids)
         if btf is not None:
             facts.module_kfuncs_found = _module_kfuncs(a, btf, cache, problems)
             facts.load_module_btf = _module_btf_loader(a, btf, problems)
@@ -236,5 +261,7 @@ def facts_from_files(btf_file: Path, symvers_file: Path | None = None) -> Kernel
     if data[:2] not in (b"\x9f\xeb", b"\xeb\x9f"):  # not raw BTF: a vmlinux, or a vmlinuz
         data = kernel_data.load_vmlinux(btf_file)
     facts = KernelFacts(btf_file.name, None, vmlinux=BTF.from_bytes(data, source=str(btf_file)))
+    if data[:4] == b"\x7fELF":
+        facts.set_fact("vmlinux_btf_ids", _btf_ids_of(data, str(btf_file)))
     facts.set_fact("symvers", kernel_data.load_symvers(symvers_file) if symvers_file else None)
     return facts

@@ -211,6 +211,13 @@ class KernelFacts:
         return self._fact("vmlinux")
 
     @property
+    def vmlinux_btf_ids(self) -> frozenset[int] | None:
+        """The ids in vmlinux's `.BTF_ids` section (kfunc sets and BTF_ID lists), when the BTF
+        came from an ELF vmlinux; None when unknown (sysfs BTF)."""
+        self._fact("vmlinux")
+        return self._fact("vmlinux_btf_ids")
+
+    @property
     def module_kfuncs(self) -> dict[str, ModuleKfunc]:
         """Kfuncs registered by modules: name -> where."""
         self._fact("vmlinux")
@@ -246,6 +253,11 @@ class KernelFacts:
         """The symbols are the running kernel's kallsyms: exactly what libbpf sees."""
         symbols = self._fact("symbols")
         return symbols is not None and symbols[0] is not None and symbols[1]
+
+    @property
+    def module_problems(self) -> bool:
+        """Some module could not be read: a kfunc or symbol not found may be in it."""
+        return any(p.startswith("module ") for p in self.problems)
 
     @property
     def has_kfunc_tags(self) -> bool:

@@ -1,19 +1,25 @@
-"""The use cases behind the commands. They read under an explicit root and return values; they
-never print. (The writing use cases, add-kernel and friends, come with the resolver.)"""
+"""The use cases behind the commands. They work under an explicit root and return values; they
+never print. Writing goes through weak_bpf.actions."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import json
-from collections.abc import Sequence
+import logging
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from weak_bpf import __version__, kernel, kernel_data, symbols
+from weak_bpf import __version__, actions, kernel, kernel_data, resolver, rpmdb, symbols
 from weak_bpf import programs as programs_mod
 from weak_bpf.cache import Cache, content_key, stat_key
 from weak_bpf.checks import check_object, malformed
+from weak_bpf.config import Config, load_config
 from weak_bpf.errors import ParseError, WeakBpfError
+from weak_bpf.journal import send_to_journal, stderr_report
 from weak_bpf.kernel import resolve_in_root
 from weak_bpf.kernelfacts import facts_from_files, load_kernel_facts
 from weak_bpf.model import KernelFacts, Result, Verdict
@@ -21,6 +27,10 @@ from weak_bpf.parsers.bpfobject import BpfObject, read_bpf_object
 from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.greylist import Greylist, render_greylist
 from weak_bpf.programs import InstalledProgram, LoadedProgram, installed_programs, load_program
+from weak_bpf.resolution import Action, ProgramChange, Resolution
+from weak_bpf.resolver import Candidate
+
+log = logging.getLogger("weak-bpf-progs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +173,12 @@ def _program_key(root: Path, program: InstalledProgram) -> str:
 
 
 def audit(
-    root: Path, kvers: Sequence[str] = (), *, programs: Sequence[str] = (), cache: bool = True
+    root: Path,
+    kvers: Sequence[str] = (),
+    *,
+    programs: Sequence[str] = (),
+    cache: bool = True,
+    exclude: Collection[str] = (),
 ) -> AuditReport:
     """Every installed program (or those whose path matches one of `programs`, fnmatch
     patterns) against every installed kernel (or the ones given).
@@ -176,7 +191,10 @@ def audit(
     tables = {kver: store.get_json(name) or {} for kver, name in names.items()}
     changed: set[str] = set()
     audits = []
-    for program in (p for p in installed_programs(root) if _selected(p, programs)):
+    selected = [
+        p for p in installed_programs(root) if _selected(p, programs) and p.path not in exclude
+    ]
+    for program in selected:
         key = _program_key(root, program)
         entries = {kver: table.get(key) for kver, table in tables.items()}
         try:
@@ -284,3 +302,188 @@ def bpf_symvers(root: Path, kver: str) -> str:
             "its vmlinux BTF has no bpf_kfunc tags (pahole < 1.27): vmlinux kfuncs are not listed"
         )
     return render_greylist(entries, comments=comments)
+
+
+# --- resolving: add and remove kernels and programs ----------------------------------------------
+
+_PROGRAM_PATH = re.compile(
+    r"usr/lib/bpf/[^/].*\.bpf\.o\Z|usr/lib/modules/[^/]+/bpf/extra/[^/].*\.bpf\.o\Z"
+)
+
+
+def program_path(path: str) -> str:
+    """A program path as given on stdin (absolute in the target system, or root-relative),
+    made root-relative and checked. Raises WeakBpfError."""
+    rel = path.strip().lstrip("/")
+    parts = rel.split("/")
+    if "\0" in rel or ".." in parts or "" in parts or "." in parts:
+        raise WeakBpfError(f"{path!r}: not a plain path")
+    if not _PROGRAM_PATH.match(rel):
+        raise WeakBpfError(
+            f"{path}: not a BPF program location",
+            hint="programs live in /usr/lib/bpf/<pkg>/ or /usr/lib/modules/K/bpf/extra/<pkg>/ "
+            "and end in .bpf.o",
+        )
+    return rel
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelRun:
+    """One kernel's resolution, and the plan behind it (what --dry-run prints)."""
+
+    resolution: Resolution
+    plan: resolver.Plan
+
+
+def _previous(root: Path, kver: str) -> dict[str, Verdict | None]:
+    """The verdicts of the last report for K, to tell which programs changed."""
+    try:
+        doc = json.loads((root / actions.REPORTS / f"{kver}.json").read_bytes())
+        return {p.path: p.verdict for p in Resolution.from_json(doc).programs}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _finish(root: Path, runs: list[KernelRun], *, dry_run: bool, journal: bool) -> None:
+    """The report of each kernel: the file, then the journal (or stderr, without a journal)."""
+    if dry_run:
+        return
+    for run in runs:
+        doc = json.dumps(run.resolution.to_json(), indent=2).encode()
+        actions.write_report(root, run.resolution.kernel, doc)
+        if not journal or not send_to_journal(run.resolution):
+            log.info("%s", stderr_report(run.resolution).rstrip())
+
+
+def resolve(
+    root: Path,
+    action: Action,
+    kvers: Sequence[str],
+    *,
+    dry_run: bool = False,
+    journal: bool = True,
+    gone: Collection[str] = (),
+    errors: Sequence[str] = (),
+) -> list[KernelRun]:
+    """Bring the weak-updates links of `kvers` (default: all installed kernels) in line with
+    the installed programs, less the `gone` ones (being removed), atomically and under the lock;
+    report each kernel."""
+    config = load_config(root)
+    lock = contextlib.nullcontext() if dry_run else actions.locked(root, config.lock_timeout)
+    runs = []
+    with lock:
+        report = audit(root, kvers, cache=not dry_run, exclude=gone)
+        packages = rpmdb.owners(root, [p.program.path for p in report.programs])
+        for kver in report.kernels:
+            runs.append(
+                _resolve_kernel(root, kver, report, packages, config, action, dry_run, errors)
+            )
+    _finish(root, runs, dry_run=dry_run, journal=journal)
+    return runs
+
+
+def _resolve_kernel(  # noqa: PLR0917
+    root: Path,
+    kver: str,
+    report: AuditReport,
+    packages: Mapping[str, str | None],
+    config: Config,
+    action: Action,
+    dry_run: bool,
+    errors: Sequence[str],
+) -> KernelRun:
+    candidates = [
+        Candidate(
+            p.program.path,
+            p.program.link_name,
+            p.build_kernel,
+            p.program.native_kernel,
+            p.results[kver][0],
+        )
+        for p in report.programs
+    ]
+    current = actions.current_links(root, kver)
+    the_plan = resolver.plan(kver, candidates, current, link_unstable=config.link_unstable)
+    problems = list(errors)
+    if not dry_run and the_plan.changes:
+        blocked = actions.apply_links(root, kver, the_plan.links)
+        problems += [
+            f"{name}: a file weak-bpf-progs did not make is in the way" for name in blocked
+        ]
+    previous = _previous(root, kver)
+    changes = []
+    for p in report.programs:
+        result = p.results[kver][0]
+        name = p.program.link_name
+        holder = the_plan.chosen.get(name)
+        changes.append(
+            ProgramChange(
+                path=p.program.path,
+                package=packages.get(p.program.path),
+                verdict=result.verdict,
+                reasons=result.reasons,
+                linked=holder == p.program.path,
+                was_linked=current.get(name) == resolver.link_target(kver, name, p.program.path),
+                previous_verdict=previous.get(p.program.path),
+                link=name,
+                superseded_by=holder if holder not in (None, p.program.path) else None,
+            )
+        )
+    resolution = Resolution(kver, action, dry_run, tuple(changes), tuple(problems))
+    return KernelRun(resolution, the_plan)
+
+
+def add_kernel(root: Path, kver: str, **options: Any) -> list[KernelRun]:
+    kernel.find_kernel(root, kver)  # must be installed: raises KernelNotFound
+    return resolve(root, Action.ADD_KERNEL, [kver], **options)
+
+
+def remove_kernel(
+    root: Path, kver: str, *, dry_run: bool = False, journal: bool = True
+) -> list[KernelRun]:
+    """Take away K's links (the kernel is going); nothing else is touched."""
+    if "/" in kver or kver in ("", ".", "..") or "\0" in kver:
+        raise WeakBpfError(f"not a kernel release: {kver!r}")
+    config = load_config(root)
+    present = (root / "usr/lib/modules" / kver).is_dir()
+    current = actions.current_links(root, kver) if present else {}
+    changes = tuple(
+        ProgramChange(path=name, package=None, verdict=None, was_linked=True, link=name)
+        for name in sorted(current)
+    )
+    run = KernelRun(
+        Resolution(kver, Action.REMOVE_KERNEL, dry_run, changes),
+        resolver.Plan(kver, {}, {}, (), tuple(sorted(current))),
+    )
+    if not dry_run:
+        with actions.locked(root, config.lock_timeout):
+            if present:
+                actions.remove_links(root, kver)
+    _finish(root, [run], dry_run=dry_run, journal=journal)
+    return [run]
+
+
+def changed_programs(root: Path, paths: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Program paths from stdin, checked: (good root-relative paths, errors)."""
+    good, errors = [], []
+    for path in paths:
+        if not path.strip():
+            continue
+        try:
+            good.append(program_path(path))
+        except WeakBpfError as e:
+            errors.append(str(e))
+    return good, errors
+
+
+def add_progs(root: Path, paths: Iterable[str], **options: Any) -> list[KernelRun]:
+    """New or updated objects: every installed kernel is resolved again."""
+    _, errors = changed_programs(root, paths)
+    return resolve(root, Action.ADD_PROGS, (), errors=errors, **options)
+
+
+def remove_progs(root: Path, paths: Iterable[str], **options: Any) -> list[KernelRun]:
+    """Objects being removed (present or already gone): their links go, and the best remaining
+    compatible build of the same program takes their place."""
+    gone, errors = changed_programs(root, paths)
+    return resolve(root, Action.REMOVE_PROGS, (), gone=gone, errors=errors, **options)

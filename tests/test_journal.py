@@ -1,0 +1,398 @@
+"""The resolution report: its JSON, its journal entries read back from a real systemd-journald,
+and the catalog text `journalctl -x` shows for them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from weak_bpf import journal
+from weak_bpf.model import Reason, ReasonCode, Verdict
+from weak_bpf.resolution import Action, ProgramChange, Resolution, State
+
+from conftest import REPO, require, require_root, require_tool
+from journald import JOURNALD, Journald
+
+CATALOG = REPO / "systemd" / "weak-bpf-progs.catalog"
+MESSAGE_IDS = {
+    journal.MESSAGE_ID_SUMMARY,
+    journal.MESSAGE_ID_LINKED,
+    journal.MESSAGE_ID_NOT_LINKABLE,
+    journal.MESSAGE_ID_NOT_LINKED,
+}
+
+KFUNC = Reason(ReasonCode.KFUNC_MISSING, "bpf_xdp_ct_lookup", "no kfunc bpf_xdp_ct_lookup in K")
+CORE = Reason(ReasonCode.CORE_RELO, None, "field sk_buff.tstamp gone\nsecond line of detail")
+
+LINKED = ProgramChange(
+    "usr/lib/bpf/lb/lb.bpf.o",
+    "lb-1.0-1.el9",
+    Verdict.COMPATIBLE,
+    linked=True,
+    link="lb/lb.bpf.o",
+)
+BROKEN = ProgramChange(
+    "usr/lib/modules/6.1.0-18-amd64/bpf/extra/fw/fw.bpf.o",
+    None,
+    Verdict.INCOMPATIBLE,
+    (KFUNC, CORE),
+    linked=False,
+    was_linked=True,
+    previous_verdict=Verdict.COMPATIBLE,
+    link="fw/fw.bpf.o",
+)
+NATIVE = ProgramChange("usr/lib/modules/K/bpf/extra/n/n.bpf.o", "n-2-1", Verdict.NATIVE)
+SUPERSEDED = ProgramChange(  # unchanged and nothing wrong: no entry of its own
+    "usr/lib/modules/6.0.0-1/bpf/extra/lb/lb.bpf.o",
+    "lb-0.9-1",
+    Verdict.COMPATIBLE,
+    previous_verdict=Verdict.COMPATIBLE,
+    superseded_by=LINKED.path,
+)
+GONE = ProgramChange(
+    "usr/lib/bpf/old/old.bpf.o",
+    "old-1-1",
+    None,
+    was_linked=True,
+    previous_verdict=Verdict.COMPATIBLE,
+)
+UNKNOWN_UNCHANGED = ProgramChange(  # not linkable: reported although nothing changed
+    "usr/lib/bpf/u/u.bpf.o",
+    "u-1-1",
+    Verdict.UNKNOWN,
+    (Reason(ReasonCode.KERNEL_DATA_MISSING, None, "K has no BTF"),),
+    previous_verdict=Verdict.UNKNOWN,
+)
+PROGRAMS = (LINKED, BROKEN, NATIVE, SUPERSEDED, GONE, UNKNOWN_UNCHANGED)
+
+
+def resolution(kernel: str, *, dry_run: bool = False, errors: tuple[str, ...] = ()) -> Resolution:
+    return Resolution(kernel, Action.ADD_KERNEL, dry_run, PROGRAMS, errors)
+
+
+# --- the report value ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("program", "state", "changed", "reported"),
+    [
+        (LINKED, State.LINKED, True, True),
+        (BROKEN, State.NOT_LINKABLE, True, True),
+        (NATIVE, State.NOT_LINKED, True, True),
+        (SUPERSEDED, State.NOT_LINKED, False, False),
+        (GONE, State.NOT_LINKED, True, True),
+        (UNKNOWN_UNCHANGED, State.NOT_LINKABLE, False, True),
+        (ProgramChange("p", None, Verdict.COMPATIBLE_UNSTABLE), State.NOT_LINKABLE, True, True),
+        (
+            ProgramChange(
+                "p",
+                None,
+                Verdict.COMPATIBLE,
+                linked=True,
+                was_linked=True,
+                previous_verdict=Verdict.COMPATIBLE,
+            ),
+            State.LINKED,
+            False,
+            False,
+        ),
+        (
+            ProgramChange(
+                "p",
+                None,
+                Verdict.COMPATIBLE_UNSTABLE,
+                linked=True,
+                was_linked=True,
+                previous_verdict=Verdict.COMPATIBLE,
+            ),
+            State.LINKED,
+            True,
+            True,
+        ),
+    ],
+)
+def test_program_state(program: ProgramChange, state: State, changed: bool, reported: bool) -> None:
+    assert (program.state, program.changed, program.reported) == (state, changed, reported)
+
+
+def test_json_schema_and_round_trip() -> None:
+    r = resolution("6.1.0-18-amd64", errors=("cannot write weak-updates: disk full",))
+    doc = json.loads(json.dumps(r.to_json()))
+    assert doc["version"] == 1
+    assert set(doc) == {
+        "version",
+        "kernel",
+        "action",
+        "dry_run",
+        "summary",
+        "counts",
+        "programs",
+        "errors",
+    }
+    assert doc["action"] == "add-kernel" and doc["dry_run"] is False
+    assert doc["counts"] == {
+        "programs": 6,
+        "linked": 1,
+        "not_linkable": 2,
+        "changed": 4,
+        "errors": 1,
+    }
+    broken = doc["programs"][1]
+    assert broken == {
+        "path": BROKEN.path,
+        "package": None,
+        "verdict": "incompatible",
+        "previous_verdict": "compatible",
+        "state": "not-linkable",
+        "linked": False,
+        "was_linked": True,
+        "changed": True,
+        "link": "fw/fw.bpf.o",
+        "superseded_by": None,
+        "reasons": [
+            {"code": "kfunc-missing", "symbol": "bpf_xdp_ct_lookup", "detail": KFUNC.detail},
+            {"code": "core-relo", "symbol": None, "detail": CORE.detail},
+        ],
+    }
+    assert doc["programs"][4]["verdict"] is None
+    assert Resolution.from_json(doc) == r
+    with pytest.raises(ValueError, match="version"):
+        Resolution.from_json({**doc, "version": 2})
+
+
+def test_summary() -> None:
+    assert resolution("K").summary == (
+        "add-kernel K: 6 programs, 1 linked (1 new), 2 links removed, 2 not linkable"
+    )
+    assert resolution("K", dry_run=True).summary == (
+        "dry run: add-kernel K: 6 programs, 1 would link (1 new), 2 links would be removed, "
+        "2 not linkable"
+    )
+    empty = Resolution("K", Action.REMOVE_KERNEL, False, (), ("lock timeout",))
+    assert empty.summary == "remove-kernel K: 0 programs, 0 linked, 1 error"
+
+
+def test_priorities() -> None:
+    assert journal.summary_priority(resolution("K")) == 4
+    assert journal.summary_priority(resolution("K", errors=("x",))) == 3
+    only_linked = Resolution("K", Action.ADD_PROGS, False, (LINKED, NATIVE))
+    assert journal.summary_priority(only_linked) == 6
+    entries = journal.entries(resolution("K"))
+    assert [e["PRIORITY"] for e in entries] == ["4", "6", "4", "6", "6", "4"]
+
+
+def test_encode_binary_safe() -> None:
+    data = journal.encode({"A": "one", "MESSAGE": "x\ny", "B": "é"})
+    assert data == b"A=one\nMESSAGE\n\x03\x00\x00\x00\x00\x00\x00\x00x\ny\nB=\xc3\xa9\n"
+
+
+def test_stderr_report() -> None:
+    text = journal.stderr_report(resolution("K", errors=("disk full",)))
+    lines = text.splitlines()
+    assert (
+        lines[0] == "weak-bpf-progs: add-kernel K: 6 programs, 1 linked (1 new), "
+        "2 links removed, 2 not linkable, 1 error"
+    )
+    assert (
+        f"weak-bpf-progs: warning: {BROKEN.path} is not linkable on kernel K: incompatible; "
+        "its link was removed" in lines
+    )
+    assert "      kfunc-missing bpf_xdp_ct_lookup: no kfunc bpf_xdp_ct_lookup in K" in lines
+    assert lines[-1] == "weak-bpf-progs: error: disk full"
+    assert SUPERSEDED.path not in text
+
+
+# --- no journal -------------------------------------------------------------------------------
+
+
+def test_no_journal_returns_false(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    r = resolution("K")
+    assert journal.send_to_journal(r, socket_path=str(tmp_path / "missing" / "socket")) is False
+    assert journal.send_to_journal(r, socket_path=str(tmp_path)) is False  # a directory
+    dead = tmp_path / "dead"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(str(dead))  # the socket file stays, nobody listens once closed
+    assert journal.send_to_journal(r, socket_path=str(dead)) is False
+    monkeypatch.setenv(journal.SOCKET_ENV, str(tmp_path / "nowhere"))
+    assert journal.send_to_journal(r) is False
+
+
+def test_socket_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        monkeypatch.setenv(journal.SOCKET_ENV, str(path))
+        assert journal.send_to_journal(resolution("K")) is True
+        first = server.recv(65536)
+    assert first.startswith(b"MESSAGE_ID=" + journal.MESSAGE_ID_SUMMARY.encode() + b"\n")
+
+
+# --- a real journald --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def journald(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journald]:
+    require_root()
+    require_tool("unshare")
+    require_tool("journalctl")
+    require(os.access(JOURNALD, os.X_OK), f"{JOURNALD} is not installed (systemd-journald)")
+    daemon = Journald(tmp_path_factory.mktemp("journald"), namespace=f"weakbpftest{os.getpid()}")
+    yield daemon
+    daemon.stop()
+    # Isolated: the host's /run and /var/log never saw it.
+    assert not Path(f"/run/systemd/journal.{daemon.namespace}").exists()
+    assert not list(Path("/var/log/journal").glob(f"*.{daemon.namespace}"))
+
+
+def by_id(entries: list[dict[str, Any]], message_id: str) -> list[dict[str, Any]]:
+    return [e for e in entries if e["MESSAGE_ID"] == message_id]
+
+
+def sent(journald: Journald, r: Resolution) -> list[dict[str, Any]]:
+    assert journal.send_to_journal(r, socket_path=journald.socket) is True
+    expected = 1 + len(r.reported)
+    got = journald.wait_for(expected, f"WEAK_BPF_KERNEL={r.kernel}")
+    assert len(got) == expected
+    return got
+
+
+def test_entries_read_back(journald: Journald) -> None:
+    kernel = "6.1.0-18+wb.1_test"  # regex characters, as real kernel versions have
+    r = resolution(kernel)
+    got = sent(journald, r)
+    for e in got:
+        assert e["SYSLOG_IDENTIFIER"] == "weak-bpf-progs"
+        assert e["WEAK_BPF_KERNEL"] == kernel
+        assert e["WEAK_BPF_DRY_RUN"] == "0"
+        assert e["WEAK_BPF_ACTION"] == "add-kernel"
+        assert e["_TRANSPORT"] == "journal"
+        assert e["MESSAGE_ID"] in MESSAGE_IDS
+
+    (summary,) = by_id(got, journal.MESSAGE_ID_SUMMARY)
+    assert summary["PRIORITY"] == "4"
+    assert summary["MESSAGE"] == r.summary
+    assert (summary["WEAK_BPF_PROGRAMS"], summary["WEAK_BPF_LINKED_COUNT"]) == ("6", "1")
+    assert (summary["WEAK_BPF_NOT_LINKABLE_COUNT"], summary["WEAK_BPF_CHANGED_COUNT"]) == ("2", "4")
+    assert "WEAK_BPF_PROGRAM" not in summary
+
+    programs = {e["WEAK_BPF_PROGRAM"]: e for e in got if e is not summary}
+    assert set(programs) == {p.path for p in r.reported}
+    assert SUPERSEDED.path not in programs
+
+    linked = programs[LINKED.path]
+    assert linked["MESSAGE_ID"] == journal.MESSAGE_ID_LINKED
+    assert linked["PRIORITY"] == "6"
+    assert linked["WEAK_BPF_PACKAGE"] == "lb-1.0-1.el9"
+    assert linked["WEAK_BPF_VERDICT"] == "compatible"
+    assert linked["WEAK_BPF_REASONS"] == ""
+    assert (linked["WEAK_BPF_LINKED"], linked["WEAK_BPF_WAS_LINKED"]) == ("1", "0")
+    assert linked["MESSAGE"] == f"{LINKED.path} linked for kernel {kernel} (compatible)"
+
+    broken = programs[BROKEN.path]
+    assert broken["MESSAGE_ID"] == journal.MESSAGE_ID_NOT_LINKABLE
+    assert broken["PRIORITY"] == "4"
+    assert broken["WEAK_BPF_PACKAGE"] == ""
+    assert broken["WEAK_BPF_VERDICT"] == "incompatible"
+    assert broken["WEAK_BPF_REASONS"] == "kfunc-missing,core-relo"
+    assert (broken["WEAK_BPF_LINKED"], broken["WEAK_BPF_WAS_LINKED"]) == ("0", "1")
+    assert broken["MESSAGE"].splitlines() == [
+        f"{BROKEN.path} is not linkable on kernel {kernel}: incompatible; its link was removed",
+        f"  kfunc-missing bpf_xdp_ct_lookup: {KFUNC.detail}",
+        "  core-relo: field sk_buff.tstamp gone",
+        "second line of detail",
+    ]
+
+    unknown = programs[UNKNOWN_UNCHANGED.path]
+    assert (unknown["MESSAGE_ID"], unknown["PRIORITY"]) == (journal.MESSAGE_ID_NOT_LINKABLE, "4")
+    assert (unknown["WEAK_BPF_VERDICT"], unknown["WEAK_BPF_REASONS"]) == (
+        "unknown",
+        "kernel-data-missing",
+    )
+
+    for program in (NATIVE, GONE):
+        e = programs[program.path]
+        assert (e["MESSAGE_ID"], e["PRIORITY"], e["WEAK_BPF_LINKED"]) == (
+            journal.MESSAGE_ID_NOT_LINKED,
+            "6",
+            "0",
+        )
+    assert programs[NATIVE.path]["WEAK_BPF_VERDICT"] == "native"
+    assert programs[GONE.path]["WEAK_BPF_VERDICT"] == ""
+    assert programs[GONE.path]["WEAK_BPF_WAS_LINKED"] == "1"
+
+
+def test_dry_run_and_errors_read_back(journald: Journald) -> None:
+    r = resolution("6.1.0-dry", dry_run=True, errors=("lock timeout after 30 s",))
+    got = sent(journald, r)
+    assert {e["WEAK_BPF_DRY_RUN"] for e in got} == {"1"}
+    (summary,) = by_id(got, journal.MESSAGE_ID_SUMMARY)
+    assert summary["PRIORITY"] == "3"
+    assert summary["MESSAGE"].startswith("dry run: add-kernel 6.1.0-dry")
+    assert summary["MESSAGE"].endswith("\n  error: lock timeout after 30 s")
+    (linked,) = by_id(got, journal.MESSAGE_ID_LINKED)
+    assert "would be linked" in linked["MESSAGE"]
+
+
+def test_large_entry_goes_by_memfd(journald: Journald, monkeypatch: pytest.MonkeyPatch) -> None:
+    memfds = []
+    real_send_memfd = journal._send_memfd
+
+    def spy(sock: socket.socket, path: str, datagram: bytes) -> None:
+        memfds.append(len(datagram))
+        real_send_memfd(sock, path, datagram)
+
+    monkeypatch.setattr(journal, "_send_memfd", spy)
+    reasons = tuple(Reason(ReasonCode.CORE_RELO, f"struct_{i}", "x" * 1000) for i in range(400))
+    big = ProgramChange("usr/lib/bpf/big/big.bpf.o", None, Verdict.INCOMPATIBLE, reasons)
+    assert (
+        len(
+            journal.encode(
+                journal.entries(Resolution("6.1.0-big", Action.ADD_PROGS, False, (big,)))[1]
+            )
+        )
+        > 400_000
+    )
+    got = sent(journald, Resolution("6.1.0-big", Action.ADD_PROGS, False, (big,)))
+    (e,) = by_id(got, journal.MESSAGE_ID_NOT_LINKABLE)
+    assert len(e["MESSAGE"].splitlines()) == 401
+    assert e["WEAK_BPF_REASONS"] == "core-relo"  # each code once
+    assert len(memfds) == 1 and memfds[0] > 400_000  # the summary went as a datagram
+
+
+def test_catalog_lists_every_message_id(tmp_path: Path) -> None:
+    require_tool("journalctl")
+    source = tmp_path / "usr/lib/systemd/catalog"
+    source.mkdir(parents=True)
+    (source / CATALOG.name).write_bytes(CATALOG.read_bytes())
+    subprocess.run(["journalctl", f"--root={tmp_path}", "--update-catalog"], check=True)
+    listed = subprocess.run(
+        ["journalctl", f"--root={tmp_path}", "--list-catalog"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    ids = {line.split()[0] for line in listed.splitlines()}
+    assert ids == MESSAGE_IDS
+    # the same ids, and no others, in the source
+    assert set(re.findall(r"^-- ([0-9a-f]{32})$", CATALOG.read_text(), re.M)) == MESSAGE_IDS
+
+
+def test_journalctl_x_shows_catalog(journald: Journald) -> None:
+    kernel = "6.1.0-catalog"
+    sent(journald, resolution(kernel))
+    text = journald.catalog_text([CATALOG], f"WEAK_BPF_KERNEL={kernel}")
+    assert f"Subject: BPF programs resolved for kernel {kernel}" in text
+    assert f"Subject: BPF program {LINKED.path} linked for kernel {kernel}" in text
+    assert f"Subject: BPF program {BROKEN.path} is not linkable on kernel {kernel}" in text
+    assert f"Subject: BPF program {NATIVE.path} has no link for kernel {kernel}" in text
+    assert "Reasons: kfunc-missing,core-relo." in text
+    assert "Defined-By: weak-bpf-progs" in text
+    assert "@WEAK_BPF_" not in text  # every substitution found its field

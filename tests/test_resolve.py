@@ -1,0 +1,355 @@
+"""add-kernel, remove-kernel, add-progs and remove-progs on an example root with the two real
+Debian kernels: the link sets, the weak-modules regression scenarios, --dry-run, the hooks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from weak_bpf import cli, ops
+from weak_bpf.actions import current_links
+
+import exampleroot
+from conftest import REPO, require_tool
+
+OLD, NEW = "6.1.0-47-cloud-amd64", "6.1.0-56-cloud-amd64"
+CORE = ["acme-net/xdp_ct.bpf.o", "acme-trace/exec_state.bpf.o", "acme-trace/open_count.bpf.o"]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory, debian_kernels: dict[str, Path]) -> Path:
+    root = tmp_path_factory.mktemp("pristine") / "root"
+    exampleroot.build_example_root(root, debian_kernels)
+    return root
+
+
+def _copy(src: str, dst: str) -> None:
+    """Hard-link what tests never write (kernel modules and images), copy the rest."""
+    if "/kernel/" in src or src.endswith(("vmlinuz", "symvers.gz", "System.map", "config")):
+        os.link(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+@pytest.fixture
+def root(pristine: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the example root."""
+    copy = tmp_path / "root"
+    shutil.copytree(pristine, copy, symlinks=True, copy_function=_copy)
+    return copy
+
+
+def tree_hash(root: Path, skip: tuple[str, ...] = ()) -> str:
+    """Everything under the root (but `skip`): names, types, link targets, contents."""
+    h = hashlib.sha256()
+    for directory, subdirs, files in os.walk(root):
+        subdirs.sort()
+        for name in sorted(files + subdirs):
+            path = Path(directory, name)
+            if str(path.relative_to(root)).startswith(skip):
+                continue
+            h.update(str(path.relative_to(root)).encode() + b"\0")
+            if path.is_symlink():
+                h.update(b"L" + os.readlink(path).encode())
+            elif path.is_file():
+                h.update(b"F" + path.read_bytes())
+    return h.hexdigest()
+
+
+def links(root: Path, kver: str) -> dict[str, str]:
+    """K's links, each resolved through the filesystem to its object (relative to the root)."""
+    wu = root / "usr/lib/modules" / kver / "bpf/weak-updates"
+    found = {}
+    for name in current_links(root, kver):
+        found[name] = str((wu / name).resolve().relative_to(root.resolve()))
+    return found
+
+
+def run(root: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "weak_bpf", "--root", str(root), "--no-journal", *args],
+        cwd=REPO,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_add_kernel_links_the_compatible_programs(root: Path) -> None:
+    proc = run(root, "add-kernel", NEW)
+    assert proc.returncode == 0, proc.stderr
+    # task_guard is proprietary and calls kfuncs: not linked; xdp_ct: the CO-RE build and a
+    # build native to the old kernel share a link name; the old kernel's build is older
+    assert links(root, NEW) == {
+        "acme-net/xdp_ct.bpf.o": f"usr/lib/modules/{OLD}/bpf/extra/acme-net/xdp_ct.bpf.o",
+        "acme-trace/exec_state.bpf.o": "usr/lib/bpf/acme-trace/exec_state.bpf.o",
+        "acme-trace/open_count.bpf.o": "usr/lib/bpf/acme-trace/open_count.bpf.o",
+    }
+    # links are relative: they resolve from outside the root too
+    link = root / "usr/lib/modules" / NEW / "bpf/weak-updates/acme-trace/exec_state.bpf.o"
+    assert not os.readlink(link).startswith("/")
+    assert (root / f"var/lib/weak-bpf-progs/reports/{NEW}.json").is_file()
+
+
+def test_native_programs_stay_in_extra(root: Path) -> None:
+    assert run(root, "add-kernel", OLD).returncode == 0
+    # the old kernel has its own native xdp_ct: no weak-updates link for that name
+    assert "acme-net/xdp_ct.bpf.o" not in links(root, OLD)
+    assert "acme-trace/exec_state.bpf.o" in links(root, OLD)
+
+
+def test_add_kernel_twice_gives_the_same_state(root: Path) -> None:
+    reports = "var/lib/weak-bpf-progs/reports"
+    assert run(root, "add-kernel", NEW).returncode == 0
+    first = tree_hash(root, skip=(reports,))
+    proc = run(root, "--json", "add-kernel", NEW)
+    assert proc.returncode == 0
+    assert tree_hash(root, skip=(reports,)) == first
+    [doc] = json.loads(proc.stdout)
+    assert doc["counts"]["changed"] == 0 and doc["counts"]["linked"] == 3
+
+
+def test_dry_run_changes_nothing_and_prints_the_plan(root: Path) -> None:
+    before = tree_hash(root)
+    proc = run(root, "--dry-run", "add-kernel", NEW)
+    assert proc.returncode == 0, proc.stderr
+    assert tree_hash(root) == before
+    weak = f"usr/lib/modules/{NEW}/bpf/weak-updates"
+    assert f"link   {weak}/acme-trace/exec_state.bpf.o -> " in proc.stdout
+
+
+def test_remove_kernel_cleans_only_its_own_links(root: Path) -> None:
+    assert run(root, "add-kernel", OLD).returncode == 0
+    assert run(root, "add-kernel", NEW).returncode == 0
+    old_links = links(root, OLD)
+    assert run(root, "remove-kernel", NEW).returncode == 0
+    assert links(root, NEW) == {}
+    assert links(root, OLD) == old_links
+    assert (root / "usr/lib/modules" / OLD / "bpf/extra/acme-net/xdp_ct.bpf.o").is_file()
+
+
+def test_remove_progs_then_add_progs_round_trip(root: Path) -> None:
+    assert run(root, "add-kernel", NEW).returncode == 0
+    linked = links(root, NEW)
+    # the old kernel's native xdp_ct is being removed: the CO-RE build takes its place
+    native = f"/usr/lib/modules/{OLD}/bpf/extra/acme-net/xdp_ct.bpf.o"
+    assert run(root, "remove-progs", stdin=native + "\n").returncode == 0
+    assert links(root, NEW)["acme-net/xdp_ct.bpf.o"] == "usr/lib/bpf/acme-net/xdp_ct.bpf.o"
+    # a program removed for good loses its link
+    (root / "usr/lib/bpf/acme-trace/open_count.bpf.o").unlink()
+    assert (
+        run(root, "--remove-modules", stdin="/usr/lib/bpf/acme-trace/open_count.bpf.o\n").returncode
+        == 0
+    )
+    assert "acme-trace/open_count.bpf.o" not in links(root, NEW)
+    # and comes back with add-progs
+    shutil.copyfile(
+        root / "usr/lib/bpf/acme-trace/exec_state.bpf.o",
+        root / "usr/lib/bpf/acme-trace/open_count.bpf.o",
+    )
+    assert (
+        run(root, "add-progs", stdin="/usr/lib/bpf/acme-trace/open_count.bpf.o\n").returncode == 0
+    )
+    assert set(links(root, NEW)) == set(linked)
+
+
+def test_a_link_whose_target_was_deleted_by_hand_goes(root: Path) -> None:
+    assert run(root, "add-kernel", NEW).returncode == 0
+    (root / "usr/lib/bpf/acme-trace/exec_state.bpf.o").unlink()
+    assert run(root, "add-kernel", NEW).returncode == 0
+    assert "acme-trace/exec_state.bpf.o" not in links(root, NEW)
+
+
+def test_foreign_files_in_weak_updates_are_never_touched(root: Path) -> None:
+    assert run(root, "add-kernel", NEW).returncode == 0
+    wu = root / "usr/lib/modules" / NEW / "bpf/weak-updates"
+    (wu / "local").mkdir()
+    (wu / "local/mine.bpf.o").write_bytes(b"admin's own file")
+    os.symlink("/opt/elsewhere.bpf.o", wu / "local/other.bpf.o")
+    # a regular file where weak-bpf-progs wants a link: the file wins
+    (wu / "acme-trace/open_count.bpf.o").unlink()
+    (wu / "acme-trace/open_count.bpf.o").write_bytes(b"pinned by hand")
+    proc = run(root, "add-kernel", NEW)
+    assert proc.returncode == 0, proc.stderr
+    assert (wu / "local/mine.bpf.o").read_bytes() == b"admin's own file"
+    assert os.readlink(wu / "local/other.bpf.o") == "/opt/elsewhere.bpf.o"
+    assert (wu / "acme-trace/open_count.bpf.o").read_bytes() == b"pinned by hand"
+    assert run(root, "remove-kernel", NEW).returncode == 0
+    leftovers = [p for p in (root / "usr/lib/modules" / NEW / "bpf").rglob("*") if p.is_file()]
+    assert sorted(p.read_bytes() for p in leftovers if not p.is_symlink()) == [
+        b"admin's own file",
+        b"pinned by hand",
+    ]
+
+
+def test_a_kernel_without_symvers_or_btf_gets_unknown_and_no_link(root: Path) -> None:
+    moddir = root / "usr/lib/modules" / NEW
+    (moddir / "vmlinuz").unlink()
+    (moddir / "symvers.gz").unlink()
+    (moddir / "modules.dep").touch()
+    proc = run(root, "add-kernel", NEW)
+    assert proc.returncode == 0, proc.stderr
+    assert links(root, NEW) == {}
+    doc = ops.audit(root, [NEW], cache=False)
+    verdicts = {r.verdict.value for p in doc.programs for r, _ in p.results.values()}
+    # never compatible; the proprietary program is incompatible whatever the kernel
+    assert verdicts == {"unknown", "incompatible"}
+
+
+def test_kernel_versions_with_regex_characters(root: Path) -> None:
+    odd = NEW + "+debug.x86_64"
+    shutil.copytree(
+        root / "usr/lib/modules" / NEW, root / "usr/lib/modules" / odd, copy_function=_copy
+    )
+    assert run(root, "add-kernel", odd).returncode == 0
+    assert "acme-trace/exec_state.bpf.o" in links(root, odd)
+    assert run(root, "remove-kernel", odd).returncode == 0
+    assert links(root, odd) == {}
+
+
+def test_a_program_built_for_a_kernel_that_is_not_installed(root: Path) -> None:
+    gone = "6.1.0-99-cloud-amd64"
+    extra = root / "usr/lib/modules" / gone / "bpf/extra/acme-old/exec.bpf.o"
+    extra.parent.mkdir(parents=True)
+    shutil.copyfile(root / "usr/lib/bpf/acme-trace/exec_state.bpf.o", extra)
+    assert run(root, "add-kernel", NEW).returncode == 0
+    assert links(root, NEW)["acme-old/exec.bpf.o"] == str(extra.relative_to(root))
+
+
+def test_an_incompatible_newer_build_does_not_block_an_older_one(root: Path) -> None:
+    # a "newer" build of exec_state (greylist says built for the new kernel) that cannot load
+    core = root / "usr/lib/bpf/acme-trace/exec_state.bpf.o"
+    shutil.copyfile(root / "usr/lib/bpf/acme-sec/task_guard.bpf.o", core)
+    core.with_name(core.name + ".greylist").write_text(f"# build-kernel: {NEW}\n")
+    older = root / "usr/lib/modules" / OLD / "bpf/extra/acme-trace/exec_state.bpf.o"
+    older.parent.mkdir(parents=True)
+    shutil.copyfile(root / "usr/lib/bpf/acme-trace/open_count.bpf.o", older)
+    assert run(root, "add-kernel", NEW).returncode == 0
+    assert links(root, NEW)["acme-trace/exec_state.bpf.o"] == str(older.relative_to(root))
+
+
+def test_the_debian_layout(tmp_path: Path, debian_kernels: dict[str, Path]) -> None:
+    """boot/vmlinuz-K and usr/src/linux-headers-K/Module.symvers, modules in lib/modules."""
+    root = tmp_path / "root"
+    unpacked = debian_kernels[NEW]
+    shutil.copytree(unpacked / "boot", root / "boot", copy_function=os.link)
+    shutil.copytree(unpacked / "usr/src", root / "usr/src", copy_function=os.link, symlinks=True)
+    moddir = root / "usr/lib/modules" / NEW / "kernel/net/netfilter"
+    moddir.mkdir(parents=True)
+    os.link(
+        unpacked / "lib/modules" / NEW / "kernel/net/netfilter/nf_conntrack.ko",
+        moddir / "nf_conntrack.ko",
+    )
+    exampleroot.install_programs(
+        root,
+        exampleroot.bpfbuild.vmlinux_of(unpacked / f"boot/vmlinuz-{NEW}"),
+        exampleroot.example_sources(),
+        "usr/lib/bpf",
+    )
+    assert run(root, "add-kernel", NEW).returncode == 0
+    assert "acme-net/xdp_ct.bpf.o" in links(root, NEW)
+
+
+def test_bad_paths_on_stdin_are_reported_and_the_rest_handled(root: Path) -> None:
+    proc = run(
+        root, "add-progs", stdin="/etc/passwd\n../../x.bpf.o\n/usr/lib/bpf/acme-net/xdp_ct.bpf.o\n"
+    )
+    assert proc.returncode == 0
+    assert "not a BPF program location" in proc.stderr and "not a plain path" in proc.stderr
+    assert "acme-net/xdp_ct.bpf.o" in links(root, NEW)
+
+
+def test_hooks_run_by_run_parts_never_fail(root: Path, tmp_path: Path) -> None:
+    run_parts = require_tool("run-parts")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "weak-bpf-progs"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m weak_bpf --no-journal "$@"\n')
+    wrapper.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{bindir}:{os.environ['PATH']}",
+        "WEAK_BPF_ROOT": str(root),
+        "PYTHONPATH": str(REPO),
+    }
+    for hooks, kver in (("postinst.d", NEW), ("prerm.d", NEW), ("postinst.d", "9.9.9-not-here")):
+        proc = subprocess.run(
+            [
+                run_parts,
+                "--verbose",
+                "--arg",
+                kver,
+                "--arg",
+                f"/boot/vmlinuz-{kver}",
+                str(REPO / "etc/kernel" / hooks),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "weak-bpf-progs" in proc.stderr  # run-parts --verbose names the hook
+        if hooks == "postinst.d" and kver == NEW:
+            assert "acme-trace/exec_state.bpf.o" in links(root, NEW)
+        if hooks == "prerm.d":
+            assert links(root, NEW) == {}
+    # the hook said nothing on stdout (Debian runs it under debconf)
+    assert proc.stdout == ""
+
+
+def test_kernel_install_plugin(root: Path, tmp_path: Path) -> None:
+    kernel_install = require_tool("kernel-install")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "weak-bpf-progs").write_text(
+        f'#!/bin/sh\nexec {sys.executable} -m weak_bpf --no-journal "$@"\n'
+    )
+    (bindir / "weak-bpf-progs").chmod(0o755)
+    plugin = REPO / "usr/lib/kernel/install.d/60-weak-bpf-progs.install"
+    env = {
+        **os.environ,
+        "PATH": f"{bindir}:{os.environ['PATH']}",
+        "WEAK_BPF_ROOT": str(root),
+        "PYTHONPATH": str(REPO),
+        "KERNEL_INSTALL_PLUGINS": str(plugin),
+        "KERNEL_INSTALL_VERBOSE": "1",
+        "KERNEL_INSTALL_LAYOUT": "other",
+        "KERNEL_INSTALL_MACHINE_ID": "0123456789abcdef0123456789abcdef",
+    }
+    image = root / "usr/lib/modules" / NEW / "vmlinuz"
+    proc = subprocess.run(
+        [kernel_install, "add", NEW, str(image)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "acme-trace/exec_state.bpf.o" in links(root, NEW)
+    proc = subprocess.run(
+        [kernel_install, "remove", NEW], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert links(root, NEW) == {}
+
+
+def test_lock_timeout_exits_3(root: Path) -> None:
+    import fcntl
+
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc/weak-bpf-progs.conf").write_text("[main]\nlock_timeout = 0.2\n")
+    (root / "run").mkdir(exist_ok=True)
+    with open(root / "run/weak-bpf-progs.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = run(root, "add-kernel", NEW)
+    assert proc.returncode == cli.Exit.APPLY
+    assert "lock" in proc.stderr

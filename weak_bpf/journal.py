@@ -1,0 +1,207 @@
+"""The journal reporter: a Resolution as structured journal entries (SPEC §6), and as text for
+stderr when there is no journal.
+
+Entries: one summary entry, then one for each program whose state changed or that is not
+linkable. Every entry has SYSLOG_IDENTIFIER=weak-bpf-progs, a fixed MESSAGE_ID (explained by
+systemd/weak-bpf-progs.catalog, shown by `journalctl -x`), PRIORITY, WEAK_BPF_KERNEL,
+WEAK_BPF_ACTION and WEAK_BPF_DRY_RUN (1/0). Program entries add WEAK_BPF_PROGRAM (the path
+relative to the root), WEAK_BPF_PACKAGE (empty when unknown), WEAK_BPF_VERDICT (empty when the
+object or kernel is gone), WEAK_BPF_REASONS (the distinct reason codes, comma-separated; the details
+are in MESSAGE), WEAK_BPF_LINKED and WEAK_BPF_WAS_LINKED (1/0). The summary adds WEAK_BPF_PROGRAMS,
+WEAK_BPF_LINKED_COUNT, WEAK_BPF_NOT_LINKABLE_COUNT, WEAK_BPF_CHANGED_COUNT, WEAK_BPF_ERROR_COUNT.
+
+PRIORITY: a linked program 6 (info), a program that is not linkable 4 (warning), a program left
+unlinked for no fault of its own (native, superseded by a newer build, removed) 6. The summary is
+6, 4 if any program is not linkable, 3 (err) if the plan could not be applied.
+
+Transport: this module writes journald's native protocol itself, to an AF_UNIX datagram socket
+(one datagram per entry: `KEY=value\\n` lines; a value holding a newline is sent as
+`KEY\\n<u64 LE length><value>\\n`; an entry too big for a datagram goes as a sealed memfd passed
+with SCM_RIGHTS, as sd_journal_sendv does). That needs no python3-systemd, and lets the socket be
+chosen: the `socket_path` argument, else $WEAK_BPF_JOURNAL_SOCKET, else
+/run/systemd/journal/socket. (systemd.journal.send() has no way to pick the socket, and it is
+not installed everywhere the tool runs.) With no journal to talk to (chroot, installer, no
+journald), send_to_journal() returns False and never raises; the caller then prints
+stderr_report().
+
+Dry runs: the entries say "would be linked" and carry WEAK_BPF_DRY_RUN=1. Whether a dry run
+sends them at all is the caller's choice (SPEC §5: a dry run logs nothing that says it did
+something).
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import os
+import socket
+import struct
+from collections.abc import Mapping
+
+from weak_bpf.resolution import ProgramChange, Resolution, State
+
+IDENTIFIER = "weak-bpf-progs"
+DEFAULT_SOCKET = "/run/systemd/journal/socket"
+SOCKET_ENV = "WEAK_BPF_JOURNAL_SOCKET"
+SEND_TIMEOUT = 5.0  # seconds per entry
+
+# Fixed for good: the catalog, and whoever filters on them, depend on these.
+MESSAGE_ID_SUMMARY = "82ebde8e507c4a8697327d454867265c"
+MESSAGE_ID_LINKED = "4542b0f81b7c4caab36f9fbfeb11630b"
+MESSAGE_ID_NOT_LINKABLE = "7f976927272a40129fbc293969ee74a3"
+MESSAGE_ID_NOT_LINKED = "9e6a3c5faca349d1bd1eb717670bf4bb"
+
+PRIORITY_ERR = 3
+PRIORITY_WARNING = 4
+PRIORITY_INFO = 6
+
+_MESSAGE_IDS = {
+    State.LINKED: MESSAGE_ID_LINKED,
+    State.NOT_LINKABLE: MESSAGE_ID_NOT_LINKABLE,
+    State.NOT_LINKED: MESSAGE_ID_NOT_LINKED,
+}
+
+Entry = Mapping[str, str]
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def summary_priority(resolution: Resolution) -> int:
+    if resolution.errors:
+        return PRIORITY_ERR
+    if resolution.in_state(State.NOT_LINKABLE):
+        return PRIORITY_WARNING
+    return PRIORITY_INFO
+
+
+def program_priority(program: ProgramChange) -> int:
+    return PRIORITY_WARNING if program.state is State.NOT_LINKABLE else PRIORITY_INFO
+
+
+def program_message(kernel: str, program: ProgramChange, *, dry_run: bool) -> str:
+    """The entry's MESSAGE: a headline, then one line per reason."""
+    state = program.state
+    verdict = program.verdict.value if program.verdict is not None else None
+    if state is State.LINKED:
+        verb = "would be linked" if dry_run else "linked"
+        head = f"{program.path} {verb} for kernel {kernel} ({verdict})"
+    elif state is State.NOT_LINKABLE:
+        head = f"{program.path} is not linkable on kernel {kernel}: {verdict}"
+        if program.was_linked:
+            head += "; its link would be removed" if dry_run else "; its link was removed"
+    elif program.verdict is None:
+        verb = "would be removed" if dry_run else "removed"
+        head = f"{program.path}: link for kernel {kernel} {verb} (object or kernel gone)"
+    elif program.superseded_by is not None:
+        head = f"{program.path}: {program.superseded_by} holds the link for kernel {kernel}"
+    else:
+        head = f"{program.path} is native to kernel {kernel} and stays in bpf/extra/"
+    lines = [head]
+    for r in program.reasons:
+        subject = f"{r.code.value} {r.symbol}" if r.symbol else r.code.value
+        lines.append(f"  {subject}: {r.detail}")
+    return "\n".join(lines)
+
+
+def entries(resolution: Resolution) -> list[dict[str, str]]:
+    """The journal entries for `resolution`, summary first. Pure."""
+    common = {
+        "SYSLOG_IDENTIFIER": IDENTIFIER,
+        "WEAK_BPF_KERNEL": resolution.kernel,
+        "WEAK_BPF_ACTION": resolution.action.value,
+        "WEAK_BPF_DRY_RUN": _flag(resolution.dry_run),
+    }
+    summary = resolution.summary
+    if resolution.errors:
+        summary += "\n" + "\n".join(f"  error: {e}" for e in resolution.errors)
+    out = [
+        {
+            "MESSAGE_ID": MESSAGE_ID_SUMMARY,
+            "PRIORITY": str(summary_priority(resolution)),
+            "MESSAGE": summary,
+            **common,
+            "WEAK_BPF_PROGRAMS": str(len(resolution.programs)),
+            "WEAK_BPF_LINKED_COUNT": str(len(resolution.in_state(State.LINKED))),
+            "WEAK_BPF_NOT_LINKABLE_COUNT": str(len(resolution.in_state(State.NOT_LINKABLE))),
+            "WEAK_BPF_CHANGED_COUNT": str(len(resolution.changed)),
+            "WEAK_BPF_ERROR_COUNT": str(len(resolution.errors)),
+        }
+    ]
+    for p in resolution.reported:
+        out.append(
+            {
+                "MESSAGE_ID": _MESSAGE_IDS[p.state],
+                "PRIORITY": str(program_priority(p)),
+                "MESSAGE": program_message(resolution.kernel, p, dry_run=resolution.dry_run),
+                **common,
+                "WEAK_BPF_PROGRAM": p.path,
+                "WEAK_BPF_PACKAGE": p.package or "",
+                "WEAK_BPF_VERDICT": p.verdict.value if p.verdict is not None else "",
+                "WEAK_BPF_REASONS": ",".join(dict.fromkeys(r.code.value for r in p.reasons)),
+                "WEAK_BPF_LINKED": _flag(p.linked),
+                "WEAK_BPF_WAS_LINKED": _flag(p.was_linked),
+            }
+        )
+    return out
+
+
+def encode(entry: Entry) -> bytes:
+    """One entry in journald's native protocol."""
+    out = bytearray()
+    for key, value in entry.items():
+        data = value.encode("utf-8", "replace")
+        if b"\n" in data:
+            out += key.encode("ascii") + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += key.encode("ascii") + b"=" + data + b"\n"
+    return bytes(out)
+
+
+def _send_memfd(sock: socket.socket, path: str, datagram: bytes) -> None:
+    """Too big for one datagram: pass a sealed memfd holding the entry."""
+    fd = os.memfd_create("weak-bpf-progs-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.write(fd, datagram)
+        seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        rights = array.array("i", [fd]).tobytes()
+        sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)], 0, path)
+    finally:
+        os.close(fd)
+
+
+def socket_path_from_env() -> str:
+    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+def send_to_journal(resolution: Resolution, *, socket_path: str | None = None) -> bool:
+    """Send the entries of `resolution`; True when journald took all of them. Never raises."""
+    path = socket_path or socket_path_from_env()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(SEND_TIMEOUT)  # a stuck journald must not hang a kernel hook
+            for entry in entries(resolution):
+                datagram = encode(entry)
+                try:
+                    sock.sendto(datagram, path)
+                except OSError as e:
+                    if e.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
+                        raise
+                    _send_memfd(sock, path, datagram)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def stderr_report(resolution: Resolution) -> str:
+    """The same report as text, for stderr when there is no journal."""
+    lines = [f"weak-bpf-progs: {resolution.summary}"]
+    for p in resolution.reported:
+        level = "warning" if p.state is State.NOT_LINKABLE else "info"
+        message = program_message(resolution.kernel, p, dry_run=resolution.dry_run)
+        lines.append(f"weak-bpf-progs: {level}: " + message.replace("\n", "\n    "))
+    lines += [f"weak-bpf-progs: error: {e}" for e in resolution.errors]
+    return "\n".join(lines) + "\n"
