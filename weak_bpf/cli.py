@@ -334,3 +334,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _error(e)
         return Exit.APPLY if isinstance(e, ApplyError) else Exit.USAGE
+    except OSError as e:  # the disk, permissions: the plan could not be carried out
+        if args.debug:
+            raise
+        print(f"weak-bpf-progs: {e}", file=sys.stderr)
+        return Exit.APPLY
+    except Exception as e:  # a bug: say so plainly, with the way to a traceback
+        if args.debug:
+            raise
+        print(
+            f"weak-bpf-progs: internal error: {type(e).__name__}: {e}\n"
+            "weak-bpf-progs: hint: run again with --debug for a traceback, and report it",
+            file=sys.stderr,
+        )
+        return Exit.USAGE

@@ -171,7 +171,7 @@ def find_kernel(
     if require and not _is_installed(root, kver):
         raise KernelNotFound(
             f"kernel {kver} is not installed under {root}",
-            hint="see 'weak-bpf-progs audit' for the installed kernels",
+            hint="'weak-bpf-progs kernels' lists the installed ones",
         )
     if running is None:
         running = running_release()

@@ -8,6 +8,7 @@ import dataclasses
 import fnmatch
 import json
 import logging
+import os
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -168,8 +169,13 @@ def _kernel_key(facts: KernelFacts) -> str:
 
 
 def _program_key(root: Path, program: InstalledProgram) -> str:
-    files = [root / program.path, root / f"{program.path}.greylist"]
-    return content_key(program.path, program.native_kernel or "", stat_key(files))
+    """What a program's results depend on: its object and greylist, as read inside the root,
+    and the links leading to them."""
+    names = [program.path, f"{program.path}.greylist"]
+    files = [root / n for n in names]
+    files += [resolve_in_root(root, n) or root / f"{n}.absent" for n in names]
+    links = [os.readlink(f) if f.is_symlink() else "" for f in files[:2]]
+    return content_key(program.path, program.native_kernel or "", *links, stat_key(files))
 
 
 def audit(
@@ -185,6 +191,8 @@ def audit(
 
     Results are kept in the cache, per kernel, under keys that change with any file they were
     computed from, so a warm audit reads no object and no BTF at all."""
+    if not root.is_dir():
+        raise WeakBpfError(f"{root}: no such directory", hint="--root names an installed system")
     store = Cache(root, writable=cache)
     facts = kernel_facts(root, kvers, cache=cache)
     names = {f.kver: f"results-{_kernel_key(f)}.json" for f in facts}
@@ -373,7 +381,9 @@ def resolve(
     runs = []
     with lock:
         report = audit(root, kvers, cache=not dry_run, exclude=gone)
-        packages = rpmdb.owners(root, [p.program.path for p in report.programs])
+        # a dry run opens no database: reading one can create its journal files
+        paths = [p.program.path for p in report.programs]
+        packages = dict.fromkeys(paths) if dry_run else rpmdb.owners(root, paths)
         for kver in report.kernels:
             runs.append(
                 _resolve_kernel(root, kver, report, packages, config, action, dry_run, errors)

@@ -107,7 +107,10 @@ def load_program(root: Path, program: InstalledProgram) -> LoadedProgram:
     try:
         target = resolve_in_root(root, program.path)
         if target is None:
-            raise ParseError("the object is gone, or a link leads out of the root", source=source)
+            why = (
+                "a link leads out of the root" if os.path.lexists(root / source) else "no such file"
+            )
+            raise ParseError(why, source=source)
         data = kernel_data.read_file(target, max_size=MAX_OBJECT_SIZE)
         obj = read_bpf_object(data, source)
     except ParseError as e:
@@ -115,7 +118,13 @@ def load_program(root: Path, program: InstalledProgram) -> LoadedProgram:
     greylist_source = f"{program.path}.greylist"
     try:
         sidecar = resolve_in_root(root, greylist_source)
-        if sidecar is not None and sidecar.is_file():
+        if os.path.lexists(root / greylist_source) and (sidecar is None or not sidecar.is_file()):
+            raise ParseError(
+                "the greylist is not a readable file (a dangling link, a link out of the root, "
+                "or a directory)",
+                source=greylist_source,
+            )
+        if sidecar is not None:
             raw = kernel_data.read_file(sidecar, max_size=MAX_GREYLIST_SIZE)
             greylist = parse_greylist(raw, greylist_source)
         elif obj.greylist is not None:
@@ -129,6 +138,6 @@ def load_program(root: Path, program: InstalledProgram) -> LoadedProgram:
 
 def loose_program(path: Path) -> LoadedProgram:
     """An object that is not installed (a packager's build output), read the same way."""
-    rel = path.name
-    program = InstalledProgram(str(path), rel, None)
-    return load_program(Path("/") if path.is_absolute() else Path("."), program)
+    absolute = path.absolute()
+    program = InstalledProgram(str(absolute).lstrip("/"), path.name, None)
+    return load_program(Path("/"), program)

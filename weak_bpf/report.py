@@ -168,7 +168,7 @@ def audit_json(report: AuditReport) -> dict[str, object]:
         )
     return {
         "version": AUDIT_JSON_VERSION,
-        "root": str(report.root),
+        "root": str(report.root.absolute()),
         "kernels": list(report.kernels),
         "programs": programs,
     }
@@ -176,7 +176,11 @@ def audit_json(report: AuditReport) -> dict[str, object]:
 
 def _cell(result: Result) -> str:
     reasons = result.reasons
-    return f"{result.verdict.value} ({reasons[0].code.value})" if reasons else result.verdict.value
+    if reasons:
+        return f"{result.verdict.value} ({reasons[0].code.value})"
+    if result.modules and result.verdict.usable:
+        return f"{result.verdict.value} (needs {', '.join(result.modules)})"
+    return result.verdict.value
 
 
 def render_audit(report: AuditReport) -> str:
