@@ -11,6 +11,9 @@ from weak_bpf.checks import check_object
 from weak_bpf.model import KernelFacts, Outcome, ReasonCode, Verdict
 from weak_bpf.parsers.bpfobject import BpfObject, read_bpf_object
 from weak_bpf.parsers.btf import Kind
+from weak_bpf.parsers.greylist import parse_greylist
+from weak_bpf.parsers.kabi import parse_kabi_list
+from weak_bpf.parsers.symvers import parse_symvers
 
 from btfbuilder import Builder
 
@@ -106,3 +109,70 @@ def test_missing_attach_target(kfunc_task: BpfObject) -> None:
 def test_native_programs_keep_their_checks(kfunc_task: BpfObject) -> None:
     result = check_object(kfunc_task, None, task_kernel(params=2), native=True)
     assert result.verdict is Verdict.NATIVE and result.reasons
+
+
+# --- greylists and the kABI stablelist --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def greylisted(old_progs: dict[str, Path]) -> BpfObject:
+    """Calls bpf_lookup_system_key and bpf_key_put, and ships a greylist for them."""
+    return read_bpf_object(old_progs["greylist"].read_bytes())
+
+
+def key_kernel(*, stablelist: tuple[str, ...] | None = None) -> KernelFacts:
+    """A tagged kernel with the two key kfuncs, prototypes as in 6.1 (so the same CRCs)."""
+    b = Builder()
+    key = b.ptr(b.struct("bpf_key"))
+    b.decl_tag("bpf_kfunc", b.func("bpf_lookup_system_key", b.proto(key, b.int_("u64", 8))))
+    b.decl_tag("bpf_kfunc", b.func("bpf_key_put", b.proto(0, key)))
+    b.mod(Kind.TYPEDEF, b.ptr(b.proto(0)), "btf_trace_sched_process_exec")
+    facts = kernel(b)
+    if stablelist is not None:
+        kabi = parse_kabi_list(
+            ("[rhel9_x86_64_stablelist]\n" + "".join(f"\t{s}\n" for s in stablelist)).encode()
+        )
+        facts.set_fact("kabi", kabi)
+    return facts
+
+
+def test_greylisted_symbols_off_the_stablelist_are_unstable(greylisted: BpfObject) -> None:
+    result = check_object(greylisted, parse_greylist(greylisted.greylist or b""), key_kernel())
+    assert result.verdict is Verdict.COMPATIBLE_UNSTABLE
+    assert sorted(result.unstable_symbols) == ["bpf_key_put", "bpf_lookup_system_key"]
+
+
+def test_greylisted_symbols_on_the_stablelist_are_compatible(greylisted: BpfObject) -> None:
+    facts = key_kernel(stablelist=("bpf_key_put", "bpf_lookup_system_key"))
+    result = check_object(greylisted, parse_greylist(greylisted.greylist or b""), facts)
+    assert result.verdict is Verdict.COMPATIBLE
+    partly = key_kernel(stablelist=("bpf_key_put",))
+    result = check_object(greylisted, parse_greylist(greylisted.greylist or b""), partly)
+    assert result.unstable_symbols == ("bpf_lookup_system_key",)
+
+
+def test_a_changed_crc_and_an_obsolete_export_type(greylisted: BpfObject) -> None:
+    greylist = parse_greylist(
+        b"0x12345678\tbpf_lookup_system_key\tvmlinux\tEXPORT_SYMBOL_BPF_GPL\n"
+        b"0x8b737d5b\tbpf_key_put\tvmlinux\tEXPORT_SYMBOL_GPL_FUTURE\n"
+    )
+    result = check_object(greylisted, greylist, key_kernel())
+    assert [(r.code.value, r.symbol) for r in result.reasons] == [
+        ("crc-mismatch", "bpf_lookup_system_key")
+    ]
+    [reason] = result.reasons
+    assert "0x12345678 in the greylist, 0xe1c9c661 in the BTF signature" in reason.detail
+    notes = [c for c in result.checks if c.outcome is Outcome.NOTE and c.area.value == "greylist"]
+    assert [n.symbol for n in notes] == ["bpf_key_put"]
+    assert "obsolete" in notes[0].detail
+
+
+def test_a_kernel_with_symvers_but_no_btf(greylisted: BpfObject) -> None:
+    """The greylist is checked against symvers; what is not there is unknown, not a crash."""
+    facts = KernelFacts("9.9.9-symvers-only")
+    facts.set_fact(
+        "symvers", parse_symvers(b"0x8b737d5b\tbpf_key_put\tvmlinux\tEXPORT_SYMBOL_BPF_GPL\n")
+    )
+    result = check_object(greylisted, parse_greylist(greylisted.greylist or b""), facts)
+    assert result.verdict is Verdict.UNKNOWN
+    assert {r.code for r in result.reasons} == {ReasonCode.KERNEL_DATA_MISSING}

@@ -3,6 +3,7 @@ root built from the real Debian kernels and the example programs."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,65 @@ def test_inspect_bad_object_reports_and_goes_on(
     assert status == cli.Exit.USAGE
     assert str(bad) in err
     assert "license     Proprietary" in out  # the good object after the bad one is still shown
+
+
+# --- audit, explain, greylist, symvers: exit codes and bad input --------------------------------
+
+
+def test_audit_exit_codes_and_json(example_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(["--root", str(example_root), "audit", "--json"], capsys)
+    assert status == cli.Exit.FINDINGS  # the proprietary program is incompatible
+    doc = json.loads(out)  # exactly one JSON document
+    assert doc["version"] == 1 and doc["root"] == str(example_root)
+    assert all(p["path"].startswith("usr/lib/") for p in doc["programs"])
+    status, out, _ = run(
+        ["--root", str(example_root), "audit", "--program", "acme-trace/*"], capsys
+    )
+    assert status == cli.Exit.OK
+    assert "exec_state" in out and "task_guard" not in out
+    assert "2 of 2 programs usable" in out
+
+
+def test_audit_of_a_missing_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(["--root", str(tmp_path / "nowhere"), "audit"], capsys)
+    assert status == cli.Exit.USAGE and "no such directory" in err
+
+
+def test_explain_of_a_file_that_is_no_bpf_object(
+    example_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "junk.bpf.o"
+    junk.write_bytes(b"not an object")
+    status, out, _ = run(["--root", str(example_root), "explain", str(junk)], capsys)
+    assert status == cli.Exit.OK
+    assert "malformed" in out and "not an ELF file" in out
+    status, _, err = run(["--root", str(example_root), "explain", "nowhere.bpf.o"], capsys)
+    assert status == cli.Exit.USAGE and "no such BPF object" in err
+
+
+def test_greylist_and_symvers_usage_errors(
+    example_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    obj = "usr/lib/bpf/acme-net/xdp_ct.bpf.o"
+    status, _, err = run(
+        [
+            "--root",
+            str(example_root),
+            "greylist",
+            obj,
+            "--kernel",
+            "6.1.0-47-cloud-amd64",
+            "--symvers",
+            "x",
+        ],
+        capsys,
+    )
+    assert status == cli.Exit.USAGE and "--symvers goes with --btf" in err
+    status, _, err = run(["--root", str(example_root), "symvers", "9.9.9"], capsys)
+    assert status == cli.Exit.USAGE and "9.9.9 is not installed" in err
+    status, out, _ = run(
+        ["--root", str(example_root), "greylist", obj, "--kernel", "6.1.0-47-cloud-amd64"], capsys
+    )
+    assert status == cli.Exit.OK
+    assert "bpf_xdp_ct_lookup\tnf_conntrack\tEXPORT_SYMBOL_BPF_GPL__acquires" in out
+    assert "# build-kernel: 6.1.0-47-cloud-amd64" in out

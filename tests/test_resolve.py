@@ -353,3 +353,50 @@ def test_lock_timeout_exits_3(root: Path) -> None:
         proc = run(root, "add-kernel", NEW)
     assert proc.returncode == cli.Exit.APPLY
     assert "lock" in proc.stderr
+
+
+def _install_greylisted(root: Path, old_progs: dict[str, Path]) -> str:
+    """The greylisted test program: compatible-unstable on Debian, which has no stablelist."""
+    target = root / "usr/lib/bpf/acme-keys/keys.bpf.o"
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(old_progs["greylist"], target)
+    return "acme-keys/keys.bpf.o"
+
+
+def test_link_unstable_policy(root: Path, old_progs: dict[str, Path]) -> None:
+    name = _install_greylisted(root, old_progs)
+    assert run(root, "add-kernel", NEW).returncode == 0
+    assert name in links(root, NEW)  # default: link_unstable = yes
+    (root / "etc").mkdir()
+    (root / "etc/weak-bpf-progs.conf").write_text("[main]\nlink_unstable = no\n")
+    assert run(root, "add-kernel", NEW).returncode == 0
+    assert name not in links(root, NEW)
+
+
+def test_a_kabi_stablelist_named_by_the_configuration(
+    root: Path, old_progs: dict[str, Path]
+) -> None:
+    _install_greylisted(root, old_progs)
+    stablelist = root / "usr/lib/modules/kabi-custom/kabi_stablelist_x86_64"
+    stablelist.parent.mkdir(parents=True)
+    stablelist.write_text("[custom_x86_64_stablelist]\n\tbpf_key_put\n\tbpf_lookup_system_key\n")
+    (root / "etc/weak-bpf-progs.conf.d").mkdir(parents=True)
+    (root / "etc/weak-bpf-progs.conf.d/kabi.conf").write_text(
+        f"[kernel {NEW}]\nkabi_stablelist = /usr/lib/modules/kabi-custom/kabi_stablelist_x86_64\n"
+    )
+    verdicts = {
+        k: r.verdict.value
+        for p in ops.audit(root, [OLD, NEW], cache=False).programs
+        if p.program.path.endswith("keys.bpf.o")
+        for k, (r, _) in p.results.items()
+    }
+    assert verdicts == {OLD: "compatible-unstable", NEW: "compatible"}
+
+
+def test_a_broken_configuration_falls_back_to_the_defaults(root: Path) -> None:
+    (root / "etc").mkdir()
+    (root / "etc/weak-bpf-progs.conf").write_text("[main]\nlink_unstable = perhaps\n")
+    proc = run(root, "add-kernel", NEW)
+    assert proc.returncode == 0
+    assert "link_unstable: expected yes or no" in proc.stderr
+    assert "acme-trace/exec_state.bpf.o" in links(root, NEW)

@@ -150,11 +150,32 @@ def evaluate(loaded: LoadedProgram, facts: KernelFacts) -> Result:
     return check_object(loaded.obj, loaded.greylist, facts, native=native)
 
 
+def settings(root: Path) -> Config:
+    """The configuration; a broken one is reported and the defaults are used, so that a typo
+    never stops a kernel installation."""
+    try:
+        return load_config(root)
+    except WeakBpfError as e:
+        log.warning("%s; using the defaults", e)
+        return Config()
+
+
+def _artifacts(root: Path, kver: str, config: Config) -> kernel.KernelArtifacts:
+    """K's artifacts, with the kABI stablelist the configuration names for K, if any."""
+    artifacts = kernel.find_kernel(root, kver)
+    override = config.kabi_override(kver)
+    if override is not None:
+        path = resolve_in_root(root, override) or root / override
+        artifacts = dataclasses.replace(artifacts, kabi_list=path)
+    return artifacts
+
+
 def kernel_facts(root: Path, kvers: Sequence[str] = (), *, cache: bool = True) -> list[KernelFacts]:
     """Facts of the given (default: all installed) kernels, oldest first."""
     store = Cache(root, writable=cache)
+    config = settings(root)
     wanted = list(kvers) or list(kernel.installed_kernels(root))
-    return [load_kernel_facts(kernel.find_kernel(root, k), store) for k in wanted]
+    return [load_kernel_facts(_artifacts(root, k, config), store) for k in wanted]
 
 
 RESULTS_VERSION = "1"
@@ -376,7 +397,7 @@ def resolve(
     """Bring the weak-updates links of `kvers` (default: all installed kernels) in line with
     the installed programs, less the `gone` ones (being removed), atomically and under the lock;
     report each kernel."""
-    config = load_config(root)
+    config = settings(root)
     lock = contextlib.nullcontext() if dry_run else actions.locked(root, config.lock_timeout)
     runs = []
     with lock:
@@ -454,7 +475,7 @@ def remove_kernel(
     """Take away K's links (the kernel is going); nothing else is touched."""
     if "/" in kver or kver in ("", ".", "..") or "\0" in kver:
         raise WeakBpfError(f"not a kernel release: {kver!r}")
-    config = load_config(root)
+    config = settings(root)
     present = (root / "usr/lib/modules" / kver).is_dir()
     current = actions.current_links(root, kver) if present else {}
     changes = tuple(

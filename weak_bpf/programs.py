@@ -139,5 +139,5 @@ def load_program(root: Path, program: InstalledProgram) -> LoadedProgram:
 def loose_program(path: Path) -> LoadedProgram:
     """An object that is not installed (a packager's build output), read the same way."""
     absolute = path.absolute()
-    program = InstalledProgram(str(absolute).lstrip("/"), path.name, None)
+    program = InstalledProgram(str(absolute), path.name, None)
     return load_program(Path("/"), program)

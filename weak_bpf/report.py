@@ -222,7 +222,8 @@ def render_explain(audit: ProgramAudit) -> str:
             out.append(f"  {area.value}\n")
             for c in checks:
                 where = f" [{c.program}]" if c.program else ""
-                out.append(f"    {_MARK[c.outcome]:<8} {c.subject}{where}: {c.detail}\n")
+                code = f" ({c.code.value})" if c.code else ""
+                out.append(f"    {_MARK[c.outcome]:<8} {c.subject}{where}: {c.detail}{code}\n")
         todo = [
             _ADVICE[code].format(k=kver) for code in dict.fromkeys(r.code for r in result.reasons)
         ]

@@ -1,0 +1,388 @@
+"""End to end: `python3 -m weak_bpf add-kernel` on an example root with the two real Debian
+kernels, its report read back from a real systemd-journald (journalctl -o json) and from
+reports/K.json, and the owning package from a real rpm database built with rpmbuild."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from weak_bpf import journal, rpmdb
+from weak_bpf.resolution import Action, Resolution
+
+import exampleroot
+from conftest import REPO, require, require_root, require_tool
+from journald import JOURNALD, Journald
+
+OLD, NEW = "6.1.0-47-cloud-amd64", "6.1.0-56-cloud-amd64"
+REPORT = f"var/lib/weak-bpf-progs/reports/{NEW}.json"
+TASK_GUARD = "usr/lib/bpf/acme-sec/task_guard.bpf.o"
+EXEC_STATE = "usr/lib/bpf/acme-trace/exec_state.bpf.o"
+PACKAGE = "acme-trace-bpf-2.0-3"
+# Every program of the example root: the CO-RE builds, and xdp_ct built native for the old kernel.
+PROGRAMS = {
+    "usr/lib/bpf/acme-net/xdp_ct.bpf.o",
+    TASK_GUARD,
+    EXEC_STATE,
+    "usr/lib/bpf/acme-trace/open_count.bpf.o",
+    f"usr/lib/modules/{OLD}/bpf/extra/acme-net/xdp_ct.bpf.o",
+}
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def journald(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journald]:
+    require_root()
+    require_tool("unshare")
+    require_tool("journalctl")
+    require(os.access(JOURNALD, os.X_OK), f"{JOURNALD} is not installed (systemd-journald)")
+    daemon = Journald(tmp_path_factory.mktemp("journald"), namespace=f"weakbpfe2e{os.getpid()}")
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory, debian_kernels: dict[str, Path]) -> Path:
+    root = tmp_path_factory.mktemp("pristine") / "root"
+    exampleroot.build_example_root(root, debian_kernels)
+    return root
+
+
+def _copy(src: str, dst: str) -> None:
+    """Hard-link what no test writes (kernel modules and images), copy the rest."""
+    if "/kernel/" in src or src.endswith(("vmlinuz", "symvers.gz", "System.map", "config")):
+        os.link(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+@pytest.fixture
+def root(pristine: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "root"
+    shutil.copytree(pristine, copy, symlinks=True, copy_function=_copy)
+    return copy
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def add_kernel(root: Path, socket_path: str, *options: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a child process; its _PID tells its journal entries from other runs'."""
+    env = dict(os.environ, **{journal.SOCKET_ENV: socket_path})
+    with subprocess.Popen(
+        [sys.executable, "-m", "weak_bpf", "--root", str(root), *options, "add-kernel", NEW],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        out, err = child.communicate(timeout=120)
+    proc = subprocess.CompletedProcess(child.args, child.returncode, out, err)
+    proc.pid = child.pid  # type: ignore[attr-defined]
+    return proc
+
+
+def entries_of(journald: Journald, proc: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    """All journal entries the run `proc` sent, once journald has stored them."""
+    pid = proc.pid  # type: ignore[attr-defined]
+    barrier(journald)
+    return journald.read(f"_PID={pid}")
+
+
+def barrier(journald: Journald) -> None:
+    """Send a marker of our own and wait for it: journald stores a socket's datagrams in order,
+    so whatever was sent before the marker is stored once the marker is."""
+    barrier.count = getattr(barrier, "count", 0) + 1  # type: ignore[attr-defined]
+    marker = f"barrier-{os.getpid()}-{barrier.count}"  # type: ignore[attr-defined]
+    sent = Resolution(marker, Action.ADD_KERNEL, False)
+    assert journal.send_to_journal(sent, socket_path=journald.socket)
+    assert len(journald.wait_for(1, f"WEAK_BPF_KERNEL={marker}")) == 1
+
+
+def report(root: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((root / REPORT).read_text())
+    return doc
+
+
+def by_program(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["path"]: p for p in doc["programs"]}
+
+
+def split(entries: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(the one summary entry, the program entries by program path)."""
+    summaries = [e for e in entries if e["MESSAGE_ID"] == journal.MESSAGE_ID_SUMMARY]
+    assert len(summaries) == 1, entries
+    programs = [e for e in entries if e["MESSAGE_ID"] != journal.MESSAGE_ID_SUMMARY]
+    found = {e["WEAK_BPF_PROGRAM"]: e for e in programs}
+    assert len(found) == len(programs), "a program was logged twice"
+    return summaries[0], found
+
+
+def tree_hash(root: Path) -> str:
+    """Everything under the root: names, types, link targets, contents, modes."""
+    h = hashlib.sha256()
+    for directory, subdirs, files in os.walk(root):
+        subdirs.sort()
+        for name in sorted(files + subdirs):
+            path = Path(directory, name)
+            st = path.lstat()
+            h.update(str(path.relative_to(root)).encode() + b"\0" + oct(st.st_mode).encode())
+            if path.is_symlink():
+                h.update(b"L" + os.readlink(path).encode())
+            elif path.is_file():
+                h.update(b"F" + path.read_bytes())
+    return h.hexdigest()
+
+
+def check_entries_match_report(
+    entries: list[dict[str, Any]], doc: dict[str, Any], pid: int
+) -> dict[str, dict[str, Any]]:
+    """Journal and report file say the same, program by program; the program entries."""
+    summary, logged = split(entries)
+    for e in entries:
+        assert e["SYSLOG_IDENTIFIER"] == "weak-bpf-progs"
+        assert e["WEAK_BPF_KERNEL"] == NEW
+        assert e["WEAK_BPF_DRY_RUN"] == "0"
+        assert e["WEAK_BPF_ACTION"] == "add-kernel"
+        assert e["_TRANSPORT"] == "journal"
+        assert e["_PID"] == str(pid)
+    assert doc["kernel"] == NEW and doc["action"] == "add-kernel" and doc["dry_run"] is False
+    assert summary["MESSAGE"] == doc["summary"]
+    counts = doc["counts"]
+    assert summary["WEAK_BPF_PROGRAMS"] == str(counts["programs"]) == str(len(doc["programs"]))
+    assert summary["WEAK_BPF_LINKED_COUNT"] == str(counts["linked"])
+    assert summary["WEAK_BPF_NOT_LINKABLE_COUNT"] == str(counts["not_linkable"])
+    assert summary["WEAK_BPF_CHANGED_COUNT"] == str(counts["changed"])
+    assert summary["WEAK_BPF_ERROR_COUNT"] == "0" and doc["errors"] == []
+    assert summary["PRIORITY"] == ("4" if counts["not_linkable"] else "6")
+
+    programs = by_program(doc)
+    assert set(programs) == PROGRAMS
+    # one entry per program that changed or is not linkable, and none for the others
+    expected = {p for p, d in programs.items() if d["changed"] or d["state"] == "not-linkable"}
+    assert set(logged) == expected
+    for path, e in logged.items():
+        d = programs[path]
+        assert e["WEAK_BPF_PACKAGE"] == (d["package"] or "")
+        assert e["WEAK_BPF_VERDICT"] == (d["verdict"] or "")
+        codes = list(dict.fromkeys(r["code"] for r in d["reasons"]))
+        assert e["WEAK_BPF_REASONS"] == ",".join(codes)
+        assert e["WEAK_BPF_LINKED"] == ("1" if d["linked"] else "0")
+        assert e["WEAK_BPF_WAS_LINKED"] == ("1" if d["was_linked"] else "0")
+        if d["state"] == "linked":
+            assert (e["MESSAGE_ID"], e["PRIORITY"]) == (journal.MESSAGE_ID_LINKED, "6")
+        elif d["state"] == "not-linkable":
+            assert (e["MESSAGE_ID"], e["PRIORITY"]) == (journal.MESSAGE_ID_NOT_LINKABLE, "4")
+        else:
+            assert (e["MESSAGE_ID"], e["PRIORITY"]) == (journal.MESSAGE_ID_NOT_LINKED, "6")
+        for r in d["reasons"]:
+            assert r["detail"].splitlines()[0] in e["MESSAGE"]
+    return logged
+
+
+# --- the journal --------------------------------------------------------------------------------
+
+
+def test_add_kernel_reports_to_the_journal_and_the_file(root: Path, journald: Journald) -> None:
+    # First run: every program is new to NEW, so every program is logged.
+    first = add_kernel(root, journald.socket)
+    assert first.returncode == 0, first.stderr
+    doc = report(root)
+    logged = check_entries_match_report(entries_of(journald, first), doc, first.pid)  # type: ignore[attr-defined]
+    assert set(logged) == PROGRAMS
+
+    guard = logged[TASK_GUARD]
+    assert guard["MESSAGE_ID"] == journal.MESSAGE_ID_NOT_LINKABLE
+    assert guard["PRIORITY"] == "4"
+    assert guard["WEAK_BPF_LINKED"] == "0"
+    assert guard["WEAK_BPF_VERDICT"] == "incompatible"
+    assert "license" in guard["WEAK_BPF_REASONS"].split(",")
+    assert guard["MESSAGE"].startswith(f"{TASK_GUARD} is not linkable on kernel {NEW}")
+
+    linked = {p for p, e in logged.items() if e["WEAK_BPF_LINKED"] == "1"}
+    # the native build of xdp_ct for the old kernel holds the link; its CO-RE build does not
+    assert linked == {
+        f"usr/lib/modules/{OLD}/bpf/extra/acme-net/xdp_ct.bpf.o",
+        EXEC_STATE,
+        "usr/lib/bpf/acme-trace/open_count.bpf.o",
+    }
+    for path in linked:
+        e = logged[path]
+        assert (e["MESSAGE_ID"], e["PRIORITY"]) == (journal.MESSAGE_ID_LINKED, "6")
+        assert e["WEAK_BPF_VERDICT"] in ("compatible", "compatible-unstable")
+        assert e["MESSAGE"].startswith(f"{path} linked for kernel {NEW}")
+        # the link is really there, and leads to this object
+        link = root / "usr/lib/modules" / NEW / "bpf/weak-updates" / by_program(doc)[path]["link"]
+        assert link.is_symlink() and link.resolve() == (root / path).resolve()
+    superseded = logged["usr/lib/bpf/acme-net/xdp_ct.bpf.o"]
+    assert (superseded["MESSAGE_ID"], superseded["PRIORITY"]) == (
+        journal.MESSAGE_ID_NOT_LINKED,
+        "6",
+    )
+    assert superseded["WEAK_BPF_LINKED"] == "0"
+    (summary, _) = split(entries_of(journald, first))
+    assert summary["PRIORITY"] == "4"  # a program is not linkable
+    assert summary["WEAK_BPF_LINKED_COUNT"] == "3"
+    assert summary["WEAK_BPF_NOT_LINKABLE_COUNT"] == "1"
+    assert summary["WEAK_BPF_CHANGED_COUNT"] == "5"
+
+    # Second run: nothing changed; only the program that is not linkable is logged again.
+    second = add_kernel(root, journald.socket)
+    assert second.returncode == 0, second.stderr
+    doc2 = report(root)
+    logged2 = check_entries_match_report(entries_of(journald, second), doc2, second.pid)  # type: ignore[attr-defined]
+    assert set(logged2) == {TASK_GUARD}
+    assert doc2["counts"]["changed"] == 0
+    assert {p["path"]: p["state"] for p in doc2["programs"]} == {
+        p["path"]: p["state"] for p in doc["programs"]
+    }
+    for p in doc2["programs"]:  # what the first run found is now the previous state
+        assert p["previous_verdict"] == p["verdict"]
+        assert p["was_linked"] == p["linked"]
+    # the first run's entries are still there, unchanged in number
+    assert len(entries_of(journald, first)) == 1 + len(PROGRAMS)
+
+
+def test_dry_run_sends_nothing_and_changes_nothing(root: Path, journald: Journald) -> None:
+    assert add_kernel(root, journald.socket).returncode == 0
+    # make the dry run have something to do: a link removed by hand comes back
+    (root / "usr/lib/modules" / NEW / "bpf/weak-updates/acme-trace/exec_state.bpf.o").unlink()
+    barrier(journald)
+    before_entries = len(journald.read(f"WEAK_BPF_KERNEL={NEW}"))
+    before = tree_hash(root)
+    dry = add_kernel(root, journald.socket, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "acme-trace/exec_state.bpf.o" in dry.stdout  # the plan is printed
+    assert entries_of(journald, dry) == []
+    assert len(journald.read(f"WEAK_BPF_KERNEL={NEW}")) == before_entries
+    assert tree_hash(root) == before
+
+
+def test_without_a_journal_the_report_goes_to_the_file_and_stderr(root: Path) -> None:
+    missing = root.parent / "no-journal" / "socket"
+    proc = add_kernel(root, str(missing))
+    assert proc.returncode == 0, proc.stderr
+    assert not missing.exists()
+    doc = report(root)
+    assert set(by_program(doc)) == PROGRAMS
+    expected = journal.stderr_report(Resolution.from_json(doc))
+    # the report, line by line, on stderr (whatever prefix logging adds)
+    assert expected.splitlines()[0] in proc.stderr, proc.stderr
+    assert f"{TASK_GUARD} is not linkable on kernel {NEW}" in proc.stderr
+    for line in expected.splitlines():
+        assert line.removeprefix("weak-bpf-progs: ") in proc.stderr
+    # and stdout has only the summary
+    assert proc.stdout.strip() == doc["summary"]
+
+
+# --- the owning rpm package -----------------------------------------------------------------------
+
+SPEC = """\
+Name: acme-trace-bpf
+Version: 2.0
+Release: 3
+Summary: weak-bpf-progs end-to-end test package
+License: GPL-2.0-only
+BuildArch: noarch
+%description
+exec_state, the real BPF object
+%install
+install -D -m 0644 {source} %{{buildroot}}/{path}
+%files
+/{path}
+"""
+
+
+@pytest.fixture(scope="module")
+def trace_rpm(tmp_path_factory: pytest.TempPathFactory, pristine: Path) -> Path:
+    require_root()
+    require_tool("rpmbuild")
+    require_tool("rpm")
+    require(rpmdb._import_rpm() is not None, "python3-rpm is not installed")
+    topdir = tmp_path_factory.mktemp("rpmbuild")
+    source = topdir / "exec_state.bpf.o"
+    shutil.copyfile(pristine / EXEC_STATE, source)
+    spec = topdir / "acme-trace-bpf.spec"
+    spec.write_text(SPEC.format(source=source, path=EXEC_STATE))
+    subprocess.run(
+        [
+            "rpmbuild",
+            "-bb",
+            "--quiet",
+            "--define",
+            f"_topdir {topdir}",
+            "--define",
+            "__os_install_post %{nil}",  # no stripping: the packaged object is the real one
+            str(spec),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (rpm_file,) = (topdir / "RPMS" / "noarch").glob("acme-trace-bpf-2.0-3.*.rpm")
+    return rpm_file
+
+
+def test_the_owning_package_comes_from_the_rpm_database(
+    root: Path, trace_rpm: Path, journald: Journald
+) -> None:
+    original = (root / EXEC_STATE).read_bytes()
+    rpm_args = ["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm"]
+    subprocess.run([*rpm_args, "--initdb"], check=True, capture_output=True)
+    subprocess.run(
+        [*rpm_args, "-i", "--nodeps", "--noscripts", "--replacefiles", str(trace_rpm)],
+        check=True,
+        capture_output=True,
+    )
+    # rpm agrees on the owner, and the installed file is the real object
+    owner = subprocess.run(
+        [*rpm_args, "-qf", "--qf", "%{NVR}", "/" + EXEC_STATE],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert owner == PACKAGE
+    assert (root / EXEC_STATE).read_bytes() == original
+
+    proc = add_kernel(root, journald.socket)
+    assert proc.returncode == 0, proc.stderr
+    doc = report(root)
+    assert {p: d["package"] for p, d in by_program(doc).items()} == {
+        p: (PACKAGE if p == EXEC_STATE else None) for p in PROGRAMS
+    }
+    assert by_program(doc)[EXEC_STATE]["state"] == "linked"
+    logged = check_entries_match_report(entries_of(journald, proc), doc, proc.pid)  # type: ignore[attr-defined]
+    assert logged[EXEC_STATE]["WEAK_BPF_PACKAGE"] == PACKAGE
+    assert logged[EXEC_STATE]["WEAK_BPF_LINKED"] == "1"
+    assert {e["WEAK_BPF_PACKAGE"] for p, e in logged.items() if p != EXEC_STATE} == {""}
+
+
+# --- the links the report speaks of are there ------------------------------------------------------
+
+
+def test_a_weak_updates_link_removed_by_hand_is_restored(root: Path) -> None:
+    """`rm -rf bpf/weak-updates` takes only the link to the current generation away: the kernel
+    then sees no links, so the next add-kernel must put them back, not report them as linked."""
+    missing = str(root.parent / "no-journal" / "socket")
+    assert add_kernel(root, missing).returncode == 0
+    weak_updates = root / "usr/lib/modules" / NEW / "bpf/weak-updates"
+    assert weak_updates.is_symlink()
+    weak_updates.unlink()
+    proc = add_kernel(root, missing)
+    assert proc.returncode == 0, proc.stderr
+    linked = [p for p in report(root)["programs"] if p["linked"]]
+    assert len(linked) == 3
+    for p in linked:
+        link = weak_updates / p["link"]
+        assert link.is_symlink() and link.resolve() == (root / p["path"]).resolve(), p
