@@ -4,7 +4,9 @@ reports/K.json, and the owning package from a real rpm database built with rpmbu
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -77,8 +79,16 @@ def root(pristine: Path, tmp_path: Path) -> Path:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def add_kernel(root: Path, socket_path: str, *options: str) -> subprocess.CompletedProcess[str]:
-    """The CLI in a child process; its _PID tells its journal entries from other runs'."""
+@dataclasses.dataclass(frozen=True)
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    pid: int  # the entries' _PID: tells this run's journal entries from other runs'
+
+
+def add_kernel(root: Path, socket_path: str, *options: str) -> Run:
+    """`python3 -m weak_bpf add-kernel NEW` in a child process, journal socket `socket_path`."""
     env = dict(os.environ, **{journal.SOCKET_ENV: socket_path})
     with subprocess.Popen(
         [sys.executable, "-m", "weak_bpf", "--root", str(root), *options, "add-kernel", NEW],
@@ -89,26 +99,25 @@ def add_kernel(root: Path, socket_path: str, *options: str) -> subprocess.Comple
         text=True,
     ) as child:
         out, err = child.communicate(timeout=120)
-    proc = subprocess.CompletedProcess(child.args, child.returncode, out, err)
-    proc.pid = child.pid  # type: ignore[attr-defined]
-    return proc
+    return Run(child.returncode, out, err, child.pid)
 
 
-def entries_of(journald: Journald, proc: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
-    """All journal entries the run `proc` sent, once journald has stored them."""
-    pid = proc.pid  # type: ignore[attr-defined]
+def entries_of(journald: Journald, run: Run) -> list[dict[str, Any]]:
+    """All journal entries `run` sent, once journald has stored them."""
     barrier(journald)
-    return journald.read(f"_PID={pid}")
+    return journald.read(f"_PID={run.pid}")
 
 
 def barrier(journald: Journald) -> None:
     """Send a marker of our own and wait for it: journald stores a socket's datagrams in order,
     so whatever was sent before the marker is stored once the marker is."""
-    barrier.count = getattr(barrier, "count", 0) + 1  # type: ignore[attr-defined]
-    marker = f"barrier-{os.getpid()}-{barrier.count}"  # type: ignore[attr-defined]
+    marker = f"barrier-{os.getpid()}-{next(_BARRIERS)}"
     sent = Resolution(marker, Action.ADD_KERNEL, False)
     assert journal.send_to_journal(sent, socket_path=journald.socket)
     assert len(journald.wait_for(1, f"WEAK_BPF_KERNEL={marker}")) == 1
+
+
+_BARRIERS = itertools.count(1)
 
 
 def report(root: Path) -> dict[str, Any]:
@@ -200,7 +209,7 @@ def test_add_kernel_reports_to_the_journal_and_the_file(root: Path, journald: Jo
     first = add_kernel(root, journald.socket)
     assert first.returncode == 0, first.stderr
     doc = report(root)
-    logged = check_entries_match_report(entries_of(journald, first), doc, first.pid)  # type: ignore[attr-defined]
+    logged = check_entries_match_report(entries_of(journald, first), doc, first.pid)
     assert set(logged) == PROGRAMS
 
     guard = logged[TASK_GUARD]
@@ -242,7 +251,7 @@ def test_add_kernel_reports_to_the_journal_and_the_file(root: Path, journald: Jo
     second = add_kernel(root, journald.socket)
     assert second.returncode == 0, second.stderr
     doc2 = report(root)
-    logged2 = check_entries_match_report(entries_of(journald, second), doc2, second.pid)  # type: ignore[attr-defined]
+    logged2 = check_entries_match_report(entries_of(journald, second), doc2, second.pid)
     assert set(logged2) == {TASK_GUARD}
     assert doc2["counts"]["changed"] == 0
     assert {p["path"]: p["state"] for p in doc2["programs"]} == {
@@ -287,7 +296,7 @@ def test_without_a_journal_the_report_goes_to_the_file_and_stderr(root: Path) ->
     assert proc.stdout.strip() == doc["summary"]
 
 
-# --- the owning rpm package -----------------------------------------------------------------------
+# --- the owning rpm package --------------------------------------------------------------------
 
 SPEC = """\
 Name: acme-trace-bpf
@@ -362,13 +371,13 @@ def test_the_owning_package_comes_from_the_rpm_database(
         p: (PACKAGE if p == EXEC_STATE else None) for p in PROGRAMS
     }
     assert by_program(doc)[EXEC_STATE]["state"] == "linked"
-    logged = check_entries_match_report(entries_of(journald, proc), doc, proc.pid)  # type: ignore[attr-defined]
+    logged = check_entries_match_report(entries_of(journald, proc), doc, proc.pid)
     assert logged[EXEC_STATE]["WEAK_BPF_PACKAGE"] == PACKAGE
     assert logged[EXEC_STATE]["WEAK_BPF_LINKED"] == "1"
     assert {e["WEAK_BPF_PACKAGE"] for p, e in logged.items() if p != EXEC_STATE} == {""}
 
 
-# --- the links the report speaks of are there ------------------------------------------------------
+# --- the links the report speaks of are there --------------------------------------------------
 
 
 def test_a_weak_updates_link_removed_by_hand_is_restored(root: Path) -> None:

@@ -126,6 +126,15 @@ def _current_set(root: Path, kver: str) -> Path | None:
     return generations[-1][1] if generations else None
 
 
+def in_place(root: Path, kver: str) -> bool:
+    """Whether K's weak-updates is a current generation (or there is nothing to point to)."""
+    bpf = bpf_dir(root, kver)
+    wu = bpf / WEAK_UPDATES
+    if wu.is_symlink() or wu.is_dir():
+        return True
+    return not _generations(bpf)
+
+
 def _generations(bpf: Path) -> list[tuple[int, Path]]:
     if not bpf.is_dir():
         return []

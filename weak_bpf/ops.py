@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -381,7 +382,7 @@ def _finish(root: Path, runs: list[KernelRun], *, dry_run: bool, journal: bool) 
         doc = json.dumps(run.resolution.to_json(), indent=2).encode()
         actions.write_report(root, run.resolution.kernel, doc)
         if not journal or not send_to_journal(run.resolution):
-            log.info("%s", stderr_report(run.resolution).rstrip())
+            sys.stderr.write(stderr_report(run.resolution))
 
 
 def resolve(
@@ -436,7 +437,7 @@ def _resolve_kernel(  # noqa: PLR0917
     current = actions.current_links(root, kver)
     the_plan = resolver.plan(kver, candidates, current, link_unstable=config.link_unstable)
     problems = list(errors)
-    if not dry_run and the_plan.changes:
+    if not dry_run and (the_plan.changes or not actions.in_place(root, kver)):
         blocked = actions.apply_links(root, kver, the_plan.links)
         problems += [
             f"{name}: a file weak-bpf-progs did not make is in the way" for name in blocked
