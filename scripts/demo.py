@@ -4,6 +4,8 @@ show what weak-bpf-progs reads from it.  Run by `make demo`."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,11 +47,31 @@ def main() -> int:
         print(f"  {obj.relative_to(args.root)}")
 
     root = str(args.root)
+    new = max(kernels)
     _say("Installed kernels, and what was found for each")
     _run(["--root", root, "kernels"])
 
     _say("What each program needs from a kernel")
-    _run(["--root", root, "inspect", *(str(o.relative_to(args.root)) for o in objects)])
+    _run(["--root", root, "inspect", str(objects[0].relative_to(args.root))])
+
+    _say("Which programs will work on which kernel")
+    _run(["--root", root, "audit"])
+
+    _say(f"What installing {new} would do (nothing is changed)")
+    _run(["--root", root, "--no-journal", "--dry-run", "add-kernel", new])
+
+    _say(f"Installing {new}: its kernel hook runs this")
+    _run(["--root", root, "--no-journal", "add-kernel", new])
+    weak = args.root / "usr/lib/modules" / new / "bpf/weak-updates"
+    for link in sorted(weak.rglob("*.bpf.o")):
+        print(f"  {link.relative_to(args.root)} -> {os.readlink(link)}")
+
+    _say("Why the proprietary agent is left out")
+    _run(["--root", root, "explain", "usr/lib/bpf/acme-sec/task_guard.bpf.o", new])
+
+    _say(f"The report kept in var/lib/weak-bpf-progs/reports/{new}.json")
+    report = json.loads((args.root / f"var/lib/weak-bpf-progs/reports/{new}.json").read_text())
+    print(f"  {report['summary']}")
     return 0
 
 
