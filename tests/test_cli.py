@@ -166,3 +166,13 @@ def test_greylist_and_symvers_usage_errors(
     assert status == cli.Exit.OK
     assert "bpf_xdp_ct_lookup\tnf_conntrack\tEXPORT_SYMBOL_BPF_GPL__acquires" in out
     assert "# build-kernel: 6.1.0-47-cloud-amd64" in out
+
+
+def test_weak_modules_spellings() -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(cli._normalise(["--basedir", "/srv/root", "--add-kernel", "5.14.0"]))
+    assert (args.verb, args.kernel, args.root) == ("add-kernel", "5.14.0", Path("/srv/root"))
+    args = parser.parse_args(cli._normalise(["--remove-kernel", "5.14.0", "--dry-run"]))
+    assert (args.verb, args.kernel, args.dry_run) == ("remove-kernel", "5.14.0", True)
+    for spelling, verb in (("--add-modules", "add-progs"), ("--remove-modules", "remove-progs")):
+        assert parser.parse_args(cli._normalise([spelling])).verb == verb

@@ -25,6 +25,7 @@ from weak_bpf.errors import ApplyError, LockTimeout
 
 LOCK = "run/weak-bpf-progs.lock"
 REPORTS = "var/lib/weak-bpf-progs/reports"
+STAMP = "var/lib/weak-bpf-progs/stamp"  # rewritten by every run that changed something
 WEAK_UPDATES = "weak-updates"
 GENERATION = re.compile(r"\.weak-updates\.(?:legacy-)?(\d+)\Z")
 MARK = ".weak-bpf-progs"  # written last into a generation: it is ours, and complete
@@ -286,3 +287,9 @@ def write_report(root: Path, kver: str, data: bytes) -> None:
         write_atomic(root / REPORTS / f"{kver}.json", data)
     except OSError as e:
         raise ApplyError(f"cannot write the report of {kver}: {e.strerror}") from None
+
+
+def bump_stamp(root: Path) -> None:
+    """Tell watchers (the daemon) that links or reports changed."""
+    with contextlib.suppress(OSError):
+        write_atomic(root / STAMP, f"{time.time_ns()} {os.getpid()}\n".encode())

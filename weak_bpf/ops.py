@@ -383,6 +383,7 @@ def _finish(root: Path, runs: list[KernelRun], *, dry_run: bool, journal: bool) 
         actions.write_report(root, run.resolution.kernel, doc)
         if not journal or not send_to_journal(run.resolution):
             sys.stderr.write(stderr_report(run.resolution))
+    actions.bump_stamp(root)
 
 
 def resolve(
