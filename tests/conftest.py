@@ -16,7 +16,7 @@ IN_CI = os.environ.get("CI") == "true"
 # scripts/ holds the build helpers shared by the demo and the tests.
 sys.path.insert(0, str(REPO / "scripts"))
 
-pytest_plugins = ("bpfprogs",)
+pytest_plugins = ("bpfprogs", "roots")
 
 
 def require(condition: object, why: str) -> None:

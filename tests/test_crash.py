@@ -17,16 +17,10 @@ from weak_bpf.actions import current_links
 
 import exampleroot
 from conftest import REPO
+from roots import copy_root
 
 NEW = "6.1.0-56-cloud-amd64"
 MAX_STEPS = 200
-
-
-def _copy(src: str, dst: str) -> None:
-    if "/kernel/" in src or src.endswith(("vmlinuz", "symvers.gz", "System.map", "config")):
-        os.link(src, dst)
-    else:
-        shutil.copy2(src, dst)
 
 
 def add_kernel(root: Path, step: int = 0) -> int:
@@ -59,14 +53,14 @@ def before(tmp_path_factory: pytest.TempPathFactory, debian_kernels: dict[str, P
 def test_every_crash_leaves_the_old_or_the_new_link_set(before: Path, tmp_path: Path) -> None:
     old = current_links(before, NEW)
     reference = tmp_path / "reference"
-    shutil.copytree(before, reference, symlinks=True, copy_function=_copy)
+    copy_root(before, reference)
     assert add_kernel(reference) == 0
     new = current_links(reference, NEW)
     assert old != new
     outcomes = {"old": 0, "new": 0}
     for step in range(1, MAX_STEPS + 1):
         root = tmp_path / f"run{step}"
-        shutil.copytree(before, root, symlinks=True, copy_function=_copy)
+        copy_root(before, root)
         status = add_kernel(root, step)
         state = current_links(root, NEW)
         assert state in (old, new), f"step {step}: a mixed link set {state}"

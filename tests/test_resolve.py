@@ -11,39 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from weak_bpf import cli, ops
 from weak_bpf.actions import current_links
 
 import exampleroot
+import roots
 from conftest import REPO, require_tool
 
 OLD, NEW = "6.1.0-47-cloud-amd64", "6.1.0-56-cloud-amd64"
 CORE = ["acme-net/xdp_ct.bpf.o", "acme-trace/exec_state.bpf.o", "acme-trace/open_count.bpf.o"]
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory, debian_kernels: dict[str, Path]) -> Path:
-    root = tmp_path_factory.mktemp("pristine") / "root"
-    exampleroot.build_example_root(root, debian_kernels)
-    return root
-
-
-def _copy(src: str, dst: str) -> None:
-    """Hard-link what tests never write (kernel modules and images), copy the rest."""
-    if "/kernel/" in src or src.endswith(("vmlinuz", "symvers.gz", "System.map", "config")):
-        os.link(src, dst)
-    else:
-        shutil.copy2(src, dst)
-
-
-@pytest.fixture
-def root(pristine: Path, tmp_path: Path) -> Path:
-    """A fresh copy of the example root."""
-    copy = tmp_path / "root"
-    shutil.copytree(pristine, copy, symlinks=True, copy_function=_copy)
-    return copy
 
 
 def tree_hash(root: Path, skip: tuple[str, ...] = ()) -> str:
@@ -107,7 +83,7 @@ def test_native_programs_stay_in_extra(root: Path) -> None:
 
 
 def test_add_kernel_twice_gives_the_same_state(root: Path) -> None:
-    reports = "var/lib/weak-bpf-progs/reports"
+    reports = "var/lib/weak-bpf-progs"  # the last report and the stamp: rewritten by each run
     assert run(root, "add-kernel", NEW).returncode == 0
     first = tree_hash(root, skip=(reports,))
     proc = run(root, "--json", "add-kernel", NEW)
@@ -207,7 +183,7 @@ def test_a_kernel_without_symvers_or_btf_gets_unknown_and_no_link(root: Path) ->
 def test_kernel_versions_with_regex_characters(root: Path) -> None:
     odd = NEW + "+debug.x86_64"
     shutil.copytree(
-        root / "usr/lib/modules" / NEW, root / "usr/lib/modules" / odd, copy_function=_copy
+        root / "usr/lib/modules" / NEW, root / "usr/lib/modules" / odd, copy_function=roots.copy_file
     )
     assert run(root, "add-kernel", odd).returncode == 0
     assert "acme-trace/exec_state.bpf.o" in links(root, odd)

@@ -21,7 +21,6 @@ import pytest
 from weak_bpf import journal, rpmdb
 from weak_bpf.resolution import Action, Resolution
 
-import exampleroot
 from conftest import REPO, require, require_root, require_tool
 from journald import JOURNALD, Journald
 
@@ -52,28 +51,6 @@ def journald(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journald]:
     daemon = Journald(tmp_path_factory.mktemp("journald"), namespace=f"weakbpfe2e{os.getpid()}")
     yield daemon
     daemon.stop()
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory, debian_kernels: dict[str, Path]) -> Path:
-    root = tmp_path_factory.mktemp("pristine") / "root"
-    exampleroot.build_example_root(root, debian_kernels)
-    return root
-
-
-def _copy(src: str, dst: str) -> None:
-    """Hard-link what no test writes (kernel modules and images), copy the rest."""
-    if "/kernel/" in src or src.endswith(("vmlinuz", "symvers.gz", "System.map", "config")):
-        os.link(src, dst)
-    else:
-        shutil.copy2(src, dst)
-
-
-@pytest.fixture
-def root(pristine: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "root"
-    shutil.copytree(pristine, copy, symlinks=True, copy_function=_copy)
-    return copy
 
 
 # --- helpers ------------------------------------------------------------------------------------
