@@ -39,8 +39,9 @@ def file_key(path: Path) -> str:
 
 
 def stat_key(paths: list[Path]) -> str:
-    """A hash of many files' names, inodes, sizes and change times: cheap, and any write or
-    replacement changes it (ctime cannot be set back). A missing file counts too."""
+    """A hash of many files' names, inodes, sizes and modification times: cheap. Package managers
+    replace a file by renaming a new one over it (a new inode). The change time is left out: a
+    new hard link to a file changes it, and test roots hard-link their kernels."""
     parts = []
     for path in paths:
         try:
@@ -48,7 +49,7 @@ def stat_key(paths: list[Path]) -> str:
         except OSError:
             parts.append(f"{path}\0-")
             continue
-        parts.append(f"{path}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}")
+        parts.append(f"{path}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}")
     return content_key("\n".join(parts))
 
 
