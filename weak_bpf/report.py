@@ -239,3 +239,48 @@ def render_explain(audit: ProgramAudit) -> str:
         "lockdown, LSM policy).\n"
     )
     return "".join(out)
+
+
+EXPLAIN_JSON_VERSION = 1
+
+
+def explain_json(audit: ProgramAudit) -> dict[str, object]:
+    """`explain` as one JSON document (the daemon's Explain answer): every check of one program
+    on each kernel, with the advice render_explain gives in words."""
+    kernels = {}
+    for kver, (result, linked) in audit.results.items():
+        advice = [
+            _ADVICE[code].format(k=kver) for code in dict.fromkeys(r.code for r in result.reasons)
+        ]
+        if result.modules and result.verdict.usable:
+            advice.append(f"load module(s) {', '.join(result.modules)} before loading the program")
+        kernels[kver] = {
+            "verdict": result.verdict.value,
+            "linked": linked,
+            "modules": list(result.modules),
+            "reasons": [reason.to_json() for reason in result.reasons],
+            "checks": [
+                {
+                    "area": c.area.value,
+                    "outcome": c.outcome.value,
+                    "subject": c.subject,
+                    "detail": c.detail,
+                    "code": c.code.value if c.code else None,
+                    "symbol": c.symbol,
+                    "program": c.program,
+                }
+                for c in result.checks
+            ],
+            "advice": advice,
+        }
+    greylist = None
+    if audit.greylist is not None:
+        greylist = {"source": audit.greylist.source, "symbols": len(audit.greylist)}
+    return {
+        "version": EXPLAIN_JSON_VERSION,
+        "path": audit.program.path,
+        "link_name": audit.program.link_name,
+        "build_kernel": audit.build_kernel,
+        "greylist": greylist,
+        "kernels": kernels,
+    }
