@@ -63,3 +63,17 @@ def test_every_command_and_option_is_documented(built: Path) -> None:
             assert option in text, option
     for code in cli.Exit:
         assert re.search(rf"\n {{7}}{code.value}\s", text), code
+
+
+def test_the_daemon_page_covers_the_d_bus_api(built: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    text = render(built / "weak-bpf-progsd.8")
+    interface = ET.parse(REPO / "dbus/org.weakbpf.Manager1.xml").getroot().find("interface")
+    assert interface is not None
+    names = [e.get("name") for e in interface if e.tag in ("method", "property", "signal")]
+    assert len(names) == 7
+    for name in names:
+        assert name in text, name
+    for option in ("--root", "--idle-timeout", "--no-journal", "--debug"):
+        assert option in text, option
