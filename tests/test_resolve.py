@@ -183,7 +183,9 @@ def test_a_kernel_without_symvers_or_btf_gets_unknown_and_no_link(root: Path) ->
 def test_kernel_versions_with_regex_characters(root: Path) -> None:
     odd = NEW + "+debug.x86_64"
     shutil.copytree(
-        root / "usr/lib/modules" / NEW, root / "usr/lib/modules" / odd, copy_function=roots.copy_file
+        root / "usr/lib/modules" / NEW,
+        root / "usr/lib/modules" / odd,
+        copy_function=roots.copy_file,
     )
     assert run(root, "add-kernel", odd).returncode == 0
     assert "acme-trace/exec_state.bpf.o" in links(root, odd)

@@ -123,8 +123,9 @@ def _current_set(root: Path, kver: str) -> Path | None:
         return wu
     if os.path.lexists(wu):
         raise ApplyError(f"{wu.relative_to(root)} is not a directory", hint="remove it")
-    generations = _generations(bpf)
-    return generations[-1][1] if generations else None
+    # after a crash: the newest complete generation, or a plain directory set aside
+    usable = [g for _, g in _generations(bpf) if (g / MARK).exists() or ".legacy-" in g.name]
+    return usable[-1] if usable else None
 
 
 def in_place(root: Path, kver: str) -> bool:
@@ -195,7 +196,11 @@ def _fsync_dir(path: Path) -> None:
 
 def _drop_generation(path: Path) -> None:
     """Remove an old generation: links and directories go; a regular file goes only if it has
-    another name (it was carried into the current set), else it stays where it is."""
+    another name (it was carried into the current set), else it stays where it is. The mark goes
+    first, so that a generation half dropped is never taken for a link set."""
+    with contextlib.suppress(FileNotFoundError):
+        (path / MARK).unlink()
+        _step()
     for directory, subdirs, files in os.walk(path, topdown=False):
         for name in files + subdirs:
             entry = Path(directory, name)
