@@ -23,7 +23,7 @@ MAX_ENTRY = 256 << 20
 def content_key(*parts: bytes | str) -> str:
     h = hashlib.sha256()
     for part in parts:
-        data = part.encode() if isinstance(part, str) else part
+        data = part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()[:32]

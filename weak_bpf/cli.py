@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import json
 import logging
@@ -320,6 +321,10 @@ def _error(e: WeakBpfError) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # file names need not be UTF-8: show undecodable bytes escaped rather than fail
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[attr-defined]
     args = build_parser().parse_args(_normalise(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         format="weak-bpf-progs: %(message)s",
