@@ -34,6 +34,11 @@ _LZ4_LEGACY_BLOCK = 8 << 20  # every legacy block but the last unpacks to exactl
 _LZ4_LEGACY_BOUND = _LZ4_LEGACY_BLOCK + _LZ4_LEGACY_BLOCK // 255 + 16  # LZ4_compressBound
 
 
+# What a decoder may allocate for its dictionary or window, whatever a header claims: the kernel's
+# own xz and zstd streams need far less.
+DECODER_MEMORY = 256 << 20
+
+
 class Format(str, enum.Enum):
     GZIP = "gzip"
     XZ = "xz"
@@ -174,9 +179,11 @@ def _one_stream(
         if fmt is Format.GZIP:
             return _zlib_stream(zlib.decompressobj(16 + zlib.MAX_WBITS), data, pos, max_size)
         if fmt is Format.XZ:
-            return _lzma_like_stream(lzma.LZMADecompressor(lzma.FORMAT_XZ), data, pos, max_size)
+            decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=DECODER_MEMORY)
+            return _lzma_like_stream(decoder, data, pos, max_size)
         if fmt is Format.LZMA:
-            return _lzma_like_stream(lzma.LZMADecompressor(lzma.FORMAT_ALONE), data, pos, max_size)
+            decoder = lzma.LZMADecompressor(lzma.FORMAT_ALONE, memlimit=DECODER_MEMORY)
+            return _lzma_like_stream(decoder, data, pos, max_size)
         if fmt is Format.BZIP2:
             return _lzma_like_stream(bz2.BZ2Decompressor(), data, pos, max_size)
         if fmt is Format.LZ4_LEGACY:
@@ -198,6 +205,10 @@ def _one_stream(
     except _Truncated as e:
         raise DecompressError(
             f"truncated or corrupt {fmt.value} data: {e}", source=source, offset=pos
+        ) from None
+    except MemoryError:
+        raise DecompressError(
+            f"{fmt.value} data needs more memory to unpack than allowed", source=source, offset=pos
         ) from None
     except (zlib.error, lzma.LZMAError, OSError, EOFError, ValueError, RuntimeError) as e:
         # lz4 and zstandard raise RuntimeError / their own subclasses of it or of ValueError
@@ -383,7 +394,7 @@ def _zstd_frame_end(data: bytes, pos: int) -> int:
 
 def _zstd_module(frame: bytes, max_size: int) -> bytes:
     zstandard: Any = _module("zstandard")
-    d = zstandard.ZstdDecompressor().decompressobj()
+    d = zstandard.ZstdDecompressor(max_window_size=DECODER_MEMORY).decompressobj()
     out: list[bytes] = []
     total = 0
     view = memoryview(frame)

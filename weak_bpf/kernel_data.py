@@ -17,7 +17,9 @@ from weak_bpf.parsers.sysmap import SystemMap, parse_system_map
 from weak_bpf.parsers.vmlinuz import vmlinux_from_vmlinuz
 
 T = TypeVar("T")
-MAX_FILE_SIZE = 1 << 30
+MAX_FILE_SIZE = 1 << 30  # a vmlinux with its debug info
+MAX_TEXT_SIZE = 64 << 20  # symvers, System.map, config, kABI lists: a few MB in real kernels
+MAX_MODULE_SIZE = 256 << 20
 
 
 def read_file(path: Path, *, max_size: int = MAX_FILE_SIZE) -> bytes:
@@ -32,32 +34,34 @@ def read_file(path: Path, *, max_size: int = MAX_FILE_SIZE) -> bytes:
     return compression.maybe_decompress(data, str(path), max_size=max_size)
 
 
-def _load(path: Path, parse: Callable[[bytes, str | None], T]) -> T:
+def _load(
+    path: Path, parse: Callable[[bytes, str | None], T], *, max_size: int = MAX_FILE_SIZE
+) -> T:
     try:
-        return parse(read_file(path), str(path))
+        return parse(read_file(path, max_size=max_size), str(path))
     except ParseError as e:
         raise e.located(str(path)) from None
 
 
 def load_symvers(path: Path) -> Symvers:
-    return _load(path, parse_symvers)
+    return _load(path, parse_symvers, max_size=MAX_TEXT_SIZE)
 
 
 def load_system_map(path: Path) -> SystemMap:
-    return _load(path, parse_system_map)
+    return _load(path, parse_system_map, max_size=MAX_TEXT_SIZE)
 
 
 def load_config(path: Path) -> KernelConfig:
-    return _load(path, parse_kconfig)
+    return _load(path, parse_kconfig, max_size=MAX_TEXT_SIZE)
 
 
 def load_kabi_list(path: Path) -> KabiList:
-    return _load(path, parse_kabi_list)
+    return _load(path, parse_kabi_list, max_size=MAX_TEXT_SIZE)
 
 
 def load_kernel_object(path: Path) -> KernelObject:
     """A module (.ko, .ko.xz, .ko.zst, .ko.gz) or a vmlinux ELF."""
-    return _load(path, read_kernel_object)
+    return _load(path, read_kernel_object, max_size=MAX_MODULE_SIZE)
 
 
 def load_vmlinux(path: Path) -> bytes:
