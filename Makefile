@@ -4,7 +4,7 @@ DEV_CACHE ?= $(or $(WEAK_BPF_DEV_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/w
 RUFF ?= $(shell command -v ruff 2>/dev/null || echo $(DEV_CACHE)/tools/bin/ruff)
 DEMO_ROOT ?= build/demo-root
 
-.PHONY: all deps demo check test lint bench clean
+.PHONY: all deps demo check test lint bench harden man clean rpm
 
 all: check
 
@@ -29,6 +29,17 @@ lint:
 
 bench: deps
 	$(PYTHON) bench/run.py
+
+# Every hardening campaign at full size, with its figures (docs/reliability.md); over an hour.
+harden: deps
+	$(PYTHON) harden/harden.py
+
+man: deps
+	scripts/make-man build/man
+
+# Source and binary rpms in build/rpm/; %check runs the whole suite (RPMBUILD_OPTS="--without check" skips it).
+rpm: deps
+	scripts/make-rpm $(RPMBUILD_OPTS)
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,159 @@
+"""Shared pieces of the hardening campaigns: the real seeds, example roots, the CLI runner,
+link-set snapshots and the hook wrapper."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = "/usr/bin/python3"
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+OLD = "6.1.0-47-cloud-amd64"
+NEW = "6.1.0-56-cloud-amd64"
+HOOKS = {
+    "postinst": REPO / "etc/kernel/postinst.d/weak-bpf-progs",
+    "prerm": REPO / "etc/kernel/prerm.d/weak-bpf-progs",
+    "kernel-install": REPO / "usr/lib/kernel/install.d/60-weak-bpf-progs.install",
+}
+
+
+@dataclasses.dataclass
+class Figure:
+    """One printed figure: its value, its bound, and whether it holds."""
+
+    campaign: str
+    name: str
+    value: object
+    bound: str
+    ok: bool
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else "FAIL"
+        return f"[{mark}] {self.campaign}: {self.name} = {self.value}  (bound: {self.bound})"
+
+
+def debian_kernels() -> dict[str, Path]:
+    """{kver: unpacked dir} of the two real Debian kernels (downloaded once, then cached)."""
+    proc = subprocess.run(
+        [str(REPO / "scripts/fetch-debian-kernels")], capture_output=True, text=True, check=True
+    )
+    kernels = {}
+    for line in proc.stdout.splitlines():
+        kver, path = line.split("\t")
+        kernels[kver] = Path(path)
+    return kernels
+
+
+def env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI run: this checkout first on PYTHONPATH, no fault, no journal."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("WEAK_BPF_")}
+    base["PYTHONPATH"] = str(REPO)
+    base["WEAK_BPF_JOURNAL_SOCKET"] = "/nonexistent/weak-bpf-harden-journal"
+    base.update(extra)
+    return base
+
+
+def cli(
+    root: Path, *args: str, stdin: str = "", fault: int = 0, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "weak_bpf", "--root", str(root), "--no-journal", *args],
+        input=stdin,
+        cwd=REPO,
+        env=env(WEAK_BPF_FAULT_STEP=str(fault)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _copy(src: str, dst: str) -> None:
+    """Kernel files are big and never written: hard links. Everything else: real copies."""
+    if "/kernel/" in src or src.endswith(("vmlinuz", "symvers.gz", "System.map", "config")):
+        os.link(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+def clone(src: Path, dst: Path) -> Path:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, symlinks=True, copy_function=_copy)
+    return dst
+
+
+def example_root(work: Path) -> Path:
+    """An example root (two real kernels, the example programs) with both kernels' links made
+    and the warm cache: built once per work directory."""
+    root = work / "base-root"
+    done = work / "base-root.done"
+    if done.exists():
+        return root
+    import exampleroot
+
+    exampleroot.build_example_root(root, debian_kernels())
+    for kver in (OLD, NEW):
+        proc = cli(root, "add-kernel", kver)
+        if proc.returncode != 0:
+            raise RuntimeError(f"add-kernel {kver} on the example root: {proc.stderr}")
+    done.write_text("")
+    return root
+
+
+def link_sets(root: Path) -> dict[str, dict[str, str] | None]:
+    """Every kernel's managed links (None when the set cannot be read)."""
+    from weak_bpf.actions import current_links
+    from weak_bpf.errors import WeakBpfError
+
+    sets: dict[str, dict[str, str] | None] = {}
+    for kver in (OLD, NEW):
+        try:
+            sets[kver] = current_links(root, kver)
+        except (WeakBpfError, OSError):
+            sets[kver] = None
+    return sets
+
+
+def wrapper_bin(work: Path) -> Path:
+    """A directory holding a `weak-bpf-progs` that runs this checkout, for the hooks' PATH."""
+    bindir = work / "bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    script = bindir / "weak-bpf-progs"
+    script.write_text(
+        f'#!/bin/sh\nPYTHONPATH={REPO} exec {PYTHON} -m weak_bpf "$@"\n', encoding="utf-8"
+    )
+    script.chmod(0o755)
+    return bindir
+
+
+def run_hook(
+    hook: str, root: Path, args: list[str], work: Path, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    bindir = wrapper_bin(work)
+    environment = env(WEAK_BPF_ROOT=str(root), **extra)
+    environment["PATH"] = f"{bindir}:{environment.get('PATH', '/usr/bin:/bin')}"
+    return subprocess.run(
+        [str(HOOKS[hook]), *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.start

@@ -1,0 +1,88 @@
+"""Run every hardening campaign and print its figures; exit 1 if a bound is missed.
+
+/usr/bin/python3 harden/harden.py [--quick] [--work DIR] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+import crash
+import fuzz
+import hostile
+
+FULL = {"fuzz": 10_000, "steps": 200, "timed": 30, "rounds": 5, "hook_steps": 10}
+QUICK = {"fuzz": 60, "steps": 6, "timed": 1, "rounds": 1, "hook_steps": 1}
+
+
+def figures(work: Path, sizes: dict[str, int], only: set[str]) -> list[common.Figure]:
+    out: list[common.Figure] = []
+    F = common.Figure
+    if "fuzz" in only:
+        results = fuzz.fuzz_all(sizes["fuzz"])
+        for r in results:
+            bad = r.get("traceback", 0) + r.get("hang", 0) + r.get("memory", 0)
+            out.append(F("fuzz", f"{r['reader']} inputs", r["inputs"], f">= {sizes['fuzz']}",
+                         r["inputs"] >= sizes["fuzz"]))  # fmt: skip
+            out.append(F("fuzz", f"{r['reader']} tracebacks/hangs/memory", bad, "0", bad == 0))
+            for failure in r["failures"][:2]:
+                print(f"  {r['reader']}: {failure}", file=sys.stderr)
+    if "crash" in only:
+        r = crash.campaign(
+            work, max_steps=sizes["steps"], timed=sizes["timed"], exhaustive=sizes is FULL
+        )
+        out.append(F("crash", "kill points", r["points"], "counted", True))
+        out.append(F("crash", "mixed states or failed reruns", len(r["problems"]), "0",
+                     not r["problems"]))  # fmt: skip
+        for p in r["problems"][:5]:
+            print(f"  crash: {p}", file=sys.stderr)
+    if "concurrency" in only:
+        r = hostile.concurrency(work, sizes["rounds"])
+        out.append(F("concurrency", "rounds of 8 runs", r["rounds"], "counted", True))
+        for key in ("mismatches", "timeouts", "partial"):
+            out.append(F("concurrency", key, r[key], "0", r[key] == 0))
+    if "confinement" in only:
+        r = hostile.confinement(work)
+        out.append(F("confinement", "hostile cases", r["cases"], "counted", True))
+        for key in ("outside_changed", "regular_removed", "internal_errors"):
+            out.append(F("confinement", key, r[key], "0", r[key] == 0))
+        for note in r["internal"][:3]:
+            print(f"  confinement: {note[:300]}", file=sys.stderr)
+    if "hooks" in only:
+        r = hostile.hooks(work, sizes["hook_steps"])
+        out.append(F("hooks", "hook runs under faults", r["runs"], "counted", True))
+        out.append(F("hooks", "non-zero exits", r["nonzero"], "0", r["nonzero"] == 0))
+        out.append(F("hooks", "problems not reported", r["silent"], "0", r["silent"] == 0))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="the small, time-bounded version")
+    parser.add_argument("--work", type=Path, help="keep the example roots here (default: temp)")
+    parser.add_argument("--only", nargs="*", default=["fuzz", "crash", "concurrency",
+                        "confinement", "hooks"])  # fmt: skip
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="weak-bpf-harden-"))
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    try:
+        results = figures(work, QUICK if args.quick else FULL, set(args.only))
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    for figure in results:
+        print(figure.line())
+    print(f"total time: {time.monotonic() - start:.0f} s")
+    return 0 if all(f.ok for f in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
