@@ -1,0 +1,389 @@
+"""Packaging end to end: this project's rpm, an example BPF program package built with the rpm
+macros, and two kernel-like packages made from the real Debian cloud kernels in the RHEL layout,
+installed with the distribution's `rpm` into a test root, where the real scriptlets and file
+triggers run (chrooted into the root, which gets the host's interpreter through read-only bind
+mounts in a private mount namespace: see packaging/README.md). After each transaction the links
+and reports are those that `audit` predicts."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from weak_bpf import journal
+from weak_bpf.resolution import Action, Resolution
+
+import bpfbuild
+from conftest import REPO, require, require_root, require_tool
+from journald import JOURNALD, Journald
+
+EXAMPLES = REPO / "packaging" / "examples"
+MACROS = REPO / "packaging" / "macros.weak-bpf-progs"
+PROGDIR = "usr/lib/bpf/acme-example-bpf"
+LINKABLE = {"compatible", "compatible-unstable"}  # link_unstable = yes, the default
+
+# What the chrooted scriptlets need from the host, bound read-only into the root.
+HOST_DIRS = (
+    "usr/bin",
+    "usr/lib/x86_64-linux-gnu",
+    "usr/lib64",
+    f"usr/lib/python3.{sys.version_info[1]}",
+    "usr/lib/python3/dist-packages/elftools",
+)
+# Runs rpm inside the root's own mount namespace: the binds vanish with it.
+IN_ROOT = r"""
+set -eu
+root=$1; shift
+for d in $HOST_DIRS; do
+    [ -e "/$d" ] || continue
+    mkdir -p "$root/$d"
+    mount --bind -o ro "/$d" "$root/$d"
+done
+mkdir -p "$root/dev" "$root/tmp"
+touch "$root/dev/null"
+mount --bind /dev/null "$root/dev/null"
+if [ -n "${JOURNAL_SOCKET:-}" ]; then
+    mkdir -p "$root/run/systemd/journal"
+    touch "$root/run/systemd/journal/socket"
+    mount --bind "$JOURNAL_SOCKET" "$root/run/systemd/journal/socket"
+fi
+exec rpm --root "$root" --dbpath /var/lib/rpm "$@"
+"""
+
+
+def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
+    assert proc.returncode == 0, f"{argv} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+# --- package builds -----------------------------------------------------------------------------
+
+
+def rpmbuild(spec: Path, topdir: Path, *defines: str, **kwargs: Any) -> Path:
+    """Build `spec`'s binary rpm; the macros file is loaded first, so that defines win."""
+    argv = [require_tool("rpmbuild"), "-bb", "--nodeps", "--load", str(MACROS)]
+    argv += ["--define", f"_topdir {topdir}"]
+    for d in defines:
+        argv += ["--define", d]
+    run([*argv, str(spec)], **kwargs)
+    (rpm,) = [p for p in (topdir / "RPMS").rglob("*.rpm") if p.name.startswith(spec.stem)]
+    return rpm
+
+
+def simple_spec(
+    path: Path, name: str, version: str, files: dict[str, Path], scripts: dict[str, str]
+) -> Path:
+    """A spec installing `files` ({path in the root: source}) with the given scriptlets."""
+    stage = path.parent / f"{name}-stage"
+    for dest, src in files.items():
+        (stage / dest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, stage / dest)
+    body = "".join(f"\n%{section}\n{text}\n" for section, text in scripts.items())
+    listing = "\n".join(f"/{dest}" for dest in files)
+    path.write_text(
+        f"Name: {name}\nVersion: {version}\nRelease: 1\nSummary: test package {name}\n"
+        f"License: GPL-2.0-only\nBuildArch: noarch\n%define __os_install_post %{{nil}}\n"
+        f"%description\ntest package\n"
+        f"%install\nmkdir -p %{{buildroot}}\ncp -a {stage}/. %{{buildroot}}/\n"
+        f"{body}\n%files\n{listing}\n"
+    )
+    return path
+
+
+def kernel_spec(workdir: Path, kver: str, kdir: Path) -> Path:
+    """A kernel-like package in the RHEL layout whose scriptlets make RHEL's weak-modules calls
+    for weak-bpf-progs (packaging/README.md)."""
+    mods = kdir / "lib" / "modules" / kver
+    symvers_gz = workdir / f"symvers-{kver}.gz"
+    symvers = kdir / "usr" / "src" / f"linux-headers-{kver}" / "Module.symvers"
+    symvers_gz.write_bytes(gzip.compress(symvers.read_bytes()))
+    base = f"usr/lib/modules/{kver}"
+    files = {
+        f"{base}/vmlinuz": kdir / "boot" / f"vmlinuz-{kver}",
+        f"{base}/config": kdir / "boot" / f"config-{kver}",
+        f"{base}/System.map": kdir / "boot" / f"System.map-{kver}",
+        f"{base}/symvers.gz": symvers_gz,
+    }
+    wanted = "kernel/net/netfilter/nf_conntrack.ko"
+    files[f"{base}/{wanted}"] = mods / wanted
+    # its dependencies, from its .modinfo "depends=" (Debian's package has no modules.dep)
+    modinfo = (mods / wanted).read_bytes()
+    start = modinfo.index(b"\0depends=") + len(b"\0depends=")
+    for dep in modinfo[start : modinfo.index(b"\0", start)].decode().split(","):
+        if dep:
+            (found,) = mods.rglob(f"{dep}.ko")
+            files[f"{base}/{found.relative_to(mods)}"] = found
+    assert f"{base}/{wanted}" in files
+    scripts = {
+        "posttrans": f"if [ -x /usr/sbin/weak-bpf-progs ]; then\n"
+        f"    /usr/sbin/weak-bpf-progs --add-kernel {kver} || :\nfi",
+        "preun": f"if [ -x /usr/sbin/weak-bpf-progs ]; then\n"
+        f"    /usr/sbin/weak-bpf-progs --remove-kernel {kver} || :\nfi",
+    }
+    name = f"kernel-test-{kver.split('-')[1]}"
+    return simple_spec(workdir / f"{name}.spec", name, "6.1.0", files, scripts)
+
+
+@pytest.fixture(scope="module")
+def packages(
+    tmp_path_factory: pytest.TempPathFactory, debian_kernels: dict[str, Path]
+) -> dict[str, Path]:
+    require_root()
+    require_tool("rpm")
+    require_tool("rpmbuild")
+    require_tool("unshare")
+    require_tool("clang")
+    require_tool("bpftool")
+    work = tmp_path_factory.mktemp("packages")
+    built: dict[str, Path] = {}
+
+    # this project, as `make rpm` builds it (without %check: it would run this test again)
+    topdir = work / "tool"
+    env = dict(os.environ, WEAK_BPF_RPM_TOPDIR=str(topdir))
+    run([str(REPO / "scripts" / "make-rpm"), "--without", "check"], env=env)
+    (built["tool"],) = (topdir / "RPMS" / "noarch").glob("weak-bpf-progs-0*.rpm")
+
+    # the example program package, two versions, greylists by the macro against the old kernel
+    old = min(debian_kernels)
+    vmlinux = bpfbuild.vmlinux_of(debian_kernels[old] / "boot" / f"vmlinuz-{old}")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    symvers = debian_kernels[old] / "usr" / "src" / f"linux-headers-{old}" / "Module.symvers"
+    for version, progs in (("1.0", "sys_key open_count"), ("2.0", "sys_key exec_state")):
+        built[f"prog-{version}"] = rpmbuild(
+            EXAMPLES / "acme-example-bpf.spec",
+            work / f"prog-{version}",
+            f"_sourcedir {EXAMPLES}",
+            f"vmlinux_h_dir {bpfbuild.vmlinux_h(vmlinux)}",
+            f"weak_bpf_build_btf {vmlinux}",
+            f"weak_bpf_build_symvers {symvers}",
+            f"__weak_bpf_progs {sys.executable} -m weak_bpf",
+            f"example_version {version}",
+            f"progs {progs}",
+            env=env,
+        )
+
+    for kver, kdir in debian_kernels.items():
+        spec = kernel_spec(work, kver, kdir)
+        built[kver] = rpmbuild(spec, work / f"k-{kver}")
+
+    garbage = work / "garbage.bpf.o"
+    garbage.write_bytes(b"\x7fELF this is not a BPF object\n" * 10)
+    spec = simple_spec(
+        work / "acme-broken-bpf.spec",
+        "acme-broken-bpf",
+        "1.0",
+        {"usr/lib/bpf/acme-broken/x.bpf.o": garbage},
+        {},
+    )
+    built["broken"] = rpmbuild(spec, work / "broken")
+    return built
+
+
+# --- the test root ------------------------------------------------------------------------------
+
+
+JOURNAL: dict[str, Journald] = {}  # the test journald, while the module runs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def journald(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journald]:
+    """A journald of our own, whose socket is the root's /run/systemd/journal/socket."""
+    require_root()
+    require_tool("unshare")
+    require_tool("journalctl")
+    require(os.access(JOURNALD, os.X_OK), f"{JOURNALD} is not installed (systemd-journald)")
+    daemon = Journald(tmp_path_factory.mktemp("journald"), namespace=f"weakbpfrpm{os.getpid()}")
+    JOURNAL["daemon"] = daemon
+    yield daemon
+    del JOURNAL["daemon"]
+    daemon.stop()
+
+
+def rpm(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`rpm --root root --dbpath /var/lib/rpm ARGS`, with the host's interpreter bound in."""
+    env = dict(os.environ, HOST_DIRS=" ".join(HOST_DIRS), JOURNAL_SOCKET=JOURNAL["daemon"].socket)
+    env.pop("PYTHONPATH", None)
+    return run(["unshare", "-m", "sh", "-c", IN_ROOT, "sh", str(root), *args], env=env)
+
+
+@pytest.fixture
+def root(tmp_path: Path, packages: dict[str, Path]) -> Path:
+    """An empty root with an rpm database and weak-bpf-progs installed from its rpm."""
+    r = tmp_path / "root"
+    r.mkdir()
+    for top in ("bin", "lib", "lib64", "sbin"):
+        (r / top).symlink_to(f"usr/{top}")
+    rpm(r, "--initdb")
+    # --nodeps: the root's database knows nothing of the host's python3 and pyelftools
+    rpm(r, "-i", "--nodeps", str(packages["tool"]))
+    assert (r / "usr/sbin/weak-bpf-progs").is_file()
+    return r
+
+
+def audit(root: Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "weak_bpf", "--root", str(root), "--no-journal", "audit", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode in (0, 1), proc.stderr
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
+
+
+def links_of(root: Path, kver: str) -> set[str]:
+    """The programs (paths in the root) linked for kver."""
+    found = set()
+    top = root / "usr/lib/modules" / kver / "bpf" / "weak-updates"
+    for directory, _, names in os.walk(top, followlinks=True):
+        for name in names:
+            path = Path(directory, name)
+            if path.is_symlink():
+                target = os.readlink(path)
+                if target.startswith("/"):
+                    found.add(target.lstrip("/"))
+                else:
+                    resolved = os.path.normpath(os.path.join(os.path.dirname(path), target))
+                    found.add(os.path.relpath(resolved, root))
+    return found
+
+
+def check(root: Path, kernels: set[str], programs: set[str]) -> dict[str, Any]:
+    """Links and reports are those that audit predicts; the kernels and programs are these."""
+    doc = audit(root)
+    assert set(doc["kernels"]) == kernels
+    assert {p["path"] for p in doc["programs"]} == programs
+    for kver in kernels:
+        expected = {p["path"] for p in doc["programs"] if p["results"][kver]["verdict"] in LINKABLE}
+        assert links_of(root, kver) == expected, kver
+        assert {p["path"] for p in doc["programs"] if p["results"][kver]["linked"]} == expected
+        assert (root / "var/lib/weak-bpf-progs/reports" / f"{kver}.json").is_file()
+        check_journal(root, kver)
+    return doc
+
+
+_BARRIERS = itertools.count(1)
+
+
+def check_journal(root: Path, kver: str) -> None:
+    """The journal's last entries for kver, sent from inside the root by a scriptlet, say what
+    its report file says."""
+    daemon = JOURNAL["daemon"]
+    marker = f"barrier-{os.getpid()}-{next(_BARRIERS)}"
+    assert journal.send_to_journal(
+        Resolution(marker, Action.ADD_KERNEL, False), socket_path=daemon.socket
+    )
+    assert len(daemon.wait_for(1, f"WEAK_BPF_KERNEL={marker}")) == 1
+    doc = report(root, kver)
+    # the tests run one after the other: the last summary for kver is this root's
+    summaries = daemon.read(f"WEAK_BPF_KERNEL={kver}", f"MESSAGE_ID={journal.MESSAGE_ID_SUMMARY}")
+    assert summaries, f"no journal entry for {kver}"
+    last = summaries[-1]
+    assert last["MESSAGE"] == doc["summary"]
+    assert last["WEAK_BPF_ACTION"] == doc["action"]
+    entries = daemon.read(f"_PID={last['_PID']}", f"WEAK_BPF_KERNEL={kver}")
+    logged = {e["WEAK_BPF_PROGRAM"] for e in entries if "WEAK_BPF_PROGRAM" in e}
+    expected = {p["path"] for p in doc["programs"] if p["changed"] or p["state"] == "not-linkable"}
+    assert logged == expected
+
+
+def installed(root: Path) -> set[str]:
+    out = rpm(root, "-qa", "--qf", "%{NAME}-%{VERSION}\\n").stdout
+    return set(out.split())
+
+
+def report(root: Path, kver: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(
+        (root / "var/lib/weak-bpf-progs/reports" / f"{kver}.json").read_text()
+    )
+    return doc
+
+
+V1 = {f"{PROGDIR}/sys_key.bpf.o", f"{PROGDIR}/open_count.bpf.o"}
+V2 = {f"{PROGDIR}/sys_key.bpf.o", f"{PROGDIR}/exec_state.bpf.o"}
+
+
+# --- the transactions ---------------------------------------------------------------------------
+
+
+def test_program_first_then_kernels_upgrade_erase(
+    root: Path, packages: dict[str, Path], debian_kernels: dict[str, Path]
+) -> None:
+    old, new = sorted(debian_kernels)
+    rpm(root, "-i", "--nodeps", str(packages["prog-1.0"]))
+    check(root, set(), V1)
+    # the macro's greylists: the kfuncs with their CRCs on the build kernel (as tests/progs/
+    # greylist.bpf.c has them from `greylist --kernel`), none for a program without kfuncs
+    greylist = (root / f"{PROGDIR}/sys_key.bpf.o.greylist").read_text()
+    assert "0xe1c9c661\tbpf_lookup_system_key\tvmlinux\t" in greylist
+    assert "0x8b737d5b\tbpf_key_put\tvmlinux\t" in greylist
+    open_count = (root / f"{PROGDIR}/open_count.bpf.o.greylist").read_text()
+    assert [line for line in open_count.splitlines() if not line.startswith("#")] == []
+
+    rpm(root, "-i", "--nodeps", str(packages[old]))
+    doc = check(root, {old}, V1)
+    assert links_of(root, old), "the build kernel links the programs built for it"
+    assert report(root, old)["action"] == "add-kernel"
+
+    rpm(root, "-i", "--nodeps", str(packages[new]))
+    check(root, {old, new}, V1)
+    assert report(root, new)["action"] == "add-kernel"
+
+    rpm(root, "-U", "--nodeps", str(packages["prog-2.0"]))
+    check(root, {old, new}, V2)
+    assert f"{PROGDIR}/exec_state.bpf.o" in links_of(root, old)
+
+    rpm(root, "-e", "--nodeps", "acme-example-bpf")
+    doc = check(root, {old, new}, set())
+    assert doc["programs"] == []
+
+    rpm(root, "-i", "--nodeps", str(packages["prog-1.0"]))
+    check(root, {old, new}, V1)
+    rpm(root, "-e", "--nodeps", f"kernel-test-{old.split('-')[1]}")
+    check(root, {new}, V1)
+    assert links_of(root, old) == set()
+    assert report(root, old)["action"] == "remove-kernel"
+    assert installed(root) == {
+        "weak-bpf-progs-0.1.0",
+        "acme-example-bpf-1.0",
+        f"kernel-test-{new.split('-')[1]}-6.1.0",
+    }
+
+
+def test_kernels_first_then_program(
+    root: Path, packages: dict[str, Path], debian_kernels: dict[str, Path]
+) -> None:
+    old, new = sorted(debian_kernels)
+    rpm(root, "-i", "--nodeps", str(packages[old]), str(packages[new]))
+    check(root, {old, new}, set())
+    rpm(root, "-i", "--nodeps", str(packages["prog-1.0"]))
+    check(root, {old, new}, V1)
+    # the file trigger, not a scriptlet of the program package, made them
+    assert links_of(root, old) and report(root, old)["action"] == "add-progs"
+    assert report(root, new)["action"] == "add-progs"
+
+
+def test_corrupt_object_does_not_stop_a_kernel(
+    root: Path, packages: dict[str, Path], debian_kernels: dict[str, Path]
+) -> None:
+    new = max(debian_kernels)
+    rpm(root, "-i", "--nodeps", str(packages["broken"]), str(packages["prog-1.0"]))
+    rpm(root, "-i", "--nodeps", str(packages[new]))
+    assert f"kernel-test-{new.split('-')[1]}-6.1.0" in installed(root)
+    check(root, {new}, V1 | {"usr/lib/bpf/acme-broken/x.bpf.o"})
+    broken = [p for p in report(root, new)["programs"] if p["path"].endswith("x.bpf.o")]
+    assert len(broken) == 1 and not broken[0]["linked"]
+    assert "malformed" in {r["code"] for r in broken[0]["reasons"]}
