@@ -7,11 +7,12 @@ import contextlib
 import enum
 import json
 import logging
+import os
 import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, TextIO
 
 from weak_bpf import __version__
 from weak_bpf.errors import ApplyError, WeakBpfError
@@ -260,15 +261,67 @@ def _cmd_progs(args: argparse.Namespace) -> int:
     return _print_runs(args, runs)
 
 
+def _wants_color(stream: TextIO) -> bool:
+    """Color on a terminal, unless NO_COLOR (https://no-color.org) is set or TERM is dumb."""
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def _running_kernel(root: Path) -> str | None:
+    """The running kernel's release when the audited root is this very system."""
+    from weak_bpf import kernel
+
+    return kernel.running_release() if root.resolve() == Path("/") else None
+
+
+def _kernel_marks(root: Path, kvers: Sequence[str]) -> dict[str, list[str]]:
+    """{kver: ["running", "default"]}, as far as they are known, for the audit's headers."""
+    from weak_bpf import bootloader
+
+    running, default = _running_kernel(root), bootloader.default_kernel(root)
+    marks: dict[str, list[str]] = {}
+    for kver in kvers:
+        notes = [n for n, k in (("running", running), ("default", default)) if k == kver]
+        if notes:
+            marks[kver] = notes
+    return marks
+
+
+class _Progress:
+    """One self-overwriting status line on a terminal's stderr; nothing elsewhere."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream if stream.isatty() else None
+        self.shown = False
+
+    def __call__(self, message: str) -> None:
+        if self.stream is not None:
+            self.stream.write(f"\r\x1b[K{message}")
+            self.stream.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.stream is not None and self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from weak_bpf import ops, report
 
     kernels = [*args.kernels, *args.kernel_filter]
-    result = ops.audit(args.root, kernels, programs=args.program, cache=not args.dry_run)
+    progress = _Progress(sys.stderr)
+    try:
+        result = ops.audit(
+            args.root, kernels, programs=args.program, cache=not args.dry_run, progress=progress
+        )
+    finally:
+        progress.clear()
     if args.json:
         sys.stdout.write(json.dumps(report.audit_json(result), indent=2) + "\n")
     else:
-        sys.stdout.write(report.render_audit(result))
+        marks = _kernel_marks(args.root, result.kernels)
+        sys.stdout.write(report.render_audit(result, color=_wants_color(sys.stdout), marks=marks))
     return Exit.OK if result.clean else Exit.FINDINGS
 
 

@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,16 +207,22 @@ def audit(
     programs: Sequence[str] = (),
     cache: bool = True,
     exclude: Collection[str] = (),
+    progress: Callable[[str], None] | None = None,
 ) -> AuditReport:
     """Every installed program (or those whose path matches one of `programs`, fnmatch
-    patterns) against every installed kernel (or the ones given).
+    patterns) against every installed kernel (or the ones given). `progress`, if given, hears
+    a short line at each kernel and every few programs.
 
     Results are kept in the cache, per kernel, under keys that change with any file they were
     computed from, so a warm audit reads no object and no BTF at all."""
     if not root.is_dir():
         raise WeakBpfError(f"{root}: no such directory", hint="--root names an installed system")
     store = Cache(root, writable=cache)
-    facts = kernel_facts(root, kvers, cache=cache)
+    facts = []
+    for kver in list(kvers) or list(kernel.installed_kernels(root)):
+        if progress is not None:
+            progress(f"reading kernel {kver}...")
+        facts.extend(kernel_facts(root, [kver], cache=cache))
     names = {f.kver: f"results-{_kernel_key(f)}.json" for f in facts}
     tables = {kver: store.get_json(name) or {} for kver, name in names.items()}
     changed: set[str] = set()
@@ -224,7 +230,9 @@ def audit(
     selected = [
         p for p in installed_programs(root) if _selected(p, programs) and p.path not in exclude
     ]
-    for program in selected:
+    if progress is not None:
+        progress(f"checking {len(selected)} programs...")
+    for done, program in enumerate(selected, 1):
         key = _program_key(root, program)
         entries = {kver: table.get(key) for kver, table in tables.items()}
         try:
@@ -246,6 +254,8 @@ def audit(
                     changed.add(f.kver)
         results = {f.kver: (cached[f.kver], is_linked(root, f.kver, program)) for f in facts}
         audits.append(ProgramAudit(program, build_kernel, results, greylist))
+        if progress is not None and done % 10 == 0:
+            progress(f"checked {done} of {len(selected)} programs")
     for kver in changed:
         store.put(names[kver], json.dumps(tables[kver]).encode())
     return AuditReport(root, tuple(f.kver for f in facts), tuple(audits))

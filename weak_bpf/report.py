@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
+from itertools import zip_longest
 
 from weak_bpf.kernel import BtfSourceKind
-from weak_bpf.model import Area, Outcome, ReasonCode, Result
+from weak_bpf.model import Area, Outcome, ReasonCode, Result, Verdict
 from weak_bpf.ops import AuditReport, KernelSummary, ProgramAudit
 from weak_bpf.parsers.bpfobject import BpfObject, Extern, ExternKind, Function
 from weak_bpf.parsers.btfext import CoreReloKind
@@ -183,22 +185,59 @@ def _cell(result: Result) -> str:
     return result.verdict.value
 
 
-def render_audit(report: AuditReport) -> str:
+# ANSI SGR colors for the verdicts in a terminal (render_audit(color=True))
+_VERDICT_COLOR = {
+    Verdict.COMPATIBLE: "32",  # green
+    Verdict.COMPATIBLE_UNSTABLE: "33",  # yellow
+    Verdict.INCOMPATIBLE: "31",  # red
+    Verdict.UNKNOWN: "35",  # magenta
+    Verdict.NATIVE: "34",  # blue
+}
+
+
+def _paint(text: str, sgr: str | None) -> str:
+    return f"\x1b[{sgr}m{text}\x1b[0m" if sgr else text
+
+
+def _kernel_header(kver: str, marks: Sequence[str]) -> str:
+    return f"{kver} ({', '.join(marks)})" if marks else kver
+
+
+def render_audit(
+    report: AuditReport,
+    *,
+    color: bool = False,
+    marks: Mapping[str, Sequence[str]] | None = None,
+) -> str:
+    """The audit table: one row per program, one column per kernel, then one summary line per
+    kernel. `marks` adds notes to kernel headers (e.g. {"6.1.0-47": ["running", "default"]});
+    `color` paints each verdict with ANSI codes (widths are those of the plain text)."""
     if not report.kernels:
         return "no kernels installed under this root\n"
     if not report.programs:
         return "no BPF programs installed under this root\n"
-    header = ["program", *report.kernels]
+    marks = marks or {}
+    header = ["program", *(_kernel_header(k, marks.get(k, ())) for k in report.kernels)]
     rows = [
         [p.program.path, *(_cell(p.results[k][0]) for k in report.kernels)] for p in report.programs
     ]
+    sgrs: list[list[str | None]] = [
+        [
+            None,
+            *(_VERDICT_COLOR[p.results[k][0].verdict] if color else None for k in report.kernels),
+        ]
+        for p in report.programs
+    ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() + "\n"
+    def line(cells: list[str], colors: Sequence[str | None] = ()) -> str:
+        painted = [
+            _paint(c, s) + " " * (w - len(c)) for c, w, s in zip_longest(cells, widths, colors)
+        ]
+        return "  ".join(painted).rstrip() + "\n"
 
     out = [line(header), line(["-" * w for w in widths])]
-    out.extend(line(r) for r in rows)
+    out.extend(line(r, c) for r, c in zip(rows, sgrs))
     out.append("\n")
     for kver in report.kernels:
         usable = sum(1 for p in report.programs if p.results[kver][0].verdict.usable)
