@@ -170,11 +170,12 @@ def test_json_schema_and_round_trip() -> None:
 
 def test_summary() -> None:
     assert resolution("K").summary == (
-        "add-kernel K: 6 programs, 1 linked (1 new), 2 links removed, 2 not linkable"
+        "add-kernel K: 6 programs, 1 linked (1 new), 2 links removed, 2 not linkable, "
+        "2 not linked (native, or another build is used)"
     )
     assert resolution("K", dry_run=True).summary == (
         "dry run: add-kernel K: 6 programs, 1 would link (1 new), 2 links would be removed, "
-        "2 not linkable"
+        "2 not linkable, 2 not linked (native, or another build is used)"
     )
     empty = Resolution("K", Action.REMOVE_KERNEL, False, (), ("lock timeout",))
     assert empty.summary == "remove-kernel K: 0 programs, 0 linked, 1 error"
@@ -199,7 +200,8 @@ def test_stderr_report() -> None:
     lines = text.splitlines()
     assert (
         lines[0] == "weak-bpf-progs: add-kernel K: 6 programs, 1 linked (1 new), "
-        "2 links removed, 2 not linkable, 1 error"
+        "2 links removed, 2 not linkable, 2 not linked (native, or another build is used), "
+        "1 error"
     )
     assert (
         f"weak-bpf-progs: warning: {BROKEN.path} is not linkable on kernel K: incompatible; "

@@ -378,3 +378,14 @@ def test_a_broken_configuration_falls_back_to_the_defaults(root: Path) -> None:
     assert proc.returncode == 0
     assert "link_unstable: expected yes or no" in proc.stderr
     assert "acme-trace/exec_state.bpf.o" in links(root, NEW)
+
+
+def test_a_build_native_to_the_kernel_supersedes_the_others(root: Path) -> None:
+    proc = run(root, "--json", "add-kernel", OLD)
+    assert proc.returncode == 0, proc.stderr
+    [doc] = json.loads(proc.stdout)
+    states = {p["path"]: (p["state"], p["superseded_by"]) for p in doc["programs"]}
+    native = f"usr/lib/modules/{OLD}/bpf/extra/acme-net/xdp_ct.bpf.o"
+    assert states["usr/lib/bpf/acme-net/xdp_ct.bpf.o"] == ("not-linked", native)
+    assert states[native] == ("not-linked", None)
+    assert doc["counts"]["linked"] == 2 and doc["counts"]["not_linkable"] == 1

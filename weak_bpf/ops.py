@@ -458,14 +458,14 @@ def _resolve_kernel(  # noqa: PLR0917
     for p in report.programs:
         result = p.results[kver][0]
         name = p.program.link_name
-        holder = the_plan.chosen.get(name)
+        holder = the_plan.chosen.get(name) or the_plan.native.get(name)
         changes.append(
             ProgramChange(
                 path=p.program.path,
                 package=packages.get(p.program.path),
                 verdict=result.verdict,
                 reasons=result.reasons,
-                linked=holder == p.program.path,
+                linked=the_plan.chosen.get(name) == p.program.path,
                 was_linked=current.get(name) == resolver.link_target(kver, name, p.program.path),
                 previous_verdict=previous.get(p.program.path),
                 link=name,

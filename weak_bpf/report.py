@@ -177,9 +177,11 @@ def audit_json(report: AuditReport) -> dict[str, object]:
 
 
 def _cell(result: Result) -> str:
-    reasons = result.reasons
-    if reasons:
-        return f"{result.verdict.value} ({reasons[0].code.value})"
+    # the reason that decides the verdict: a certain failure before an undecided check
+    deciding = [c for c in result.checks if c.outcome is Outcome.FAIL and c.code is not None]
+    deciding += [c for c in result.checks if c.outcome is Outcome.UNDECIDED and c.code]
+    if deciding and deciding[0].code is not None:
+        return f"{result.verdict.value} ({deciding[0].code.value})"
     if result.modules and result.verdict.usable:
         return f"{result.verdict.value} (needs {', '.join(result.modules)})"
     return result.verdict.value

@@ -151,6 +151,9 @@ class Resolution:
         not_linkable = len(self.in_state(State.NOT_LINKABLE))
         if not_linkable:
             parts.append(f"{not_linkable} not linkable")
+        elsewhere = sum(1 for p in self.in_state(State.NOT_LINKED) if p.verdict is not None)
+        if elsewhere:
+            parts.append(f"{elsewhere} not linked (native, or another build is used)")
         if self.errors:
             parts.append(f"{len(self.errors)} error{'s' if len(self.errors) != 1 else ''}")
         prefix = "dry run: " if self.dry_run else ""

@@ -39,6 +39,7 @@ class Plan:
     chosen: Mapping[str, str]  # link name -> object path
     add: tuple[str, ...]  # link names that appear or change target
     remove: tuple[str, ...]  # link names that go
+    native: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> K's own build
 
     @property
     def changes(self) -> bool:
@@ -77,8 +78,11 @@ def plan(
         groups.setdefault(c.link_name, []).append(c)
     links: dict[str, str] = {}
     chosen: dict[str, str] = {}
+    native: dict[str, str] = {}
     for link_name, builds in sorted(groups.items()):
-        if any(c.native_kernel == kver or c.result.verdict is Verdict.NATIVE for c in builds):
+        own = [c for c in builds if c.native_kernel == kver or c.result.verdict is Verdict.NATIVE]
+        if own:
+            native[link_name] = own[0].path
             continue
         linkable = [c for c in builds if c.result.verdict.linkable(link_unstable=link_unstable)]
         if linkable:
@@ -87,4 +91,4 @@ def plan(
             chosen[link_name] = best.path
     add = tuple(n for n in sorted(links) if current.get(n) != links[n])
     remove = tuple(n for n in sorted(current) if n not in links)
-    return Plan(kver, links, chosen, add, remove)
+    return Plan(kver, links, chosen, add, remove, native)
