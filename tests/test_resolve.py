@@ -376,7 +376,10 @@ def test_a_broken_configuration_falls_back_to_the_defaults(root: Path) -> None:
     (root / "etc/weak-bpf-progs.conf").write_text("[main]\nlink_unstable = perhaps\n")
     proc = run(root, "add-kernel", NEW)
     assert proc.returncode == 0
-    assert "link_unstable: expected yes or no" in proc.stderr
+    assert "etc/weak-bpf-progs.conf: [main] link_unstable = 'perhaps': expected yes or no" in (
+        proc.stderr
+    )
+    assert "uses the defaults" in proc.stderr
     assert "acme-trace/exec_state.bpf.o" in links(root, NEW)
 
 

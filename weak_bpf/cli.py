@@ -229,9 +229,13 @@ def _print_runs(args: argparse.Namespace, runs: list[KernelRun]) -> int:
             if args.dry_run:
                 sys.stdout.writelines(f"{line}\n" for line in run.plan.describe())
             print(run.resolution.summary)
+    everywhere = set.intersection(*(set(r.resolution.errors) for r in runs)) if runs else set()
+    for problem in sorted(everywhere):  # bad input: say it once, not once per kernel
+        log.warning("%s", problem)
     for run in runs:
         for problem in run.resolution.errors:
-            log.warning("%s: %s", run.resolution.kernel, problem)
+            if problem not in everywhere:
+                log.warning("%s: %s", run.resolution.kernel, problem)
     return Exit.OK
 
 

@@ -36,46 +36,72 @@ class Config:
         return dict(self.kabi_overrides).get(kver)
 
 
+_HINT = (
+    "this run ignores the whole configuration and uses the defaults (link_unstable = yes, "
+    "lock_timeout = 60); fix the file, see weak-bpf-progs.conf(5)"
+)
+
+
 def _bool(value: str, where: str) -> bool:
     lowered = value.strip().lower()
     if lowered in _TRUE:
         return True
     if lowered in _FALSE:
         return False
-    raise FormatError(f"{where}: expected yes or no, not {value!r}")
+    raise ValueError(f"{where} = {value!r}: expected yes or no")
+
+
+def _apply(name: str, text: str, values: dict[str, object]) -> None:
+    """Read one file into `values`; its errors name it. Raises FormatError."""
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+
+    def bad(message: str) -> FormatError:
+        return FormatError(message, source=name, hint=_HINT)
+
+    try:
+        parser.read_string(text, source=name)
+    except configparser.Error as e:
+        raise bad(str(e).splitlines()[0]) from None
+    overrides = values.setdefault("kabi_overrides", {})
+    assert isinstance(overrides, dict)
+    for section in parser.sections():
+        if section == "main":
+            for key, value in parser[section].items():
+                try:
+                    if key == "link_unstable":
+                        values[key] = _bool(value, "[main] link_unstable")
+                    elif key == "lock_timeout":
+                        values[key] = float(value)
+                    else:
+                        raise bad(f"[main]: unknown option {key!r} (known: link_unstable, "
+                                  "lock_timeout)")  # fmt: skip
+                except ValueError as e:
+                    if key == "link_unstable":
+                        raise bad(str(e)) from None
+                    raise bad(f"[main] lock_timeout = {value!r}: not a number of seconds") from None
+        elif section.startswith("kernel "):
+            kver = section[len("kernel ") :].strip()
+            for key, value in parser[section].items():
+                if key != "kabi_stablelist":
+                    raise bad(f"[{section}]: unknown option {key!r} (it takes kabi_stablelist)")
+                overrides[kver] = value.strip().lstrip("/")
+        else:
+            raise bad(f"unknown section [{section}] (known: [main], [kernel K])")
 
 
 def parse_config(sources: Iterable[tuple[str, str]]) -> Config:
-    """`sources`: (name, text) pairs in the order they are read. Raises FormatError."""
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    """`sources`: (name, text) pairs in the order they are read; a later value wins.
+    Raises FormatError naming the file at fault."""
+    values: dict[str, object] = {}
     for name, text in sources:
-        try:
-            parser.read_string(text, source=name)
-        except configparser.Error as e:
-            raise FormatError(str(e).splitlines()[0], source=name) from None
-    link_unstable, lock_timeout, overrides = True, 60.0, []
-    for section in parser.sections():
-        values = parser[section]
-        if section == "main":
-            for key, value in values.items():
-                if key == "link_unstable":
-                    link_unstable = _bool(value, "link_unstable")
-                elif key == "lock_timeout":
-                    try:
-                        lock_timeout = float(value)
-                    except ValueError:
-                        raise FormatError(f"lock_timeout: not a number: {value!r}") from None
-                else:
-                    raise FormatError(f"[main]: unknown option {key!r}")
-        elif section.startswith("kernel "):
-            kver = section[len("kernel ") :].strip()
-            for key, value in values.items():
-                if key != "kabi_stablelist":
-                    raise FormatError(f"[{section}]: unknown option {key!r}")
-                overrides.append((kver, value.strip().lstrip("/")))
-        else:
-            raise FormatError(f"unknown section [{section}]")
-    return Config(link_unstable, lock_timeout, tuple(overrides))
+        _apply(name, text, values)
+    overrides = values.get("kabi_overrides") or {}
+    assert isinstance(overrides, dict)
+    return Config(
+        bool(values.get("link_unstable", True)),
+        float(values.get("lock_timeout", 60.0)),  # type: ignore[arg-type]
+        tuple(sorted(overrides.items())),
+    )
 
 
 def load_config(root: Path) -> Config:

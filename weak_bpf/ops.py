@@ -157,7 +157,9 @@ def settings(root: Path) -> Config:
     try:
         return load_config(root)
     except WeakBpfError as e:
-        log.warning("%s; using the defaults", e)
+        log.warning("%s", e)
+        if e.hint:
+            log.warning("hint: %s", e.hint)
         return Config()
 
 
@@ -448,8 +450,9 @@ def _resolve_kernel(  # noqa: PLR0917
     current = actions.current_links(root, kver)
     the_plan = resolver.plan(kver, candidates, current, link_unstable=config.link_unstable)
     problems = list(errors)
+    blocked: set[str] = set()
     if not dry_run and (the_plan.changes or not actions.in_place(root, kver)):
-        blocked = actions.apply_links(root, kver, the_plan.links)
+        blocked = set(actions.apply_links(root, kver, the_plan.links))
         problems += [
             f"{name}: a file weak-bpf-progs did not make is in the way" for name in blocked
         ]
@@ -465,7 +468,7 @@ def _resolve_kernel(  # noqa: PLR0917
                 package=packages.get(p.program.path),
                 verdict=result.verdict,
                 reasons=result.reasons,
-                linked=the_plan.chosen.get(name) == p.program.path,
+                linked=the_plan.chosen.get(name) == p.program.path and name not in blocked,
                 was_linked=current.get(name) == resolver.link_target(kver, name, p.program.path),
                 previous_verdict=previous.get(p.program.path),
                 link=name,
@@ -515,7 +518,7 @@ def changed_programs(root: Path, paths: Iterable[str]) -> tuple[list[str], list[
         try:
             good.append(program_path(path))
         except WeakBpfError as e:
-            errors.append(str(e))
+            errors.append(f"ignored: {e}" + (f" ({e.hint})" if e.hint else ""))
     return good, errors
 
 

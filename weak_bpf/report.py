@@ -119,8 +119,8 @@ def render_object(obj: BpfObject, *, verbose: bool = False) -> str:
 AUDIT_JSON_VERSION = 1
 
 _ADVICE = {
-    ReasonCode.MALFORMED: "reinstall the package that ships it: the file is damaged or not a "
-    "BPF object",
+    ReasonCode.MALFORMED: "the file is damaged or not a BPF object: reinstall or update the "
+    "package that ships it (or, for your own build, rebuild it)",
     ReasonCode.SYMBOL_MISSING: "update the package to a build made for {k}, or ask the vendor",
     ReasonCode.CRC_MISMATCH: "update the package to a build made for {k}: the kernel interface "
     "it uses changed",
