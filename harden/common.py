@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -128,10 +129,13 @@ def wrapper_bin(work: Path) -> Path:
     bindir = work / "bin"
     bindir.mkdir(parents=True, exist_ok=True)
     script = bindir / "weak-bpf-progs"
-    script.write_text(
-        f'#!/bin/sh\nPYTHONPATH={REPO} exec {PYTHON} -m weak_bpf "$@"\n', encoding="utf-8"
-    )
-    script.chmod(0o755)
+    text = f'#!/bin/sh\nPYTHONPATH={REPO} exec {PYTHON} -m weak_bpf "$@"\n'
+    if not script.exists() or script.read_text(encoding="utf-8") != text:
+        # written aside and renamed: concurrent hooks may be running the old one (ETXTBSY)
+        tmp = bindir / f".weak-bpf-progs.{os.getpid()}.{threading.get_ident()}"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(0o755)
+        os.replace(tmp, script)
     return bindir
 
 
