@@ -299,7 +299,7 @@ class _Checker:
                     Area.KFUNC,
                     Outcome.FAIL,
                     subject,
-                    f"in no BTF of {self.k.kver} (vmlinux or modules)",
+                    f"{self.k.kver} provides no such function, neither in vmlinux nor in a module",
                     code=ReasonCode.KFUNC_MISSING,
                     symbol=ext.name,
                 )

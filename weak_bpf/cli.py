@@ -345,7 +345,16 @@ def _cmd_greylist(args: argparse.Namespace) -> int:
         args.root, args.object, kver=args.kernel, btf_file=args.btf, symvers_file=args.symvers
     )
     for name in result.missing:
-        log.warning("%s is not provided by the build kernel: left out of the greylist", name)
+        log.warning(
+            "%s is in neither the BTF nor the symvers of %s: it is left out of the greylist, "
+            "and the program cannot load on that kernel",
+            name,
+            args.kernel or "the given BTF",
+        )
+        log.warning(
+            "hint: make the greylist against the kernel the program was built for "
+            "(--kernel K, or the --btf and --symvers of that kernel)"
+        )
     sys.stdout.write(result.text)
     return Exit.OK
 

@@ -278,7 +278,11 @@ def explain(root: Path, path: Path, kvers: Sequence[str] = ()) -> ProgramAudit:
     else:
         where = object_path(root, path)
         if not where.is_file():
-            raise WeakBpfError(f"{path}: no such BPF object", hint="give the object's path")
+            raise WeakBpfError(
+                f"{path}: no such BPF object",
+                hint="give an installed program as 'weak-bpf-progs audit' lists it "
+                "(usr/lib/bpf/<pkg>/<name>.bpf.o), or the path of a .bpf.o file",
+            )
         loaded = programs_mod.loose_program(where)
     facts = kernel_facts(root, kvers)
     results = {
@@ -309,7 +313,10 @@ def greylist(
     where = object_path(root, path)
     loaded = programs_mod.loose_program(where)
     if loaded.obj is None:
-        raise WeakBpfError(loaded.error or f"{path}: unreadable", hint="is it a BPF object?")
+        raise WeakBpfError(
+            loaded.error or f"{path}: unreadable",
+            hint="weak-bpf-progs reads BPF objects built with 'clang -g -O2 -target bpf -c'",
+        )
     if btf_file is not None:
         facts = facts_from_files(btf_file, symvers_file)
     else:

@@ -255,6 +255,11 @@ def render_explain(audit: ProgramAudit) -> str:
         out.append(f"  greylist: {audit.greylist.source} ({len(audit.greylist)} symbols)\n")
     for kver, (result, linked) in audit.results.items():
         state = ", linked" if linked else ""
+        if linked and not result.verdict.usable:
+            state = (
+                f" (still linked from an earlier run: the next 'weak-bpf-progs add-kernel {kver}'"
+                " removes the link)"
+            )
         out.append(f"\non {kver}: {result.verdict.value}{state}\n")
         for area in Area:
             checks = [c for c in result.checks if c.area is area]
