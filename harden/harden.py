@@ -18,7 +18,7 @@ import crash
 import fuzz
 import hostile
 
-FULL = {"fuzz": 10_000, "steps": 200, "timed": 30, "rounds": 5, "hook_steps": 10}
+FULL = {"fuzz": 10_000, "steps": 200, "timed": 50, "rounds": 5, "hook_steps": 10}
 QUICK = {"fuzz": 60, "steps": 6, "timed": 1, "rounds": 1, "hook_steps": 1}
 
 
