@@ -173,10 +173,12 @@ def _artifacts(root: Path, kver: str, config: Config) -> kernel.KernelArtifacts:
     return artifacts
 
 
-def kernel_facts(root: Path, kvers: Sequence[str] = (), *, cache: bool = True) -> list[KernelFacts]:
+def kernel_facts(
+    root: Path, kvers: Sequence[str] = (), *, cache: bool = True, config: Config | None = None
+) -> list[KernelFacts]:
     """Facts of the given (default: all installed) kernels, oldest first."""
     store = Cache(root, writable=cache)
-    config = settings(root)
+    config = config or settings(root)
     wanted = list(kvers) or list(kernel.installed_kernels(root))
     return [load_kernel_facts(_artifacts(root, k, config), store) for k in wanted]
 
@@ -210,6 +212,7 @@ def audit(
     cache: bool = True,
     exclude: Collection[str] = (),
     progress: Callable[[str], None] | None = None,
+    config: Config | None = None,
 ) -> AuditReport:
     """Every installed program (or those whose path matches one of `programs`, fnmatch
     patterns) against every installed kernel (or the ones given). `progress`, if given, hears
@@ -220,11 +223,12 @@ def audit(
     if not root.is_dir():
         raise WeakBpfError(f"{root}: no such directory", hint="--root names an installed system")
     store = Cache(root, writable=cache)
+    config = config or settings(root)  # read once: its errors are reported once
     facts = []
     for kver in list(kvers) or list(kernel.installed_kernels(root)):
         if progress is not None:
             progress(f"reading kernel {kver}...")
-        facts.extend(kernel_facts(root, [kver], cache=cache))
+        facts.extend(kernel_facts(root, [kver], cache=cache, config=config))
     names = {f.kver: f"results-{_kernel_key(f)}.json" for f in facts}
     tables = {kver: store.get_json(name) or {} for kver, name in names.items()}
     changed: set[str] = set()
@@ -422,7 +426,7 @@ def resolve(
     lock = contextlib.nullcontext() if dry_run else actions.locked(root, config.lock_timeout)
     runs = []
     with lock:
-        report = audit(root, kvers, cache=not dry_run, exclude=gone)
+        report = audit(root, kvers, cache=not dry_run, exclude=gone, config=config)
         # a dry run opens no database: reading one can create its journal files
         paths = [p.program.path for p in report.programs]
         packages = dict.fromkeys(paths) if dry_run else rpmdb.owners(root, paths)
