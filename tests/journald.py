@@ -167,3 +167,14 @@ class Journald:
                 self.proc.kill()
                 self.proc.wait()
         self._stderr.close()
+
+
+def start(base: Path, namespace: str) -> Journald:
+    """A private journald for a test module or session; fails in CI if it cannot run here."""
+    from conftest import require, require_root, require_tool
+
+    require_root()
+    require_tool("unshare")
+    require_tool("journalctl")
+    require(os.access(JOURNALD, os.X_OK), f"{JOURNALD} is not installed (systemd-journald)")
+    return Journald(base, namespace=namespace)

@@ -18,8 +18,9 @@ from weak_bpf import journal
 from weak_bpf.model import Reason, ReasonCode, Verdict
 from weak_bpf.resolution import Action, ProgramChange, Resolution, State
 
-from conftest import REPO, require, require_root, require_tool
-from journald import JOURNALD, Journald
+import journald as journald_helper
+from conftest import REPO, require_tool
+from journald import Journald
 
 CATALOG = REPO / "systemd" / "weak-bpf-progs.catalog"
 MESSAGE_IDS = {
@@ -242,11 +243,7 @@ def test_socket_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.fixture(scope="session")
 def journald(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journald]:
-    require_root()
-    require_tool("unshare")
-    require_tool("journalctl")
-    require(os.access(JOURNALD, os.X_OK), f"{JOURNALD} is not installed (systemd-journald)")
-    daemon = Journald(tmp_path_factory.mktemp("journald"), namespace=f"weakbpftest{os.getpid()}")
+    daemon = journald_helper.start(tmp_path_factory.mktemp("journald"), f"weakbpftest{os.getpid()}")
     yield daemon
     daemon.stop()
     # Isolated: the host's /run and /var/log never saw it.

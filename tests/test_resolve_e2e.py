@@ -21,8 +21,9 @@ import pytest
 from weak_bpf import journal, rpmdb
 from weak_bpf.resolution import Action, Resolution
 
+import journald as journald_helper
 from conftest import REPO, require, require_root, require_tool
-from journald import JOURNALD, Journald
+from journald import Journald
 
 OLD, NEW = "6.1.0-47-cloud-amd64", "6.1.0-56-cloud-amd64"
 REPORT = f"var/lib/weak-bpf-progs/reports/{NEW}.json"
@@ -44,11 +45,7 @@ PROGRAMS = {
 
 @pytest.fixture(scope="module")
 def journald(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journald]:
-    require_root()
-    require_tool("unshare")
-    require_tool("journalctl")
-    require(os.access(JOURNALD, os.X_OK), f"{JOURNALD} is not installed (systemd-journald)")
-    daemon = Journald(tmp_path_factory.mktemp("journald"), namespace=f"weakbpfe2e{os.getpid()}")
+    daemon = journald_helper.start(tmp_path_factory.mktemp("journald"), f"weakbpfe2e{os.getpid()}")
     yield daemon
     daemon.stop()
 
