@@ -58,6 +58,7 @@ def env(**extra: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("WEAK_BPF_")}
     base["PYTHONPATH"] = str(REPO)
     base["WEAK_BPF_JOURNAL_SOCKET"] = "/nonexistent/weak-bpf-harden-journal"
+    base["PYTHONIOENCODING"] = "utf-8:strict"  # stdio as under en_US.UTF-8 on Fedora and RHEL
     base.update(extra)
     return base
 
@@ -153,6 +154,43 @@ def run_hook(
         timeout=120,
         check=False,
     )
+
+
+class Daemon:
+    """weak-bpf-progsd on `root`, on a private system-like bus (tests/dbus_bus.py), called with
+    busctl as root."""
+
+    def __init__(self, root: Path, work: Path) -> None:
+        sys.path.insert(0, str(REPO / "tests"))
+        import dbus_bus
+
+        self._bus_module = dbus_bus
+        self.directory = work / f"bus-{root.name}"
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.mkdir(parents=True)
+        self.bus = dbus_bus.PrivateBus(self.directory)
+        self.bus.start()
+        self.process = dbus_bus.start_daemon(
+            self.bus, root, ["--idle-timeout", "0"], log=self.directory / "daemon.log"
+        )
+
+    def call(self, method: str, kver: str) -> subprocess.CompletedProcess[str]:
+        """AddKernel or RemoveKernel; busctl exits non-zero with the D-Bus error on stderr."""
+        from weak_bpf.dbus_service import BUS_NAME, INTERFACE, OBJECT_PATH
+
+        return subprocess.run(
+            ["busctl", f"--address={self.bus.address}", "--timeout=180", "call", BUS_NAME,
+             OBJECT_PATH, INTERFACE, method, "sb", kver, "false"],
+            capture_output=True, text=True, timeout=200, check=False,
+        )  # fmt: skip
+
+    def log(self) -> str:
+        return (self.directory / "daemon.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        self._bus_module.stop(self.process)
+        self.bus.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class Stopwatch:

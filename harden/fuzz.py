@@ -17,6 +17,7 @@ import lzma
 import os
 import random
 import resource
+import shutil
 import signal
 import struct
 import sys
@@ -163,7 +164,7 @@ def seeds(reader: str) -> list[bytes]:
             b"kabi_stablelist = /usr/lib/modules/kabi-rhel94/kabi_stablelist_x86_64\n",
             b"# comment\n[main]\nlock_timeout = 0.5\n",
         ]
-    if reader == "cli":
+    if reader == "cli":  # the object that argv may name, mutated like the others
         return [p.read_bytes() for p in _objects()[:10]]
     raise KeyError(reader)
 
@@ -264,7 +265,7 @@ def _base_btf() -> bytes:
 
 READERS = (
     "object", "btf-raw", "btf-elf", "btf-split", "btf-ext", "symvers", "greylist", "kabi",
-    "sysmap", "kconfig", "vmlinuz", "kmod", "config-file",
+    "sysmap", "kconfig", "vmlinuz", "kmod", "config-file", "cli",
 )  # fmt: skip
 
 
@@ -315,73 +316,191 @@ def mutate(data: bytes, draw: Callable[[Any], Any], st: Any) -> bytes:
 # --- one reader, in its own process --------------------------------------------------------------
 
 
-def fuzz_reader(reader: str, count: int, seed: int = 0) -> dict[str, Any]:
-    """Run `count` mutated inputs through `reader`; returns the outcome counts and failures."""
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-    from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis import strategies as st
+class _Outcomes:
+    """Counts of ok / error / traceback / hang / memory over the inputs run, and the failures."""
 
-    from weak_bpf.errors import WeakBpfError
+    def __init__(self, bound: float) -> None:
+        self.bound = bound
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.failures: list[str] = []
+        signal.signal(signal.SIGALRM, _alarm)
 
-    function = _readers()[reader]
-    pool = seeds(reader)
-    outcomes: collections.Counter[str] = collections.Counter()
-    failures: list[str] = []
-    signal.signal(signal.SIGALRM, _alarm)
+    def run(self, function: Callable[[Any], bool], data: Any, describe: str) -> None:
+        """`function` returns True for a parse, False for an expected refusal; anything it
+        raises other than a weak_bpf.errors type is a failure."""
+        from weak_bpf.errors import WeakBpfError
 
-    def one(data: bytes) -> None:
-        signal.setitimer(signal.ITIMER_REAL, TIME_BOUND)
+        signal.setitimer(signal.ITIMER_REAL, self.bound)
         try:
-            function(data)
-            outcomes["ok"] += 1
+            self.counts["ok" if function(data) else "error"] += 1
         except WeakBpfError:
-            outcomes["error"] += 1
+            self.counts["error"] += 1
         except Hang:
-            outcomes["hang"] += 1
-            failures.append(f"hang on {len(data)} bytes: {data[:64]!r}")
+            self.counts["hang"] += 1
+            self.failures.append(f"hang on {describe}")
         except MemoryError:
-            outcomes["memory"] += 1
-            failures.append(f"MemoryError on {len(data)} bytes")
+            self.counts["memory"] += 1
+            self.failures.append(f"MemoryError on {describe}")
         except Exception:
-            outcomes["traceback"] += 1
-            if len(failures) < 20:
-                failures.append(traceback.format_exc(limit=6) + f"input head: {data[:80]!r}")
+            self.counts["traceback"] += 1
+            if len(self.failures) < 20:
+                self.failures.append(traceback.format_exc(limit=6) + f"input: {describe}")
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
-    for data in pool:  # every seed once, unchanged
-        one(data)
+    def result(self, reader: str) -> dict[str, Any]:
+        return {
+            "reader": reader,
+            "inputs": sum(self.counts.values()),
+            **self.counts,
+            "failures": self.failures,
+        }
 
-    @settings(
-        max_examples=max(1, count - len(pool)),
+
+def _hypothesis_settings(count: int) -> Any:
+    from hypothesis import HealthCheck, Phase, settings
+
+    return settings(
+        max_examples=max(1, count),
         deadline=None,
         database=None,
         derandomize=True,
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
+
+
+def fuzz_reader(reader: str, count: int) -> dict[str, Any]:
+    """Run `count` mutated inputs through `reader`; returns the outcome counts and failures."""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    function = _readers()[reader]
+    pool = seeds(reader)
+    outcomes = _Outcomes(TIME_BOUND)
+
+    def parse(data: bytes) -> bool:
+        function(data)
+        return True
+
+    for data in pool:  # every seed once, unchanged
+        outcomes.run(parse, data, f"{len(data)} bytes: {data[:80]!r}")
+
+    @_hypothesis_settings(count - len(pool))
     @given(st.data())
-    def run(data: Any) -> None:
-        seed_bytes = data.draw(st.sampled_from(pool))
-        one(mutate(seed_bytes, data.draw, st))
+    def run(draw: Any) -> None:
+        # an index, not sampled_from(pool): hypothesis would hash and repr every large seed
+        data = mutate(pool[draw.draw(st.integers(0, len(pool) - 1))], draw.draw, st)
+        outcomes.run(parse, data, f"{len(data)} bytes: {data[:80]!r}")
 
     run()
-    return {"reader": reader, "inputs": sum(outcomes.values()), **outcomes, "failures": failures}
+    return outcomes.result(reader)
 
 
-def _child(reader: str, count: int) -> dict[str, Any]:
+# --- the whole CLI: argv, stdin and the files it names -----------------------------------------
+
+CLI_TIME_BOUND = 60.0  # a cold add-kernel reads two kernels' BTF
+CLI_WORDS = (
+    "add-kernel", "remove-kernel", "add-progs", "remove-progs", "audit", "explain", "greylist",
+    "symvers", "kernels", "inspect", "--add-kernel", "--remove-kernel", "--add-progs",
+    "--remove-progs", "--add-modules", "--remove-modules", "-v", "--verbose", "--json",
+    "--dry-run", "--no-journal", "--version", "-h", "--kernel", "--program", "--btf", "--symvers",
+    "--", "-", "--bogus",
+)  # fmt: skip
+
+
+def _cli_values(obj: Path) -> tuple[str, ...]:
+    return (
+        common.OLD, common.NEW, "9.9.9-none", "..", "../" + common.NEW, "a/b", "", " ", "*",
+        "acme-*", "[", "usr/lib/bpf/acme-trace/exec_state.bpf.o",
+        "/usr/lib/bpf/acme-net/xdp_ct.bpf.o", "usr/lib/bpf/../../etc/passwd", str(obj),
+        f"usr/lib/modules/{common.OLD}/vmlinuz", f"usr/lib/modules/{common.NEW}/symvers.gz",
+        "/dev/null", "/", "usr/lib/bpf", "bad\udcff.bpf.o", "x\ny", "-x", "\x00",
+    )  # fmt: skip
+
+
+def fuzz_cli(root: Path, count: int) -> dict[str, Any]:
+    """`count` runs of the CLI's main() on `root`: argv drawn from its words, values that are
+    kernels, paths (good, hostile, absolute) and random text; stdin from the same, or bytes;
+    and the object file argv may name, a mutated real object. Stdin is decoded strictly, as
+    under an en_US.UTF-8 locale. A run may exit 0-3; "internal error" is a failure."""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    import io
+    import logging
+
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from weak_bpf import cli
+
+    os.environ["WEAK_BPF_JOURNAL_SOCKET"] = "/nonexistent/weak-bpf-harden-journal"
+    os.environ.pop("WEAK_BPF_FAULT_STEP", None)
+    logging.getLogger().handlers = [logging.NullHandler()]  # formatted, then dropped
+    logging.getLogger().setLevel(logging.DEBUG)
+    obj = root.parent / f"{root.name}-fuzz.bpf.o"
+    pool = seeds("cli")
+    values = _cli_values(obj)
+    outcomes = _Outcomes(CLI_TIME_BOUND)
+
+    def run_main(spec: tuple[list[str], bytes, bytes]) -> bool:
+        argv, stdin, object_bytes = spec
+        obj.write_bytes(object_bytes)
+        out, err = io.StringIO(), io.StringIO()
+        saved = sys.stdin
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8", errors="strict")
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = cli.main(["--root", str(root), *argv])
+        except SystemExit as e:  # argparse: usage errors, --help, --version
+            code = e.code if isinstance(e.code, int) else 2
+        finally:
+            sys.stdin = saved
+        if "internal error" in err.getvalue() or code not in (0, 1, 2, 3):
+            raise AssertionError(f"exit {code}: {err.getvalue()[-400:]}")
+        return code == 0
+
+    word = st.one_of(st.sampled_from(CLI_WORDS), st.sampled_from(values), st.text(max_size=8))
+    line = st.one_of(st.sampled_from(values), st.text(max_size=16))
+
+    @_hypothesis_settings(count)
+    @given(
+        verb=st.sampled_from((*CLI_WORDS[:10], "")),
+        rest=st.lists(word, max_size=6),
+        lines=st.lists(line, max_size=4),
+        raw=st.binary(max_size=24),
+        data=st.data(),
+    )
+    def run(verb: str, rest: list[str], lines: list[str], raw: bytes, data: Any) -> None:
+        argv = [verb, *rest] if verb else rest
+        stdin = "\n".join(lines).encode(errors="surrogateescape") + raw
+        seed = pool[data.draw(st.integers(0, len(pool) - 1))]
+        object_bytes = mutate(seed, data.draw, st) if data.draw(st.booleans()) else seed
+        outcomes.run(run_main, (argv, stdin, object_bytes), f"argv {argv!r} stdin {stdin!r}")
+
+    run()
+    return outcomes.result("cli")
+
+
+def _child(reader: str, count: int, cli_root: Path | None) -> dict[str, Any]:
     try:
+        if reader == "cli":
+            assert cli_root is not None
+            return fuzz_cli(cli_root, count)
         return fuzz_reader(reader, count)
     except Exception:
         return {"reader": reader, "inputs": 0, "traceback": 1, "failures": [traceback.format_exc()]}
 
 
-def fuzz_all(count: int, readers: tuple[str, ...] = READERS, jobs: int = 0) -> list[dict[str, Any]]:
+def fuzz_all(
+    count: int, work: Path, readers: tuple[str, ...] = READERS, jobs: int = 0
+) -> list[dict[str, Any]]:
     _base_btf()  # build the cached base once, before the workers race for it
+    cli_root = common.clone(common.example_root(work), work / "fuzz-cli-root")
     jobs = jobs or max(1, os.cpu_count() or 1)
     ctx = __import__("multiprocessing").get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-        futures = [pool.submit(_child, reader, count) for reader in readers]
+        futures = [pool.submit(_child, reader, count, cli_root) for reader in readers]
         results = []
         for future in futures:
             try:
@@ -391,7 +510,130 @@ def fuzz_all(count: int, readers: tuple[str, ...] = READERS, jobs: int = 0) -> l
     return results
 
 
+# --- one corrupt program among valid ones ------------------------------------------------------
+
+
+class _RandomDraw:
+    """The strategies `mutate` draws from, answered by a seeded random.Random: corrupt
+    variants for the campaign below, reproducible without hypothesis."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def integers(self, low: int, high: int) -> Callable[[], int]:
+        return lambda: self.rng.randint(low, high)
+
+    def booleans(self) -> Callable[[], bool]:
+        return lambda: self.rng.random() < 0.5
+
+    def sampled_from(self, values: tuple[Any, ...]) -> Callable[[], Any]:
+        return lambda: self.rng.choice(values)
+
+    def binary(self, min_size: int, max_size: int) -> Callable[[], bytes]:
+        return lambda: self.rng.randbytes(self.rng.randint(min_size, max_size))
+
+
+def corrupt_variants(count: int) -> list[bytes]:
+    """Objects the reader refuses: fixed cases first (empty, a bare ELF magic, text, a kernel
+    module, halves of a real object), then mutations of real objects."""
+    from weak_bpf.errors import WeakBpfError
+    from weak_bpf.parsers.bpfobject import read_bpf_object
+
+    seed = _objects()[0].read_bytes()
+    fixed = [b"", b"\x7fELF", b"#!/bin/sh\nexit 0\n", _small_kos(common.OLD, 1)[0].read_bytes(),
+             seed[: len(seed) // 2], seed[:64]]  # fmt: skip
+    out = fixed[:count]
+    pool = [p.read_bytes() for p in _objects()[:10]]
+    n = 0
+    while len(out) < count:
+        n += 1
+        draw = _RandomDraw(n)
+        data = mutate(pool[n % len(pool)], lambda f: f(), draw)
+        try:
+            read_bpf_object(data, "corrupt.bpf.o")
+        except WeakBpfError:
+            out.append(data)
+    return out
+
+
+CORRUPT = "usr/lib/bpf/acme-bad/corrupt.bpf.o"
+
+
+def _resolve_all(root: Path) -> tuple[dict[str, Any], list[str]]:
+    """add-kernel on both kernels, then audit: {what: document} and any command failures."""
+    docs: dict[str, Any] = {}
+    problems = []
+    for args in (["add-kernel", common.OLD], ["add-kernel", common.NEW], ["audit"]):
+        proc = common.cli(root, "--json", *args)
+        if proc.returncode not in (0, 1) or "internal error" in proc.stderr:
+            problems.append(f"{' '.join(args)}: exit {proc.returncode}: {proc.stderr[-300:]}")
+            continue
+        docs[" ".join(args)] = json.loads(proc.stdout)
+    docs["links"] = common.link_sets(root)
+    return docs, problems
+
+
+def _without_corrupt(docs: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """The documents without the corrupt program's entries, and those entries."""
+    rest: dict[str, Any] = {}
+    corrupt: list[Any] = []
+    for key, doc in docs.items():
+        if key == "links":
+            rest[key] = doc
+            continue
+        runs = doc if isinstance(doc, list) else [doc]
+        kept = []
+        for run in runs:
+            programs = [p for p in run["programs"] if p["path"] != CORRUPT]
+            corrupt += [p for p in run["programs"] if p["path"] == CORRUPT]
+            kept.append({**run, "programs": programs, "summary": None, "counts": None})
+        rest[key] = kept
+    return rest, corrupt
+
+
+def _malformed(entry: dict[str, Any]) -> bool:
+    results = entry["results"].values() if "results" in entry else [entry]
+    return all(
+        r["verdict"] == "incompatible"
+        and not r["linked"]
+        and [reason["code"] for reason in r["reasons"]] == ["malformed"]
+        for r in results
+    )
+
+
+def corrupt_among_valid(work: Path, count: int) -> dict[str, Any]:
+    """`count` corrupt objects, one at a time, next to the example programs: every valid
+    program must get the verdicts and links it gets without it, and the corrupt one
+    `malformed` in add-kernel's report and in the audit."""
+    base = common.example_root(work)
+    run_dir = work / "corrupt-run"  # one path for all: the audit names its root
+    expected, problems = _resolve_all(common.clone(base, run_dir))
+    expected_rest, _ = _without_corrupt(expected)
+    differing = not_malformed = 0
+    for n, data in enumerate(corrupt_variants(count)):
+        root = common.clone(base, run_dir)
+        (root / CORRUPT).parent.mkdir(parents=True, exist_ok=True)
+        (root / CORRUPT).write_bytes(data)
+        got, failed = _resolve_all(root)
+        problems += [f"variant {n}: {p}" for p in failed]
+        rest, entries = _without_corrupt(got)
+        if rest != expected_rest:
+            differing += 1
+            problems.append(f"variant {n}: the valid programs' verdicts or links changed")
+        # one entry per add-kernel run and one in the audit
+        if len(entries) != 3 or not all(_malformed(e) for e in entries):
+            not_malformed += 1
+            problems.append(f"variant {n} ({len(data)} bytes): not reported as malformed")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return {"variants": count, "differing": differing, "not_malformed": not_malformed,
+            "problems": problems[:5]}  # fmt: skip
+
+
 if __name__ == "__main__":
     which = tuple(sys.argv[2:]) or READERS
-    out = fuzz_all(int(sys.argv[1]) if len(sys.argv) > 1 else 200, which)
+    scratch = Path(tempfile.mkdtemp(prefix="weak-bpf-harden-fuzz-"))
+    try:
+        out = fuzz_all(int(sys.argv[1]) if len(sys.argv) > 1 else 200, scratch, which)
+    finally:
+        shutil.rmtree(scratch)
     json.dump(out, sys.stdout, indent=1)

@@ -18,15 +18,15 @@ import crash
 import fuzz
 import hostile
 
-FULL = {"fuzz": 10_000, "steps": 200, "timed": 50, "rounds": 5, "hook_steps": 10}
-QUICK = {"fuzz": 60, "steps": 6, "timed": 1, "rounds": 1, "hook_steps": 1}
+FULL = {"fuzz": 10_000, "corrupt": 100, "steps": 200, "timed": 50, "rounds": 5, "hook_steps": 10}
+QUICK = {"fuzz": 60, "corrupt": 3, "steps": 6, "timed": 1, "rounds": 1, "hook_steps": 1}
 
 
 def figures(work: Path, sizes: dict[str, int], only: set[str]) -> list[common.Figure]:
     out: list[common.Figure] = []
     F = common.Figure
     if "fuzz" in only:
-        results = fuzz.fuzz_all(sizes["fuzz"])
+        results = fuzz.fuzz_all(sizes["fuzz"], work)
         for r in results:
             bad = r.get("traceback", 0) + r.get("hang", 0) + r.get("memory", 0)
             out.append(F("fuzz", f"{r['reader']} inputs", r["inputs"], f">= {sizes['fuzz']}",
@@ -34,6 +34,12 @@ def figures(work: Path, sizes: dict[str, int], only: set[str]) -> list[common.Fi
             out.append(F("fuzz", f"{r['reader']} tracebacks/hangs/memory", bad, "0", bad == 0))
             for failure in r["failures"][:2]:
                 print(f"  {r['reader']}: {failure}", file=sys.stderr)
+        c = fuzz.corrupt_among_valid(work, sizes["corrupt"])
+        out.append(F("fuzz", "corrupt objects among valid ones", c["variants"], "counted", True))
+        for key in ("differing", "not_malformed"):
+            out.append(F("fuzz", f"corrupt among valid: {key}", c[key], "0", c[key] == 0))
+        for problem in c["problems"]:
+            print(f"  corrupt among valid: {problem}", file=sys.stderr)
     if "crash" in only:
         r = crash.campaign(
             work, max_steps=sizes["steps"], timed=sizes["timed"], exhaustive=sizes is FULL

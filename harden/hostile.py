@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,22 @@ def _reports_ok(root: Path) -> int:
     return bad
 
 
+def _run(
+    run: tuple[str, list[str], str], root: Path, work: Path, daemon: common.Daemon
+) -> subprocess.CompletedProcess[str]:
+    kind, args, stdin = run
+    if kind == "cli":
+        return common.cli(root, *args, stdin=stdin)
+    if kind == "daemon":
+        return daemon.call(args[0], args[1])
+    return common.run_hook(kind, root, args, work)
+
+
 def concurrency(work: Path, rounds: int) -> dict[str, Any]:
-    """8 mixed runs at once (CLI and hooks); NEW's final set must be the one of a serial run with
-    remove-kernel first or last, OLD's the serial one."""
+    """8 mixed runs at once (CLI, hooks and the daemon's AddKernel); NEW's final set must be the
+    one of a serial run with remove-kernel first or last, OLD's the serial one."""
     runs: list[tuple[str, list[str], str]] = [
-        ("cli", ["add-kernel", common.OLD], ""),
+        ("daemon", ["AddKernel", common.OLD], ""),
         ("cli", ["add-kernel", common.NEW], ""),
         ("cli", ["add-progs"], "usr/lib/bpf/acme-new/exec2.bpf.o\n"),
         ("cli", ["remove-progs"], "usr/lib/bpf/acme-trace/open_count.bpf.o\n"),
@@ -46,30 +58,34 @@ def concurrency(work: Path, rounds: int) -> dict[str, Any]:
     for remove_first in (True, False):
         ref = common.clone(before, work / f"conc-serial-{remove_first}")
         order = sorted(runs, key=lambda r: (r[1][:1] == ["remove-kernel"]) != remove_first)
-        for kind, args, stdin in order:
-            if kind == "cli":
-                common.cli(ref, *args, stdin=stdin)
-            else:
-                common.run_hook(kind, ref, args, work)
+        daemon = common.Daemon(ref, work)
+        try:
+            for run in order:
+                _run(run, ref, work, daemon)
+        finally:
+            daemon.stop()
         serial.append(common.link_sets(ref))
         shutil.rmtree(ref)
     mismatches = timeouts = partial = 0
     notes = []
     for n in range(rounds):
         root = common.clone(before, work / f"conc-{n}")
+        daemon = common.Daemon(root, work)
 
-        def one(run: tuple[str, list[str], str], root: Path = root) -> tuple[int, str]:
-            kind, args, stdin = run
-            if kind == "cli":
-                proc = common.cli(root, *args, stdin=stdin)
-            else:
-                proc = common.run_hook(kind, root, args, work)
+        def one(
+            run: tuple[str, list[str], str], root: Path = root, daemon: common.Daemon = daemon
+        ) -> tuple[int, str]:
+            proc = _run(run, root, work, daemon)
             return proc.returncode, proc.stderr
 
-        with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
-            results = list(pool.map(one, runs))
+        try:
+            with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+                results = list(pool.map(one, runs))
+        finally:
+            daemon.stop()
         for (rc, err), run in zip(results, runs):
-            if "held" in err or rc == 3 or "did not complete" in err:
+            failed = run[0] == "daemon" and rc != 0
+            if failed or "held" in err or rc == 3 or "did not complete" in err:
                 timeouts += 1
                 notes.append(f"{run[1]}: {err.strip()[:200]}")
         if common.link_sets(root) not in serial:
@@ -139,6 +155,7 @@ def confinement(work: Path) -> dict[str, Any]:
     for k in bad_k:
         cases += [("cli", (["add-kernel", k], "")), ("cli", (["remove-kernel", k], ""))]
         cases += [("postinst", [k]), ("prerm", [k]), ("kernel-install", ["add", k])]
+        cases += [("daemon", ["AddKernel", k]), ("daemon", ["RemoveKernel", k])]
     stdin_paths = "\n".join(
         ["../../" + str(sentinel)[1:] + "/dir/acme/outside.bpf.o", "usr/lib/bpf/../../../etc",
          "usr/lib/bpf/acme-trace/bad", "name.bpf.o", str(sentinel / "victim.txt")]
@@ -148,13 +165,19 @@ def confinement(work: Path) -> dict[str, Any]:
     cases += [("cli", (["add-kernel", common.NEW], "")), ("cli", (["audit", "--json"], ""))]
     cases += [("cli", (["remove-kernel", common.NEW], ""))]
     internal = []
+    daemon = common.Daemon(root, work)
     for kind, spec in cases:
+        if kind == "daemon":
+            proc = daemon.call(spec[0], spec[1])
+            # refused before anything is read: the D-Bus error names the bad argument
+            err = proc.stdout + proc.stderr
+            if proc.returncode == 0 or ("not allowed" not in err and "not a kernel" not in err):
+                internal.append(f"daemon {spec}: exit {proc.returncode}: {err.strip()[-300:]}")
+            continue
         if kind == "cli":
             args, stdin = spec
             err = common.cli(root, *args, stdin=stdin).stderr
         elif kind == "cli-bytes":
-            import subprocess
-
             args, raw = spec
             done = subprocess.run(
                 [common.PYTHON, "-m", "weak_bpf", "--root", str(root), "--no-journal", *args],
@@ -169,6 +192,10 @@ def confinement(work: Path) -> dict[str, Any]:
             err = common.run_hook(kind, root, spec, work).stderr
         if "internal error" in err or "Traceback" in err:
             internal.append(f"{kind} {spec}: {err.strip()[-300:]}")
+    daemon_log = daemon.log()
+    daemon.stop()
+    if "Traceback" in daemon_log:
+        internal.append(f"daemon: {daemon_log[-300:]}")
     removed = sorted(files_before - _regular_files(root))
     result = {
         "cases": len(cases),

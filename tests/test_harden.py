@@ -68,3 +68,18 @@ def test_regression_non_utf8_program_name_does_not_break_a_run(tmp_path: Path) -
         cwd=REPO, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert "internal error" not in proc.stderr, proc.stderr
+
+
+def test_regression_non_utf8_path_on_stdin_under_a_strict_locale(tmp_path: Path) -> None:
+    """Bug found by the CLI fuzzing: add-progs read stdin as text, and under en_US.UTF-8 (strict
+    decoding, as on Fedora and RHEL) one non-UTF-8 path from an rpm trigger failed the whole run
+    with an internal UnicodeDecodeError."""
+    (tmp_path / "usr/lib/modules/6.1.0-1-test").mkdir(parents=True)
+    for verb in ("add-progs", "remove-progs"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "weak_bpf", "--root", str(tmp_path), "--no-journal", verb],
+            input=b"usr/lib/bpf/acme/\xff\xfe.bpf.o\n", cwd=REPO, capture_output=True,
+            env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"}, check=False,
+        )  # fmt: skip
+        assert b"internal error" not in proc.stderr, proc.stderr
+        assert proc.returncode == 0, proc.stderr

@@ -229,13 +229,18 @@ def _print_runs(args: argparse.Namespace, runs: list[KernelRun]) -> int:
             if args.dry_run:
                 sys.stdout.writelines(f"{line}\n" for line in run.plan.describe())
             print(run.resolution.summary)
-    everywhere = set.intersection(*(set(r.resolution.errors) for r in runs)) if runs else set()
+    untold = [r.resolution for r in runs if not r.on_stderr]  # the others' reports said it all
+    everywhere = set.intersection(*(set(r.errors) for r in untold)) if untold else set()
     for problem in sorted(everywhere):  # bad input: say it once, not once per kernel
         log.warning("%s", problem)
-    for run in runs:
-        for problem in run.resolution.errors:
+    for resolution in untold:
+        for problem in resolution.errors:
             if problem not in everywhere:
-                log.warning("%s: %s", run.resolution.kernel, problem)
+                log.warning("%s: %s", resolution.kernel, problem)
+        for program in resolution.programs:
+            if program.blocked:
+                log.warning("%s", resolution.blocked_error(program))
+                log.warning("hint: %s", resolution.blocked_hint())
     return Exit.OK
 
 
@@ -260,7 +265,10 @@ def _cmd_progs(args: argparse.Namespace) -> int:
     from weak_bpf import ops
 
     change = ops.add_progs if args.verb == Verb.ADD_PROGS.value else ops.remove_progs
-    paths = sys.stdin.read().splitlines() if not sys.stdin.isatty() else []
+    # bytes, decoded as file names are: under a strict locale (en_US.UTF-8), a non-UTF-8 path
+    # from an rpm file trigger would otherwise fail the whole run
+    raw = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
+    paths = [os.fsdecode(line) for line in raw.splitlines()]
     runs = change(args.root, paths, dry_run=args.dry_run, journal=not args.no_journal)
     return _print_runs(args, runs)
 
