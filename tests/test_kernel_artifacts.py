@@ -9,7 +9,6 @@ import platform
 import re
 import struct
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -170,15 +169,12 @@ def test_kallsyms_as_system_map(tmp_path: Path) -> None:
     require(not text.startswith("0000000000000000"), "kallsyms addresses are hidden")
     lines = [line for line in text.splitlines() if "\t[" not in line]
     data = ("\n".join(lines) + "\n").encode()
-    start = time.perf_counter()
     sysmap = parse_system_map(data)
     found = sysmap.get("bpf_prog_put")
-    elapsed = time.perf_counter() - start
     assert len(sysmap) == len(lines) > 50_000
     expected = next(line.split() for line in lines if line.endswith(" bpf_prog_put"))
     assert found is not None and found.address == int(expected[0], 16)
     assert found.type == expected[1] and found.is_text
-    assert elapsed < 1.0  # about 60 ms here; the benchmark in bench/ has the real figure
     # kallsyms itself, with [module] columns, parses too
     assert len(parse_system_map(text.encode())) == len(text.splitlines())
 
