@@ -88,6 +88,10 @@ def test_untagged_kernels_need_the_kfunc_sets(kfunc_task: BpfObject) -> None:
     result = check_object(kfunc_task, None, task_kernel(tagged=None))
     assert result.verdict is Verdict.UNKNOWN
     assert {r.code for r in result.reasons} == {ReasonCode.KERNEL_DATA_MISSING}
+    # why, and what would tell
+    for r in result.reasons:
+        assert "only from a vmlinux or vmlinuz (.BTF_ids)" in r.detail
+        assert "loading the program" in r.detail
 
 
 def test_no_btf_is_unknown_never_compatible(kfunc_task: BpfObject) -> None:

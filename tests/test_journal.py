@@ -3,6 +3,7 @@ and the catalog text `journalctl -x` shows for them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -169,17 +170,33 @@ def test_json_schema_and_round_trip() -> None:
         Resolution.from_json({**doc, "version": 2})
 
 
+def test_a_blocked_link_is_one_error_told_by_its_program() -> None:
+    blocked = dataclasses.replace(LINKED, linked=False, blocked=True)
+    r = Resolution("K", Action.ADD_KERNEL, False, (blocked, NATIVE), ("disk full",))
+    doc = json.loads(json.dumps(r.to_json()))
+    assert doc["errors"] == ["disk full", r.blocked_error(blocked)]
+    assert doc["counts"]["errors"] == 2 and doc["programs"][0]["state"] == "not-linkable"
+    assert "blocked" not in doc["programs"][0]  # the schema is unchanged
+    assert Resolution.from_json(doc) == r
+    text = journal.stderr_report(r)
+    assert text.count("did not create") == 1
+    assert f"weak-bpf-progs: warning: {r.blocked_error(blocked)}\n" in text
+    assert f"      hint: {r.blocked_hint()}\n" in text
+    assert text.splitlines()[-1] == "weak-bpf-progs: error: disk full"
+
+
 def test_summary() -> None:
     assert resolution("K").summary == (
-        "add-kernel K: 6 programs, 1 linked (1 new), 2 links removed, 2 not linkable, "
-        "2 not linked (native, or another build is used)"
+        "add-kernel K: 6 programs: 1 linked (1 new), 2 not linkable, 1 not linked (another "
+        "build is used), 1 native (used from bpf/extra/), 1 gone; 2 links removed"
     )
     assert resolution("K", dry_run=True).summary == (
-        "dry run: add-kernel K: 6 programs, 1 would link (1 new), 2 links would be removed, "
-        "2 not linkable, 2 not linked (native, or another build is used)"
+        "dry run: add-kernel K: 6 programs: 1 would be linked (1 new), 2 not linkable, 1 not "
+        "linked (another build is used), 1 native (used from bpf/extra/), 1 gone; 2 links would "
+        "be removed"
     )
     empty = Resolution("K", Action.REMOVE_KERNEL, False, (), ("lock timeout",))
-    assert empty.summary == "remove-kernel K: 0 programs, 0 linked, 1 error"
+    assert empty.summary == "remove-kernel K: 0 links removed; 1 error"
 
 
 def test_priorities() -> None:
@@ -200,9 +217,9 @@ def test_stderr_report() -> None:
     text = journal.stderr_report(resolution("K", errors=("disk full",)))
     lines = text.splitlines()
     assert (
-        lines[0] == "weak-bpf-progs: add-kernel K: 6 programs, 1 linked (1 new), "
-        "2 links removed, 2 not linkable, 2 not linked (native, or another build is used), "
-        "1 error"
+        lines[0] == "weak-bpf-progs: add-kernel K: 6 programs: 1 linked (1 new), 2 not "
+        "linkable, 1 not linked (another build is used), 1 native (used from bpf/extra/), 1 "
+        "gone; 2 links removed; 1 error"
     )
     assert (
         f"weak-bpf-progs: warning: {BROKEN.path} is not linkable on kernel K: incompatible; "

@@ -68,7 +68,11 @@ def locked(root: Path, timeout: float) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
-        raise ApplyError(f"cannot open the lock {path}: {e.strerror}") from None
+        raise ApplyError(
+            f"cannot open the lock {path}: {e.strerror}",
+            hint="nothing was changed; commands that change links must run as root (with "
+            "--dry-run, a command changes nothing and needs no lock)",
+        ) from None
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -77,11 +81,17 @@ def locked(root: Path, timeout: float) -> Iterator[None]:
                 break
             except OSError as e:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise ApplyError(f"cannot lock {path}: {e.strerror}") from None
+                    raise ApplyError(
+                        f"cannot lock {path}: {e.strerror}",
+                        hint=f"nothing was changed; {path.parent} must be on a file system "
+                        "that supports flock(2); run the same command again",
+                    ) from None
                 if time.monotonic() >= deadline:
                     raise LockTimeout(
                         f"another weak-bpf-progs run held {path} for {timeout:g} s",
-                        hint="wait for it, or raise lock_timeout in weak-bpf-progs.conf",
+                        hint="nothing was changed: when the other run (a kernel or package "
+                        "transaction, or weak-bpf-progsd) is done, run the same command again; "
+                        "or raise lock_timeout in /etc/weak-bpf-progs.conf",
                     ) from None
                 time.sleep(0.05)
         yield
@@ -116,13 +126,18 @@ def _current_set(root: Path, kver: str) -> Path | None:
         if not GENERATION.match(target) or generation.is_symlink() or not generation.is_dir():
             raise ApplyError(
                 f"{wu.relative_to(root)} is a link weak-bpf-progs did not make",
-                hint="remove it; weak-bpf-progs manages that path",
+                hint=f"move it away (weak-bpf-progs keeps {kver}'s links at this path; this run "
+                f"changed nothing for {kver}), then run the same command again",
             )
         return generation
     if wu.is_dir():
         return wu
     if os.path.lexists(wu):
-        raise ApplyError(f"{wu.relative_to(root)} is not a directory", hint="remove it")
+        raise ApplyError(
+            f"{wu.relative_to(root)} is not a directory",
+            hint=f"move it away (weak-bpf-progs keeps {kver}'s links in a directory at this "
+            f"path; this run changed nothing for {kver}), then run the same command again",
+        )
     # after a crash: the newest complete generation, or a plain directory set aside
     usable = [g for _, g in _generations(bpf) if (g / MARK).exists() or ".legacy-" in g.name]
     return usable[-1] if usable else None
@@ -224,7 +239,13 @@ def apply_links(root: Path, kver: str, links: Mapping[str, str]) -> list[str]:
     Raises ApplyError."""
     bpf = bpf_dir(root, kver)
     if not bpf.parent.is_dir():
-        raise ApplyError(f"usr/lib/modules/{kver} does not exist under the root")
+        raise ApplyError(
+            f"usr/lib/modules/{kver} does not exist under the root: there is nowhere to put "
+            f"{kver}'s links",
+            hint=f"is kernel {kver} fully installed? 'weak-bpf-progs kernels {kver}' shows what "
+            "was found for it",
+        )
+    stage = "building"  # then "aside" (a plain weak-updates set aside), then "swapped"
     try:
         old = _current_set(root, kver)
         wu = bpf / WEAK_UPDATES
@@ -255,8 +276,10 @@ def apply_links(root: Path, kver: str, links: Mapping[str, str]) -> list[str]:
         _step()
         if wu.is_dir() and not wu.is_symlink():  # a plain directory: set it aside first
             os.rename(wu, bpf / f".weak-updates.legacy-{number}")
+            stage = "aside"
             _step()
         os.replace(swap, wu)
+        stage = "swapped"
         _fsync_dir(bpf)
         _step()
         for _, generation in _generations(bpf):
@@ -264,7 +287,22 @@ def apply_links(root: Path, kver: str, links: Mapping[str, str]) -> list[str]:
                 _drop_generation(generation)
         return blocked
     except OSError as e:
-        raise ApplyError(f"cannot update the links of {kver}: {e}") from None
+        where = f"usr/lib/modules/{kver}/bpf/"
+        if stage == "swapped":
+            raise ApplyError(
+                f"the new links of {kver} are in place, but tidying up {where} failed: {e}",
+                hint=f"only the set {where}weak-updates points to is used, and the next change "
+                f"removes what is left; check the permissions under {where}",
+            ) from None
+        before = {
+            "building": "its links are as they were before this run",
+            "aside": "its old links are set aside, where loaders do not see them",
+        }[stage]
+        raise ApplyError(
+            f"cannot update the links of {kver}: {e}",
+            hint=f"{before}; check free space and permissions under {where}, then run the "
+            "same command again",
+        ) from None
 
 
 def remove_links(root: Path, kver: str) -> None:
@@ -284,14 +322,23 @@ def remove_links(root: Path, kver: str) -> None:
         for _, generation in _generations(bpf):
             _drop_generation(generation)
     except OSError as e:
-        raise ApplyError(f"cannot remove the links of {kver}: {e}") from None
+        raise ApplyError(
+            f"cannot remove the links of {kver}: {e}",
+            hint=f"some may be left; check permissions under usr/lib/modules/{kver}/bpf/, then "
+            f"run 'weak-bpf-progs remove-kernel {kver}' again",
+        ) from None
 
 
 def write_report(root: Path, kver: str, data: bytes) -> None:
     try:
         write_atomic(root / REPORTS / f"{kver}.json", data)
     except OSError as e:
-        raise ApplyError(f"cannot write the report of {kver}: {e.strerror}") from None
+        raise ApplyError(
+            f"cannot write the report of {kver}: {e.strerror}",
+            hint=f"the links are up to date; only {REPORTS}/{kver}.json, which the next run "
+            "compares with, is not: check free space and permissions under "
+            f"{posixpath.dirname(REPORTS)}/, then run the same command again",
+        ) from None
 
 
 def bump_stamp(root: Path) -> None:

@@ -13,7 +13,14 @@ from collections.abc import Iterable
 
 from weak_bpf.bpf_helpers import helper_name, is_gpl_only, license_is_gpl_compatible
 from weak_bpf.btfcompat import essential_name, func_protos_compatible
-from weak_bpf.corerelo import CoreResolver, CoreResult, target_index, types_are_compat
+from weak_bpf.corerelo import (
+    ENUMVAL_KINDS,
+    FIELD_KINDS,
+    CoreResolver,
+    CoreResult,
+    target_index,
+    types_are_compat,
+)
 from weak_bpf.model import (
     Area,
     Check,
@@ -64,7 +71,8 @@ class _Checker:
         self.modules: set[str] = set()
         # what K resolves, for the reachability analysis: slot -> value, and poisoned slots
         self.known: dict[Slot, KnownValue] = {}
-        self.poisoned: dict[Slot, tuple[ReasonCode, str, str]] = {}
+        # poisoned slots: (code, subject, why, the test that would skip the code, if any)
+        self.poisoned: dict[Slot, tuple[ReasonCode, str, str, str | None]] = {}
         self.present_kfuncs: list[str] = []
 
     # --- helpers -----------------------------------------------------------------------------
@@ -125,6 +133,34 @@ class _Checker:
                 return btf, func_id, mod
         return None
 
+    def _problem(self, what: str) -> str:
+        """What went wrong reading K's `what` ("symvers", "System.map", "module", ...)."""
+        found = [p for p in self.k.problems if p.startswith((f"{what}: ", f"{what} "))]
+        if not found:
+            return "no details"
+        more = f", and {len(found) - 1} more" if found[1:] else ""
+        return found[0].removeprefix(f"{what}: ") + more
+
+    def _btf_source(self) -> str:
+        artifacts = self.k.artifacts
+        if artifacts is None or artifacts.btf is None:
+            return "a raw BTF file"
+        return str(artifacts.relative(artifacts.btf))
+
+    def _no_system_map(self) -> str:
+        """Why K has no symbols to look typeless ksyms and kprobe targets up in, and what to do."""
+        k = self.k.kver
+        if any(p.startswith("System.map: ") for p in self.k.problems):
+            return (
+                f"{k}'s System.map could not be read ({self._problem('System.map')}): reinstall "
+                "the package that owns it"
+            )
+        return (
+            f"{k} has no usable System.map (missing, or Debian's placeholder): copy the real one "
+            f"(on Debian, from linux-image-{k}-dbg) to usr/lib/modules/{k}/System.map, or ask "
+            "the vendor to give the symbol a type, which BTF can check"
+        )
+
     # --- the checks --------------------------------------------------------------------------
 
     def run(self) -> Iterable[Check]:
@@ -175,8 +211,8 @@ class _Checker:
             Area.LICENSE,
             Outcome.FAIL,
             "license",
-            f"{shown} is not GPL-compatible, and the program uses {', '.join(gpl_uses)}: "
-            "the kernel refuses that",
+            f"{shown} is not GPL-compatible, and the program uses {', '.join(gpl_uses)}, which "
+            "only GPL-compatible programs may use: the kernel refuses to load it",
             code=ReasonCode.LICENSE,
         )
 
@@ -201,7 +237,11 @@ class _Checker:
             )
         if self.k.symvers is None and self.k.artifacts is not None and self.k.artifacts.symvers:
             yield self._missing_data(
-                Area.GREYLIST, subject, f"{self.k.kver}'s symvers could not be read", entry.symbol
+                Area.GREYLIST,
+                subject,
+                f"{self.k.kver}'s symvers could not be read ({self._problem('symvers')}): "
+                "reinstall the package that owns it",
+                entry.symbol,
             )
             return
         provided = self.k.symvers.get(entry.symbol) if self.k.symvers is not None else None
@@ -240,7 +280,8 @@ class _Checker:
                 Area.GREYLIST,
                 Outcome.FAIL,
                 subject,
-                f"CRC {format_crc(entry.crc)} in the greylist, {format_crc(crc)} in {where}",
+                f"CRC {format_crc(entry.crc)} in the greylist, {format_crc(crc)} in {where}: "
+                "the interface the program was built against changed",
                 code=ReasonCode.CRC_MISMATCH,
                 symbol=entry.symbol,
             )
@@ -250,17 +291,22 @@ class _Checker:
                 Area.GREYLIST,
                 Outcome.PASS,
                 subject,
-                f"CRC matches {where}; on the kABI stablelist",
+                f"CRC matches {where} (the interface is unchanged), and it is on "
+                f"{self.k.kver}'s kABI stablelist",
                 symbol=entry.symbol,
             )
         else:
-            stablelist = "not on" if self.k.kabi is not None else "no kABI stablelist, so not on"
+            stablelist = (
+                f"it is not on {self.k.kver}'s kABI stablelist"
+                if self.k.kabi is not None
+                else f"{self.k.kver} has no kABI stablelist to keep it stable"
+            )
             yield self._check(
                 Area.GREYLIST,
                 Outcome.UNSTABLE,
                 subject,
-                f"CRC matches {where}; {stablelist} the kABI stablelist: "
-                "it may change in any update",
+                f"CRC matches {where} (the interface is unchanged), but {stablelist}: "
+                "a kernel update may change it",
                 symbol=entry.symbol,
             )
 
@@ -279,7 +325,8 @@ class _Checker:
             yield self._missing_data(
                 Area.KFUNC,
                 subject,
-                f"not in {self.k.kver}'s vmlinux BTF, and some of its modules could not be read",
+                f"not in {self.k.kver}'s vmlinux BTF, and some of its modules could not be read "
+                f"({self._problem('module')})",
                 ext.name,
             )
             return
@@ -314,8 +361,10 @@ class _Checker:
             yield self._missing_data(
                 Area.KFUNC,
                 subject,
-                f"{where}, but {self.k.kver}'s BTF does not mark kfuncs (no bpf_kfunc tags) and "
-                "its kfunc sets could not be read: whether it is a kfunc is unknown",
+                f"{where}, but whether it is a kfunc is unknown: {self.k.kver}'s BTF has no "
+                "bpf_kfunc tags, and its kfunc sets are read only from a vmlinux or vmlinuz "
+                f"(.BTF_ids), not from {self._btf_source()}: loading the program on "
+                f"{self.k.kver} tells",
                 ext.name,
             )
             return
@@ -359,9 +408,10 @@ class _Checker:
             yield self._missing_data(
                 Area.KFUNC,
                 subject,
-                f"{where}; the program takes its address (bpf_ksym_exists), and whether "
-                f"{self.k.kver}'s verifier accepts a kfunc address is unknown (its BTF has no "
-                "kfunc tags)",
+                f"{where}; the program takes its address (bpf_ksym_exists()), which verifiers "
+                f"before about Linux 6.4 refuse, and nothing in {self.k.kver}'s BTF shows a newer "
+                "verifier (bpf_kfunc tags, from about 6.11, would): loading the program on "
+                f"{self.k.kver} tells",
                 ext.name,
             )
             return
@@ -387,7 +437,10 @@ class _Checker:
         if ids is None:
             return _UNDECIDED
         if func_id not in ids:
-            return "it is in none of vmlinux's kfunc sets: it is a plain kernel function"
+            return (
+                "it is in none of vmlinux's kfunc sets: it is a plain kernel function, which BPF "
+                "programs may not call"
+            )
         return None
 
     def _address_taken(self, ext: Extern) -> bool:
@@ -405,7 +458,13 @@ class _Checker:
             for call in func.kfunc_calls:
                 if call.name == name:
                     slot = (call.section, call.insn_index)
-                    self.poisoned[slot] = (ReasonCode.KFUNC_MISSING, f"kfunc {name}", why)
+                    subject = f"kfunc {name}"
+                    self.poisoned[slot] = (
+                        ReasonCode.KFUNC_MISSING,
+                        subject,
+                        why,
+                        "bpf_ksym_exists()",
+                    )
 
     def _ksyms(self) -> Iterable[Check]:
         for ext in self.obj.ksyms:
@@ -473,12 +532,7 @@ class _Checker:
         system_map = self.k.system_map
         if system_map is None:
             self._set_extern(ext, NONZERO if ext.weak else 0)
-            yield self._missing_data(
-                Area.KSYM,
-                subject,
-                f"{self.k.kver} has no usable System.map (missing, or a placeholder as on Debian)",
-                ext.name,
-            )
+            yield self._missing_data(Area.KSYM, subject, self._no_system_map(), ext.name)
             return
         symbol = system_map.get(ext.name)
         data_symbol = symbol is not None and symbol.type not in _TEXT_SYMBOL_TYPES
@@ -489,7 +543,8 @@ class _Checker:
                     Area.KSYM,
                     subject,
                     f"a data symbol; without {self.k.kver}'s config, whether kallsyms lists it "
-                    "(CONFIG_KALLSYMS_ALL) is unknown",
+                    f"(CONFIG_KALLSYMS_ALL) is unknown: install the config as /boot/config-"
+                    f"{self.k.kver}",
                     ext.name,
                 )
                 return
@@ -529,7 +584,8 @@ class _Checker:
                     Area.CORE,
                     Outcome.FAIL,
                     f"relocation {result.name}",
-                    f"{result.status}: {result.reason}",
+                    f"libbpf cannot relocate it on {self.k.kver} ({result.status}: "
+                    f"{result.reason}), so it refuses to load the object",
                     code=ReasonCode.CORE_RELO,
                     symbol=result.name,
                     program=site.program,
@@ -537,15 +593,33 @@ class _Checker:
             elif result.ok and not self._size_change_poisons(site.section, site.insn_index, result):
                 self.known[slot] = result.value if result.value is not None else 0
             else:
-                why = result.reason or "no matching field or type in the kernel"
-                self.poisoned[slot] = (ReasonCode.CORE_RELO, f"relocation {result.name}", why)
-        if not any(code is ReasonCode.CORE_RELO for code, _, _ in self.poisoned.values()):
+                why, guard = self._core_gap(result)
+                subject = f"relocation {result.name}"
+                self.poisoned[slot] = (ReasonCode.CORE_RELO, subject, why, guard)
+        if not any(code is ReasonCode.CORE_RELO for code, *_ in self.poisoned.values()):
             yield self._check(
                 Area.CORE,
                 Outcome.PASS,
                 "CO-RE relocations",
                 f"all {len(self.obj.core_relos)} resolve on {self.k.kver}",
             )
+
+    def _core_gap(self, result: CoreResult) -> tuple[str, str | None]:
+        """Why libbpf poisons a relocation's instruction, in words, and the test that would
+        let the program skip it."""
+        k = self.k.kver
+        if result.ok:  # it matched, but a load or store of the field changed size
+            return (
+                f"{result.wanted} changed size on {k} ({result.orig_mem_size} to "
+                f"{result.new_mem_size} bytes), which libbpf accepts only for pointers and "
+                "unsigned integers",
+                None,
+            )
+        if result.kind in ENUMVAL_KINDS:
+            return f"{k} has no {result.wanted}", "bpf_core_enum_value_exists()"
+        if result.kind in FIELD_KINDS:
+            return f"{k} has no {result.wanted} of a compatible type", "bpf_core_field_exists()"
+        return f"{k} has no {result.wanted}", "bpf_core_type_exists()"
 
     def _size_change_poisons(self, section: str, index: int, result: CoreResult) -> bool:
         """libbpf poisons a memory access whose field changed size."""
@@ -570,29 +644,33 @@ class _Checker:
             if not in_program:
                 continue
             reach = reachability(self.obj, program, self.known)
-            for slot, (code, subject, why) in sorted(in_program.items()):
+            for slot, (code, subject, why, guard) in sorted(in_program.items()):
                 area = Area.CORE if code is ReasonCode.CORE_RELO else Area.KFUNC
                 symbol = subject.split(" ", 1)[-1]
-                where = f"instruction {slot[1]} of {slot[0]}"
+                where = f"instruction {slot[1]} of {slot[0]}, in program {program.name}"
                 if reach.undecidable:
                     outcome, detail = (
                         Outcome.UNDECIDED,
                         (
-                            f"{why}; whether {where} can run cannot be decided "
-                            f"({'; '.join(reach.undecidable)})"
+                            f"{why}; whether the code that uses it ({where}) can run is "
+                            f"unknown: {'; '.join(reach.undecidable)}"
                         ),
                     )
                 elif slot in reach.reachable:
+                    unguarded = f"; no {guard} test skips it" if guard else ""
                     outcome, detail = (
                         Outcome.FAIL,
                         (
-                            f"{why}, and {where} can run in program {program.name}: "
-                            "the verifier rejects it"
+                            f"{why}, and the code that uses it can run ({where}{unguarded}): "
+                            "the kernel's verifier would reject the program"
                         ),
                     )
                 else:
                     outcome = Outcome.PASS
-                    detail = f"{why}, but {where} cannot run on {self.k.kver} (guarded)"
+                    detail = (
+                        f"{why}, but the code that uses it ({where}) cannot run on "
+                        f"{self.k.kver}: a test skips it"
+                    )
                 failed = outcome is not Outcome.PASS
                 yield self._check(
                     area,
@@ -672,8 +750,8 @@ class _Checker:
             return self._missing_data(
                 Area.ATTACH,
                 subject,
-                f"{name} is not a BTF function of {self.k.kver}, and without System.map "
-                "whether kprobes can attach there is unknown",
+                f"{name} is not a BTF function of {self.k.kver}, and whether kprobes can attach "
+                f"there is unknown: {self._no_system_map()}",
                 name,
             )
         return None

@@ -348,7 +348,9 @@ def _cmd_greylist(args: argparse.Namespace) -> int:
     from weak_bpf import ops
 
     if args.symvers is not None and args.btf is None:
-        raise WeakBpfError("--symvers goes with --btf", hint="with --kernel, K's symvers is used")
+        raise WeakBpfError(
+            "--symvers needs --btf", hint="drop --symvers: with --kernel, K's own symvers is used"
+        )
     result = ops.greylist(
         args.root, args.object, kver=args.kernel, btf_file=args.btf, symvers_file=args.symvers
     )
@@ -359,6 +361,7 @@ def _cmd_greylist(args: argparse.Namespace) -> int:
             name,
             args.kernel or "the given BTF",
         )
+    if result.missing:
         log.warning(
             "hint: make the greylist against the kernel the program was built for "
             "(--kernel K, or the --btf and --symvers of that kernel)"

@@ -621,6 +621,17 @@ class CoreResult:
     def kind_name(self) -> str:
         return KIND_NAMES.get(self.kind, f"kind {self.kind}")
 
+    @property
+    def wanted(self) -> str:
+        """What the relocation asks of the kernel, in words: `field task_struct.__state`,
+        `value CPUHP_X of enum cpuhp_state`, `struct foo`."""
+        if self.kind in ENUMVAL_KINDS and "::" in self.name:
+            enum, _, value = self.name.split(" = ")[0].partition("::")
+            return f"value {value} of {enum}"
+        if self.kind in FIELD_KINDS:
+            return f"field {self.name.rsplit(' (', 1)[0]}"
+        return self.name
+
 
 def _short_name(btf: BTF, type_id: int, access: str, kind: int, spec: Spec | None) -> str:
     if spec is not None:

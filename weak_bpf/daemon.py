@@ -73,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(os.path.abspath(args.root))
     if not root.is_dir():
         log.error("%s: no such directory", root)
+        log.error("hint: --root names an installed system")
         return 2
     from weak_bpf.dbus_service import Service  # pydbus and gi load only here
 

@@ -29,6 +29,9 @@ log = logging.getLogger("weak-bpf-progsd")
 
 BUS_NAME = "org.weakbpf.Manager1"
 OBJECT_PATH = "/org/weakbpf/Manager1"
+POLICY = (
+    "/usr/share/dbus-1/system.d/org.weakbpf.Manager1.conf"  # the bus policy the package installs
+)
 INTERFACE = "org.weakbpf.Manager1"
 ERROR_PREFIX = f"{INTERFACE}.Error."
 
@@ -134,7 +137,7 @@ def check_kernel(root: Path, kver: str, *, removing: bool = False) -> str:
         return kver
     if removing and actions.bpf_dir(root, kver).is_dir():
         return kver
-    raise InvalidArgument(f"{kver}: not an installed kernel")
+    raise InvalidArgument(f"{kver}: not an installed kernel (the Kernels property lists them)")
 
 
 def check_program(root: Path, path: str) -> str:
@@ -150,7 +153,9 @@ def check_program(root: Path, path: str) -> str:
     relative = "/".join(p for p in relative.split("/") if p not in ("", "."))
     installed = {p.path for p in programs.installed_programs(root)}
     if relative not in installed:
-        raise InvalidArgument(f"{path}: not an installed BPF program under {root}")
+        raise InvalidArgument(
+            f"{path}: not an installed BPF program under {root} (the Programs property lists them)"
+        )
     return relative
 
 
@@ -458,6 +463,11 @@ class Service:
             publication = bus.publish(BUS_NAME, (OBJECT_PATH, self.manager))
         except (RuntimeError, GLib.Error) as e:
             log.error("cannot serve %s on the system bus: %s", BUS_NAME, e)
+            log.error(
+                "hint: is dbus running, is the policy %s installed, and is no other "
+                "weak-bpf-progsd running?",
+                POLICY,
+            )
             return 1
         self._watch_stamp()
         for signum in (signal.SIGTERM, signal.SIGINT):

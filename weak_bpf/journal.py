@@ -39,6 +39,7 @@ import socket
 import struct
 from collections.abc import Mapping
 
+from weak_bpf.model import Verdict
 from weak_bpf.resolution import ProgramChange, Resolution, State
 
 IDENTIFIER = "weak-bpf-progs"
@@ -70,7 +71,7 @@ def _flag(value: bool) -> str:
 
 
 def summary_priority(resolution: Resolution) -> int:
-    if resolution.errors:
+    if resolution.problems:
         return PRIORITY_ERR
     if resolution.in_state(State.NOT_LINKABLE):
         return PRIORITY_WARNING
@@ -81,22 +82,32 @@ def program_priority(program: ProgramChange) -> int:
     return PRIORITY_WARNING if program.state is State.NOT_LINKABLE else PRIORITY_INFO
 
 
-def program_message(kernel: str, program: ProgramChange, *, dry_run: bool) -> str:
-    """The entry's MESSAGE: a headline, then one line per reason."""
+def program_message(resolution: Resolution, program: ProgramChange) -> str:
+    """The entry's MESSAGE: a headline, then one line per reason (or the hint for a blocked
+    link)."""
+    kernel, dry_run = resolution.kernel, resolution.dry_run
     state = program.state
     verdict = program.verdict.value if program.verdict is not None else None
+    if program.blocked:
+        return f"{resolution.blocked_error(program)}\n  hint: {resolution.blocked_hint()}"
     if state is State.LINKED:
         verb = "would be linked" if dry_run else "linked"
         head = f"{program.path} {verb} for kernel {kernel} ({verdict})"
     elif state is State.NOT_LINKABLE:
         head = f"{program.path} is not linkable on kernel {kernel}: {verdict}"
+        if program.verdict is Verdict.COMPATIBLE_UNSTABLE:  # not blocked: the configuration
+            head += " (it uses symbols off the kABI stablelist, and link_unstable = no)"
         if program.was_linked:
             head += "; its link would be removed" if dry_run else "; its link was removed"
     elif program.verdict is None:
         verb = "would be removed" if dry_run else "removed"
         head = f"{program.path}: link for kernel {kernel} {verb} (object or kernel gone)"
     elif program.superseded_by is not None:
-        head = f"{program.path}: {program.superseded_by} holds the link for kernel {kernel}"
+        holder = program.superseded_by
+        if holder.startswith(f"usr/lib/modules/{kernel}/bpf/extra/"):
+            head = f"{program.path}: the native build {holder} is used on kernel {kernel}"
+        else:
+            head = f"{program.path}: {holder} holds the link for kernel {kernel}"
     else:
         head = f"{program.path} is native to kernel {kernel} and stays in bpf/extra/"
     lines = [head]
@@ -115,7 +126,7 @@ def entries(resolution: Resolution) -> list[dict[str, str]]:
         "WEAK_BPF_DRY_RUN": _flag(resolution.dry_run),
     }
     summary = resolution.summary
-    if resolution.errors:
+    if resolution.errors:  # a blocked link is told in its program's entry
         summary += "\n" + "\n".join(f"  error: {e}" for e in resolution.errors)
     out = [
         {
@@ -127,7 +138,7 @@ def entries(resolution: Resolution) -> list[dict[str, str]]:
             "WEAK_BPF_LINKED_COUNT": str(len(resolution.in_state(State.LINKED))),
             "WEAK_BPF_NOT_LINKABLE_COUNT": str(len(resolution.in_state(State.NOT_LINKABLE))),
             "WEAK_BPF_CHANGED_COUNT": str(len(resolution.changed)),
-            "WEAK_BPF_ERROR_COUNT": str(len(resolution.errors)),
+            "WEAK_BPF_ERROR_COUNT": str(len(resolution.problems)),
         }
     ]
     for p in resolution.reported:
@@ -135,7 +146,7 @@ def entries(resolution: Resolution) -> list[dict[str, str]]:
             {
                 "MESSAGE_ID": _MESSAGE_IDS[p.state],
                 "PRIORITY": str(program_priority(p)),
-                "MESSAGE": program_message(resolution.kernel, p, dry_run=resolution.dry_run),
+                "MESSAGE": program_message(resolution, p),
                 **common,
                 "WEAK_BPF_PROGRAM": p.path,
                 "WEAK_BPF_PACKAGE": p.package or "",
@@ -201,7 +212,7 @@ def stderr_report(resolution: Resolution) -> str:
     lines = [f"weak-bpf-progs: {resolution.summary}"]
     for p in resolution.reported:
         level = "warning" if p.state is State.NOT_LINKABLE else "info"
-        message = program_message(resolution.kernel, p, dry_run=resolution.dry_run)
+        message = program_message(resolution, p)
         lines.append(f"weak-bpf-progs: {level}: " + message.replace("\n", "\n    "))
     lines += [f"weak-bpf-progs: error: {e}" for e in resolution.errors]
     return "\n".join(lines) + "\n"

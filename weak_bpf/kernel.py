@@ -22,6 +22,10 @@ _MAX_LINKS = 40  # like the kernel's limit on nested symlinks
 SYMVERS_SUFFIXES = (".gz", ".xz", ".zst", "")
 BOOT_SYMVERS_SUFFIXES = (".gz", ".xz", "")
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+RELEASE_HINT = (
+    "give a release as 'uname -r' prints it, e.g. 5.14.0-503.el9.x86_64; 'weak-bpf-progs "
+    "kernels' lists the installed ones"
+)
 # kver suffixes (RHEL ".x86_64", Debian "-amd64") to the RPM architecture of kABI list names
 _ARCH_ALIASES = {
     "x86_64": "x86_64",
@@ -167,7 +171,7 @@ def find_kernel(
     not installed and `require` is true."""
     root = _absolute(root)
     if "/" in kver or kver in ("", ".", ".."):
-        raise KernelNotFound(f"not a kernel release: {kver!r}")
+        raise KernelNotFound(f"not a kernel release: {kver!r}", hint=RELEASE_HINT)
     if require and not _is_installed(root, kver):
         raise KernelNotFound(
             f"kernel {kver} is not installed under {root}",

@@ -329,7 +329,8 @@ def greylist(
         if facts.vmlinux is None and facts.symvers is None:
             raise WeakBpfError(
                 f"{kver} has neither BTF nor symvers: no greylist can be made",
-                hint="install the kernel's BTF (vmlinux or vmlinuz) or its symvers",
+                hint="install the kernel's BTF (vmlinux or vmlinuz) or its symvers, or pass the "
+                "build kernel's files: --btf FILE [--symvers FILE]",
             )
     entries, missing = symbols.greylist_entries(loaded.obj, facts)
     text = render_greylist(
@@ -370,7 +371,10 @@ def program_path(path: str) -> str:
     rel = path.strip().lstrip("/")
     parts = rel.split("/")
     if "\0" in rel or ".." in parts or "" in parts or "." in parts:
-        raise WeakBpfError(f"{path!r}: not a plain path")
+        raise WeakBpfError(
+            f"{path!r}: not a plain path",
+            hint="give the path the package installs, without '..', '.' or empty components",
+        )
     if not _PROGRAM_PATH.match(rel):
         raise WeakBpfError(
             f"{path}: not a BPF program location",
@@ -386,6 +390,7 @@ class KernelRun:
 
     resolution: Resolution
     plan: resolver.Plan
+    on_stderr: bool = False  # the report went to stderr (no journal): it said everything
 
 
 def _previous(root: Path, kver: str) -> dict[str, Verdict | None]:
@@ -397,16 +402,20 @@ def _previous(root: Path, kver: str) -> dict[str, Verdict | None]:
         return {}
 
 
-def _finish(root: Path, runs: list[KernelRun], *, dry_run: bool, journal: bool) -> None:
+def _finish(root: Path, runs: list[KernelRun], *, dry_run: bool, journal: bool) -> list[KernelRun]:
     """The report of each kernel: the file, then the journal (or stderr, without a journal)."""
     if dry_run:
-        return
+        return runs
+    done = []
     for run in runs:
         doc = json.dumps(run.resolution.to_json(), indent=2).encode()
         actions.write_report(root, run.resolution.kernel, doc)
-        if not journal or not send_to_journal(run.resolution):
+        told = journal and send_to_journal(run.resolution)
+        if not told:
             sys.stderr.write(stderr_report(run.resolution))
+        done.append(dataclasses.replace(run, on_stderr=not told))
     actions.bump_stamp(root)
+    return done
 
 
 def resolve(
@@ -434,8 +443,7 @@ def resolve(
             runs.append(
                 _resolve_kernel(root, kver, report, packages, config, action, dry_run, errors)
             )
-    _finish(root, runs, dry_run=dry_run, journal=journal)
-    return runs
+    return _finish(root, runs, dry_run=dry_run, journal=journal)
 
 
 def _resolve_kernel(  # noqa: PLR0917
@@ -460,33 +468,31 @@ def _resolve_kernel(  # noqa: PLR0917
     ]
     current = actions.current_links(root, kver)
     the_plan = resolver.plan(kver, candidates, current, link_unstable=config.link_unstable)
-    problems = list(errors)
-    blocked: set[str] = set()
+    blocked: set[str] = set()  # link names a file weak-bpf-progs did not create holds
     if not dry_run and (the_plan.changes or not actions.in_place(root, kver)):
         blocked = set(actions.apply_links(root, kver, the_plan.links))
-        problems += [
-            f"{name}: a file weak-bpf-progs did not make is in the way" for name in blocked
-        ]
     previous = _previous(root, kver)
     changes = []
     for p in report.programs:
         result = p.results[kver][0]
         name = p.program.link_name
         holder = the_plan.chosen.get(name) or the_plan.native.get(name)
+        chosen = the_plan.chosen.get(name) == p.program.path
         changes.append(
             ProgramChange(
                 path=p.program.path,
                 package=packages.get(p.program.path),
                 verdict=result.verdict,
                 reasons=result.reasons,
-                linked=the_plan.chosen.get(name) == p.program.path and name not in blocked,
+                linked=chosen and name not in blocked,
                 was_linked=current.get(name) == resolver.link_target(kver, name, p.program.path),
                 previous_verdict=previous.get(p.program.path),
                 link=name,
                 superseded_by=holder if holder not in (None, p.program.path) else None,
+                blocked=chosen and name in blocked,
             )
         )
-    resolution = Resolution(kver, action, dry_run, tuple(changes), tuple(problems))
+    resolution = Resolution(kver, action, dry_run, tuple(changes), tuple(errors))
     return KernelRun(resolution, the_plan)
 
 
@@ -500,7 +506,7 @@ def remove_kernel(
 ) -> list[KernelRun]:
     """Take away K's links (the kernel is going); nothing else is touched."""
     if "/" in kver or kver in ("", ".", "..") or "\0" in kver:
-        raise WeakBpfError(f"not a kernel release: {kver!r}")
+        raise WeakBpfError(f"not a kernel release: {kver!r}", hint=kernel.RELEASE_HINT)
     config = settings(root)
     present = (root / "usr/lib/modules" / kver).is_dir()
     current = actions.current_links(root, kver) if present else {}
@@ -516,8 +522,7 @@ def remove_kernel(
         with actions.locked(root, config.lock_timeout):
             if present:
                 actions.remove_links(root, kver)
-    _finish(root, [run], dry_run=dry_run, journal=journal)
-    return [run]
+    return _finish(root, [run], dry_run=dry_run, journal=journal)
 
 
 def changed_programs(root: Path, paths: Iterable[str]) -> tuple[list[str], list[str]]:

@@ -19,18 +19,21 @@ _BTF_SOURCE = {
 }
 
 
+_KERNELS_LOOKED = " (looked in usr/lib/modules/ and boot/; --root names another system)"
+
+
 def _row(label: str, value: str) -> str:
     return f"  {label:<11} {value}\n"
 
 
 def render_kernels(summaries: tuple[KernelSummary, ...], *, verbose: bool = False) -> str:
     if not summaries:
-        return "no kernels installed under this root\n"
+        return f"no kernels installed under this root{_KERNELS_LOOKED}\n"
     out = []
     for s in summaries:
         a = s.artifacts
         out.append(f"{a.kver}\n")
-        btf = "missing: BTF checks give 'unknown'"
+        btf = "missing (no vmlinux or vmlinuz): kfunc, ksym, CO-RE and attach checks give 'unknown'"
         if a.btf is not None and a.btf_source_kind is not None:
             btf = f"{a.relative(a.btf)} ({_BTF_SOURCE[a.btf_source_kind]})"
             if s.btf_types is not None:
@@ -44,11 +47,14 @@ def render_kernels(summaries: tuple[KernelSummary, ...], *, verbose: bool = Fals
                 symvers += f": {s.symvers_entries} exports"
         out.append(_row("symvers", symvers))
         out.append(_row("image", a.relative(a.image) or "missing"))
-        system_map = "missing: typeless ksyms and kprobe targets cannot be checked"
+        system_map = "missing: typeless ksyms and kprobe targets outside BTF give 'unknown'"
         if a.system_map is not None:
             system_map = str(a.relative(a.system_map))
             if s.system_map_symbols == 0:
-                system_map += ": a placeholder without symbols"
+                system_map += (
+                    ": a placeholder without symbols (typeless ksyms and kprobe targets outside "
+                    "BTF give 'unknown')"
+                )
             elif s.system_map_symbols is not None:
                 system_map += f": {s.system_map_symbols} symbols"
         out.append(_row("System.map", system_map))
@@ -118,25 +124,26 @@ def render_object(obj: BpfObject, *, verbose: bool = False) -> str:
 
 AUDIT_JSON_VERSION = 1
 
+_UPDATE = "update the package to a build for {k} (ask its vendor if there is none)"
 _ADVICE = {
     ReasonCode.MALFORMED: "the file is damaged or not a BPF object: reinstall or update the "
     "package that ships it (or, for your own build, rebuild it)",
-    ReasonCode.SYMBOL_MISSING: "update the package to a build made for {k}, or ask the vendor",
-    ReasonCode.CRC_MISMATCH: "update the package to a build made for {k}: the kernel interface "
-    "it uses changed",
+    ReasonCode.SYMBOL_MISSING: _UPDATE,
+    ReasonCode.CRC_MISMATCH: _UPDATE + ": the kernel interface it uses changed",
     ReasonCode.LICENSE: "the vendor must ship the program under a GPL-compatible license, or "
     "stop using GPL-only kernel functions",
-    ReasonCode.KFUNC_MISSING: "update the package to a build for {k}, or rebuild the program "
-    "against {k} (guard optional kfuncs with bpf_ksym_exists)",
-    ReasonCode.KFUNC_PROTO: "rebuild the program against {k}: a kfunc it calls changed",
-    ReasonCode.KSYM_MISSING: "update the package to a build for {k}, or rebuild the program "
-    "against {k}",
-    ReasonCode.CORE_RELO: "rebuild the program against {k}, or guard the access with "
-    "bpf_core_field_exists()",
-    ReasonCode.ATTACH_TARGET: "update the package: the kernel function or tracepoint it attaches "
-    "to is gone in {k}",
-    ReasonCode.KERNEL_DATA_MISSING: "install what {k} lacks (its BTF, System.map or symvers: "
-    "e.g. the kernel-devel or -dbg package), then run the audit again",
+    ReasonCode.KFUNC_MISSING: _UPDATE + "; for your own build, declare optional kfuncs __weak "
+    "and test them with bpf_ksym_exists()",
+    ReasonCode.KFUNC_PROTO: _UPDATE + ": a kfunc it calls changed; for your own build, rebuild "
+    "it against {k}",
+    ReasonCode.KSYM_MISSING: _UPDATE + "; for your own build, declare optional ksyms __weak",
+    ReasonCode.CORE_RELO: _UPDATE + "; for your own build, test fields, types and enum values "
+    "that may be missing (bpf_core_field_exists() and the like) before using them",
+    ReasonCode.ATTACH_TARGET: _UPDATE + ": the kernel function or tracepoint it attaches to is "
+    "gone in {k}",
+    ReasonCode.KERNEL_DATA_MISSING: "the undecided checks say what {k} lacks: install it (or "
+    "reinstall the package of a file that could not be read), then run 'weak-bpf-progs audit' "
+    "again",
 }
 
 _MARK = {
@@ -215,9 +222,12 @@ def render_audit(
     kernel. `marks` adds notes to kernel headers (e.g. {"6.1.0-47": ["running", "default"]});
     `color` paints each verdict with ANSI codes (widths are those of the plain text)."""
     if not report.kernels:
-        return "no kernels installed under this root\n"
+        return f"no kernels installed under this root{_KERNELS_LOOKED}\n"
     if not report.programs:
-        return "no BPF programs installed under this root\n"
+        return (
+            "no BPF programs installed under this root (looked in usr/lib/bpf/ and "
+            "usr/lib/modules/K/bpf/extra/)\n"
+        )
     marks = marks or {}
     header = ["program", *(_kernel_header(k, marks.get(k, ())) for k in report.kernels)]
     rows = [

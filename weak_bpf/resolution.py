@@ -20,7 +20,9 @@ Schema, version 1 (keys are always present; `null` where the text says so):
                    "link": str|null,       # link name below weak-updates/, "<pkg>/<name>.bpf.o"
                    "superseded_by": str|null,  # the build that got the link instead
                    "reasons": [{"code": str, "symbol": str|null, "detail": str}]}],
-     "errors": [str]}
+     "errors": [str]}                      # why the plan was not fully applied, one sentence
+                                           # each (a link blocked by a file weak-bpf-progs did
+                                           # not create is one)
 
 `Resolution.from_json` reads it back, so the next run can tell what changed.
 """
@@ -64,6 +66,9 @@ class ProgramChange:
     previous_verdict: Verdict | None = None  # None: not known from an earlier report
     link: str | None = None  # the link name below weak-updates/
     superseded_by: str | None = None  # another build of the same program holds the link
+    # a file weak-bpf-progs did not create holds the link's place; in the JSON, the report's
+    # "errors" say it (Resolution.blocked_error)
+    blocked: bool = False
 
     @property
     def state(self) -> State:
@@ -122,7 +127,7 @@ class Resolution:
     action: Action
     dry_run: bool
     programs: tuple[ProgramChange, ...] = ()
-    errors: tuple[str, ...] = ()  # why the plan could not be (fully) applied
+    errors: tuple[str, ...] = ()  # why the plan could not be (fully) applied, but blocked links
 
     def in_state(self, state: State) -> tuple[ProgramChange, ...]:
         return tuple(p for p in self.programs if p.state is state)
@@ -136,32 +141,57 @@ class Resolution:
         return tuple(p for p in self.programs if p.reported)
 
     @property
+    def problems(self) -> tuple[str, ...]:
+        """Every reason the plan was not fully applied: `errors`, then each blocked link."""
+        return self.errors + tuple(self.blocked_error(p) for p in self.programs if p.blocked)
+
+    def blocked_error(self, program: ProgramChange) -> str:
+        """What a blocked link means, in one sentence (the report's "errors" hold it)."""
+        verdict = program.verdict.value if program.verdict is not None else "usable"
+        where = f"usr/lib/modules/{self.kernel}/bpf/weak-updates/{program.link}"
+        return (
+            f"{program.path} is {verdict} with kernel {self.kernel} but not linked: {where} is "
+            "a file weak-bpf-progs did not create, and it is kept"
+        )
+
+    def blocked_hint(self) -> str:
+        return (
+            "if it is not yours to keep, move it away and run "
+            f"'weak-bpf-progs add-kernel {self.kernel}'"
+        )
+
+    @property
     def summary(self) -> str:
-        """One line: the journal's summary MESSAGE and the report's "summary"."""
+        """One line: the journal's summary MESSAGE and the report's "summary". The program
+        counts add up to the total; links removed and errors follow a semicolon."""
+        prefix = f"{'dry run: ' if self.dry_run else ''}{self.action.value} {self.kernel}: "
+        removed = sum(1 for p in self.programs if p.was_linked and not p.linked)
+        would = "would be " if self.dry_run else ""
+        changes = []
+        if removed or self.action is Action.REMOVE_KERNEL:
+            changes.append(f"{_count(removed, 'link')} {would}removed")
+        problems = self.problems
+        if problems:
+            changes.append(_count(len(problems), "error"))
+        if self.action is Action.REMOVE_KERNEL:  # the programs are the links: nothing to add up
+            return prefix + "; ".join(changes)
         linked = self.in_state(State.LINKED)
         newly = sum(1 for p in linked if not p.was_linked)
-        unlinked = sum(1 for p in self.programs if p.was_linked and not p.linked)
-        verb = "would link" if self.dry_run else "linked"
-        parts = [f"{len(linked)} {verb}" + (f" ({newly} new)" if newly else "")]
-        if unlinked:
-            parts.append(
-                f"{unlinked} link{'s' if unlinked != 1 else ''} "
-                f"{'would be ' if self.dry_run else ''}removed"
-            )
-        not_linkable = len(self.in_state(State.NOT_LINKABLE))
-        if not_linkable:
-            parts.append(f"{not_linkable} not linkable")
-        elsewhere = sum(1 for p in self.in_state(State.NOT_LINKED) if p.verdict is not None)
-        if elsewhere:
-            parts.append(f"{elsewhere} not linked (native, or another build is used)")
-        if self.errors:
-            parts.append(f"{len(self.errors)} error{'s' if len(self.errors) != 1 else ''}")
-        prefix = "dry run: " if self.dry_run else ""
-        count = len(self.programs)
-        return (
-            f"{prefix}{self.action.value} {self.kernel}: {count} program"
-            f"{'s' if count != 1 else ''}, " + ", ".join(parts)
-        )
+        states = [f"{len(linked)} {would}linked" + (f" ({newly} new)" if newly else "")]
+        not_linked = self.in_state(State.NOT_LINKED)
+        for count, what in (
+            (len(self.in_state(State.NOT_LINKABLE)), "not linkable"),
+            (sum(1 for p in not_linked if p.superseded_by), "not linked (another build is used)"),
+            (
+                sum(1 for p in not_linked if p.verdict is Verdict.NATIVE and not p.superseded_by),
+                "native (used from bpf/extra/)",
+            ),
+            (sum(1 for p in not_linked if p.verdict is None), "gone"),
+        ):
+            if count:
+                states.append(f"{count} {what}")
+        text = f"{prefix}{_count(len(self.programs), 'program')}: {', '.join(states)}"
+        return "; ".join([text, *changes])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -175,10 +205,10 @@ class Resolution:
                 "linked": len(self.in_state(State.LINKED)),
                 "not_linkable": len(self.in_state(State.NOT_LINKABLE)),
                 "changed": len(self.changed),
-                "errors": len(self.errors),
+                "errors": len(self.problems),
             },
             "programs": [p.to_json() for p in self.programs],
-            "errors": list(self.errors),
+            "errors": list(self.problems),
         }
 
     @classmethod
@@ -187,13 +217,24 @@ class Resolution:
         document to_json did not write."""
         if doc.get("version") != SCHEMA_VERSION:
             raise ValueError(f"report schema version {doc.get('version')!r}, not {SCHEMA_VERSION}")
-        return cls(
+        read = cls(
             kernel=doc["kernel"],
             action=Action(doc["action"]),
             dry_run=bool(doc["dry_run"]),
             programs=tuple(ProgramChange.from_json(p) for p in doc["programs"]),
-            errors=tuple(doc["errors"]),
         )
+        errors = list(doc["errors"])
+        programs = []
+        for p in read.programs:  # a blocked link is told by its sentence among the errors
+            blocked = p.state is State.NOT_LINKABLE and read.blocked_error(p) in errors
+            if blocked:
+                errors.remove(read.blocked_error(p))
+            programs.append(dataclasses.replace(p, blocked=blocked))
+        return dataclasses.replace(read, programs=tuple(programs), errors=tuple(errors))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _value(verdict: Verdict | None) -> str | None:

@@ -158,7 +158,12 @@ def owners(root: Path, paths: Iterable[str]) -> dict[str, str | None]:
         return unknown
     sqlite_file = root / dbpath.lstrip("/") / "rpmdb.sqlite"
     if sqlite_file.is_file() and _sqlite_locked(sqlite_file, LOCK_TIMEOUT):
-        log.warning("the rpm database %s under %s is locked by a writer", dbpath, root)
+        log.warning(
+            "the rpm database %s under %s is locked by a writer: package names are left out of "
+            "this run's reports (the links are not affected)",
+            dbpath,
+            root,
+        )
         return unknown
     found: dict[str, str | None] | None = None
     with _captured_messages(rpm) as messages:
@@ -171,5 +176,11 @@ def owners(root: Path, paths: Iterable[str]) -> dict[str, str | None]:
             log.debug("rpm: %s", message)
         return found
     detail = "; ".join(messages) or failure
-    log.warning("cannot read the rpm database %s under %s: %s", dbpath, root, detail)
+    log.warning(
+        "cannot read the rpm database %s under %s: %s; package names are left out of this "
+        "run's reports (the links are not affected)",
+        dbpath,
+        root,
+        detail,
+    )
     return unknown
