@@ -17,6 +17,11 @@ from weak_bpf import cli  # noqa: E402
 
 import exampleroot  # noqa: E402
 
+# The program the story follows: it works on the older kernel, and the newer one renamed a field
+# it reads; GUARDED reads the same field the robust way.
+BROKEN = "usr/lib/bpf/acme-fs/buddy_load.bpf.o"
+GUARDED = "globex-storage/bitmap_release"
+
 
 def _say(text: str) -> None:
     print(f"\n### {text}", flush=True)
@@ -51,8 +56,8 @@ def main() -> int:
     _say("Installed kernels, and what was found for each")
     _run(["--root", root, "kernels"])
 
-    _say("What each program needs from a kernel")
-    _run(["--root", root, "inspect", str(objects[0].relative_to(args.root))])
+    _say("What a program needs from a kernel: here, a field of struct ext4_buddy")
+    _run(["--root", root, "-v", "inspect", BROKEN])
 
     _say("Which programs will work on which kernel")
     _run(["--root", root, "audit"])
@@ -66,8 +71,9 @@ def main() -> int:
     for link in sorted(weak.rglob("*.bpf.o")):
         print(f"  {link.relative_to(args.root)} -> {os.readlink(link)}")
 
-    _say("Why the proprietary agent is left out")
-    _run(["--root", root, "explain", "usr/lib/bpf/acme-sec/task_guard.bpf.o", new])
+    _say(f"Why acme-fs/buddy_load is left out: {new} changed under it")
+    _run(["--root", root, "explain", BROKEN, new])
+    print(f"  ({GUARDED} reads the field only where bpf_core_field_exists finds it: linked above)")
 
     _say(f"The report kept in var/lib/weak-bpf-progs/reports/{new}.json")
     report = json.loads((args.root / f"var/lib/weak-bpf-progs/reports/{new}.json").read_text())

@@ -16,6 +16,9 @@ import bpfbuild
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "progs"
+# Programs whose package ships a greylist, made at build time against the build kernel as the
+# %weak_bpf_greylist macro makes it (the CRCs depend on that kernel, so none is committed).
+GREYLISTED = ("globex-net/ct_keepalive.bpf.o",)
 
 
 def _place(src: Path, dest: Path) -> None:
@@ -59,9 +62,23 @@ def install_programs(root: Path, vmlinux: Path, sources: Iterable[Path], dest: s
     return installed
 
 
+def write_greylist(root: Path, obj: Path, kver: str) -> Path:
+    """`obj`'s greylist against the installed kernel `kver`, beside it, as a packager's build
+    writes it with `weak-bpf-progs greylist OBJECT --kernel K`."""
+    from weak_bpf import ops
+
+    made = ops.greylist(root, obj.relative_to(root), kver=kver)
+    if made.missing:
+        raise RuntimeError(f"{obj.name}: {kver} lacks {', '.join(made.missing)}")
+    greylist = obj.with_name(obj.name + ".greylist")
+    greylist.write_text(made.text)
+    return greylist
+
+
 def build_example_root(root: Path, kernels: dict[str, Path]) -> list[Path]:
     """A fresh root with `kernels` ({kver: unpacked dir}) and the example programs, built as a
-    vendor would: CO-RE objects against the oldest kernel, plus one native build for it."""
+    vendor would: CO-RE objects against the oldest kernel, a greylist for those in GREYLISTED,
+    plus one native build for the oldest kernel."""
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
@@ -70,6 +87,8 @@ def build_example_root(root: Path, kernels: dict[str, Path]) -> list[Path]:
     oldest = min(kernels)
     vmlinux = bpfbuild.vmlinux_of(kernels[oldest] / f"boot/vmlinuz-{oldest}")
     core = install_programs(root, vmlinux, example_sources(), "usr/lib/bpf")
+    for name in GREYLISTED:
+        write_greylist(root, root / "usr/lib/bpf" / name, oldest)
     native = install_programs(
         root, vmlinux, [EXAMPLES / "acme-net/xdp_ct.bpf.c"], f"usr/lib/modules/{oldest}/bpf/extra"
     )

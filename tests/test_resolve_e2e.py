@@ -30,13 +30,28 @@ REPORT = f"var/lib/weak-bpf-progs/reports/{NEW}.json"
 TASK_GUARD = "usr/lib/bpf/acme-sec/task_guard.bpf.o"
 EXEC_STATE = "usr/lib/bpf/acme-trace/exec_state.bpf.o"
 PACKAGE = "acme-trace-bpf-2.0-3"
-# Every program of the example root: the CO-RE builds, and xdp_ct built native for the old kernel.
-PROGRAMS = {
-    "usr/lib/bpf/acme-net/xdp_ct.bpf.o",
-    TASK_GUARD,
+CT_KEEPALIVE = "usr/lib/bpf/globex-net/ct_keepalive.bpf.o"  # ships a greylist
+# The example programs that load on the old kernel and not on the new one, and why.
+BROKEN_ON_NEW = {
+    "usr/lib/bpf/acme-fs/buddy_load.bpf.o": "core-relo",  # a renamed field, read unguarded
+    "usr/lib/bpf/acme-power/padata_offline.bpf.o": "core-relo",  # a removed enumerator
+    "usr/lib/bpf/globex-obs/epoll_leak.bpf.o": "attach-target",  # its fentry target is gone
+}
+# What holds NEW's links: the native build of xdp_ct for the old kernel, not its CO-RE build.
+LINKED_ON_NEW = {
+    f"usr/lib/modules/{OLD}/bpf/extra/acme-net/xdp_ct.bpf.o",
+    "usr/lib/bpf/acme-net/tcp_retrans.bpf.o",
     EXEC_STATE,
     "usr/lib/bpf/acme-trace/open_count.bpf.o",
-    f"usr/lib/modules/{OLD}/bpf/extra/acme-net/xdp_ct.bpf.o",
+    CT_KEEPALIVE,
+    "usr/lib/bpf/globex-storage/bitmap_release.bpf.o",
+}
+# Every program of the example root: the CO-RE builds, and xdp_ct built native for the old kernel.
+PROGRAMS = {
+    *LINKED_ON_NEW,
+    *BROKEN_ON_NEW,
+    TASK_GUARD,
+    "usr/lib/bpf/acme-net/xdp_ct.bpf.o",
 }
 
 
@@ -194,13 +209,15 @@ def test_add_kernel_reports_to_the_journal_and_the_file(root: Path, journald: Jo
     assert "license" in guard["WEAK_BPF_REASONS"].split(",")
     assert guard["MESSAGE"].startswith(f"{TASK_GUARD} is not linkable on kernel {NEW}")
 
+    for path, code in BROKEN_ON_NEW.items():
+        e = logged[path]
+        assert (e["MESSAGE_ID"], e["PRIORITY"]) == (journal.MESSAGE_ID_NOT_LINKABLE, "4")
+        assert (e["WEAK_BPF_LINKED"], e["WEAK_BPF_VERDICT"]) == ("0", "incompatible")
+        assert e["WEAK_BPF_REASONS"] == code
+
     linked = {p for p, e in logged.items() if e["WEAK_BPF_LINKED"] == "1"}
-    # the native build of xdp_ct for the old kernel holds the link; its CO-RE build does not
-    assert linked == {
-        f"usr/lib/modules/{OLD}/bpf/extra/acme-net/xdp_ct.bpf.o",
-        EXEC_STATE,
-        "usr/lib/bpf/acme-trace/open_count.bpf.o",
-    }
+    assert linked == LINKED_ON_NEW
+    assert logged[CT_KEEPALIVE]["WEAK_BPF_VERDICT"] == "compatible-unstable"
     for path in linked:
         e = logged[path]
         assert (e["MESSAGE_ID"], e["PRIORITY"]) == (journal.MESSAGE_ID_LINKED, "6")
@@ -217,16 +234,16 @@ def test_add_kernel_reports_to_the_journal_and_the_file(root: Path, journald: Jo
     assert superseded["WEAK_BPF_LINKED"] == "0"
     (summary, _) = split(entries_of(journald, first))
     assert summary["PRIORITY"] == "4"  # a program is not linkable
-    assert summary["WEAK_BPF_LINKED_COUNT"] == "3"
-    assert summary["WEAK_BPF_NOT_LINKABLE_COUNT"] == "1"
-    assert summary["WEAK_BPF_CHANGED_COUNT"] == "5"
+    assert summary["WEAK_BPF_LINKED_COUNT"] == str(len(LINKED_ON_NEW)) == "6"
+    assert summary["WEAK_BPF_NOT_LINKABLE_COUNT"] == str(1 + len(BROKEN_ON_NEW)) == "4"
+    assert summary["WEAK_BPF_CHANGED_COUNT"] == str(len(PROGRAMS)) == "11"
 
-    # Second run: nothing changed; only the program that is not linkable is logged again.
+    # Second run: nothing changed; only the programs that are not linkable are logged again.
     second = add_kernel(root, journald.socket)
     assert second.returncode == 0, second.stderr
     doc2 = report(root)
     logged2 = check_entries_match_report(entries_of(journald, second), doc2, second.pid)
-    assert set(logged2) == {TASK_GUARD}
+    assert set(logged2) == {TASK_GUARD, *BROKEN_ON_NEW}
     assert doc2["counts"]["changed"] == 0
     assert {p["path"]: p["state"] for p in doc2["programs"]} == {
         p["path"]: p["state"] for p in doc["programs"]
@@ -365,7 +382,7 @@ def test_a_weak_updates_link_removed_by_hand_is_restored(root: Path) -> None:
     proc = add_kernel(root, missing)
     assert proc.returncode == 0, proc.stderr
     linked = [p for p in report(root)["programs"] if p["linked"]]
-    assert len(linked) == 3
+    assert {p["path"] for p in linked} == LINKED_ON_NEW
     for p in linked:
         link = weak_updates / p["link"]
         assert link.is_symlink() and link.resolve() == (root / p["path"]).resolve(), p
