@@ -90,7 +90,7 @@ def test_untagged_kernels_need_the_kfunc_sets(kfunc_task: BpfObject) -> None:
     assert {r.code for r in result.reasons} == {ReasonCode.KERNEL_DATA_MISSING}
     # why, and what would tell
     for r in result.reasons:
-        assert "only from a vmlinux or vmlinuz (.BTF_ids)" in r.detail
+        assert "read from the .BTF_ids of a vmlinux or vmlinuz with the same BTF" in r.detail
         assert "loading the program" in r.detail
 
 

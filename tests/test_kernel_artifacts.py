@@ -846,3 +846,45 @@ def test_corrupt_vmlinuz(flips: list[tuple[int, int]], cut: int) -> None:
         assert isinstance(e, (ELFError, FormatError)) or e.source == "vmlinuz"
         return
     assert out.startswith(b"\x7fELF")
+
+
+def test_running_kernel_kfunc_sets_come_from_its_image(
+    debian_kernels: dict[str, Path], old_progs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The running kernel's BTF comes from sysfs, which has no .BTF_ids. On a kernel without
+    bpf_kfunc tags (RHEL 9, Debian 12) the kfunc sets are then read from its installed image,
+    when that image's BTF is the sysfs BTF byte for byte; with another image, unknown."""
+    from weak_bpf.cache import Cache
+    from weak_bpf.checks import check_object
+    from weak_bpf.kernelfacts import load_kernel_facts
+    from weak_bpf.model import Verdict
+    from weak_bpf.parsers.bpfobject import read_bpf_object
+
+    require(debian_kernels, "the Debian kernels")
+    old, new = sorted(debian_kernels)
+    elf = kernel_data.load_vmlinux(debian_kernels[old] / f"boot/vmlinuz-{old}")
+    btf = next(s for s in section_headers(elf) if s.name == ".BTF")
+    sysfs = tmp_path / "sys/kernel/btf/vmlinux"
+    sysfs.parent.mkdir(parents=True)
+    sysfs.write_bytes(elf[btf.offset : btf.offset + btf.size])
+    obj = read_bpf_object(old_progs["kfunc_vmlinux"].read_bytes(), "kfunc_vmlinux.bpf.o")
+    verdicts = {}
+    for image_of in (old, new):
+        moddir = tmp_path / "usr/lib/modules" / old
+        moddir.mkdir(parents=True, exist_ok=True)
+        (moddir / "vmlinuz").unlink(missing_ok=True)
+        os.link(debian_kernels[image_of] / f"boot/vmlinuz-{image_of}", moddir / "vmlinuz")
+        artifacts = find_kernel(tmp_path, old, running=old)
+        assert artifacts.btf_source_kind is BtfSourceKind.SYSFS
+        for writable in (True, False):  # computed, then from the cache
+            facts = load_kernel_facts(artifacts, Cache(tmp_path, writable=writable))
+            verdicts[image_of, writable] = check_object(obj, None, facts).verdict
+            ids = facts.vmlinux_btf_ids
+            if image_of == old:
+                assert ids is not None
+                assert facts.vmlinux is not None
+                assert facts.vmlinux.find("bpf_lookup_system_key")[0] in ids
+            else:
+                assert ids is None
+    assert verdicts[old, True] == verdicts[old, False] == Verdict.COMPATIBLE
+    assert verdicts[new, True] == verdicts[new, False] == Verdict.UNKNOWN

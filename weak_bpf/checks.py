@@ -362,9 +362,10 @@ class _Checker:
                 Area.KFUNC,
                 subject,
                 f"{where}, but whether it is a kfunc is unknown: {self.k.kver}'s BTF has no "
-                "bpf_kfunc tags, and its kfunc sets are read only from a vmlinux or vmlinuz "
-                f"(.BTF_ids), not from {self._btf_source()}: loading the program on "
-                f"{self.k.kver} tells",
+                f"bpf_kfunc tags, and {self._btf_source()} does not list kfunc sets: they are "
+                "read from the .BTF_ids of a vmlinux or vmlinuz with the same BTF, and none "
+                f"was found (install the kernel image); loading the program on {self.k.kver} "
+                "tells",
                 ext.name,
             )
             return

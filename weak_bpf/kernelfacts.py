@@ -57,7 +57,7 @@ def _load_vmlinux_btf(
     if artifacts.btf_source_kind is BtfSourceKind.SYSFS:
         raw = kernel_data.load_btf_bytes(artifacts)
         assert raw is not None
-        return BTF.from_bytes(raw, source=source), None
+        return BTF.from_bytes(raw, source=source), _image_btf_ids(artifacts, raw, cache)
     key = file_key(artifacts.btf)
     btf_name, ids_name = f"btf-{key}.btf", f"btfids-{key}.json"
     cached, cached_ids = cache.get(btf_name), cache.get_json(ids_name)
@@ -72,6 +72,29 @@ def _load_vmlinux_btf(
     cache.put(btf_name, btf.to_bytes())
     cache.put(ids_name, json.dumps(sorted(ids)).encode())
     return btf, ids
+
+
+def _image_btf_ids(
+    artifacts: KernelArtifacts, sysfs_btf: bytes, cache: Cache
+) -> frozenset[int] | None:
+    """The running kernel's `.BTF_ids`, from its installed image when that image's BTF is the
+    sysfs BTF byte for byte (the ids are only valid for that BTF); else None (unknown)."""
+    if artifacts.image is None:
+        return None
+    name = f"btfids-running-{file_key(artifacts.image)}-{content_key(sysfs_btf)}.json"
+    cached = cache.get_json(name)
+    if isinstance(cached, dict) and "ids" in cached:
+        ids = cached["ids"]
+        return frozenset(ids) if isinstance(ids, list) else None
+    try:
+        elf = kernel_data.load_vmlinux(artifacts.image)
+        btf = next((s for s in section_headers(elf) if s.name == ".BTF"), None)
+        same = btf is not None and elf[btf.offset : btf.offset + btf.size] == sysfs_btf
+        found = _btf_ids_of(elf, str(artifacts.image)) if same else None
+    except WeakBpfError:
+        found = None
+    cache.put(name, json.dumps({"ids": None if found is None else sorted(found)}).encode())
+    return found
 
 
 def _scan_module_kfuncs(
