@@ -274,6 +274,24 @@ def test_bad_paths_on_stdin_are_reported_and_the_rest_handled(root: Path) -> Non
     assert "acme-net/xdp_ct.bpf.o" in links(root, NEW)
 
 
+def test_a_kernel_with_only_a_boot_image_does_not_stop_the_others(root: Path) -> None:
+    """A boot/vmlinuz-K without usr/lib/modules/K is an installed kernel with nowhere for
+    links: add-progs passes it over, says so, and resolves the others (it used to exit 3
+    before reaching the kernels after it, and write no report)."""
+    homeless = "6.1.0-99-cloud-amd64"
+    (root / "boot").mkdir(exist_ok=True)
+    shutil.copyfile(root / f"usr/lib/modules/{NEW}/vmlinuz", root / f"boot/vmlinuz-{homeless}")
+    proc = run(root, "add-progs", stdin="/usr/lib/bpf/acme-net/tcp_retrans.bpf.o\n")
+    assert proc.returncode == 0, proc.stderr
+    assert f"kernel {homeless} is passed over" in proc.stderr
+    assert links(root, NEW) == LINKED_ON_NEW
+    reports = root / "var/lib/weak-bpf-progs/reports"
+    assert sorted(p.name for p in reports.iterdir()) == [f"{OLD}.json", f"{NEW}.json"]
+    # named on its own, the kernel still fails, with the reason
+    proc = run(root, "add-kernel", homeless)
+    assert proc.returncode == 3 and "nowhere to put" in proc.stderr
+
+
 def test_hooks_run_by_run_parts_never_fail(root: Path, tmp_path: Path) -> None:
     run_parts = require_tool("run-parts")
     bindir = tmp_path / "bin"

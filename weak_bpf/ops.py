@@ -439,11 +439,24 @@ def resolve(
         # a dry run opens no database: reading one can create its journal files
         paths = [p.program.path for p in report.programs]
         packages = dict.fromkeys(paths) if dry_run else rpmdb.owners(root, paths)
+        # a kernel found by its boot/vmlinuz-K alone has nowhere for links: when every kernel is
+        # resolved, it is passed over (an explicit add-kernel K still fails with the reason)
+        homeless = [k for k in report.kernels if not kvers and not _has_module_dir(root, k)]
+        errors = tuple(errors) + tuple(
+            f"kernel {k} is passed over: usr/lib/modules/{k} does not exist, so it can have no "
+            "links (is it fully installed? 'weak-bpf-progs kernels' shows what was found)"
+            for k in homeless
+        )
         for kver in report.kernels:
-            runs.append(
-                _resolve_kernel(root, kver, report, packages, config, action, dry_run, errors)
-            )
+            if kver not in homeless:
+                runs.append(
+                    _resolve_kernel(root, kver, report, packages, config, action, dry_run, errors)
+                )
     return _finish(root, runs, dry_run=dry_run, journal=journal)
+
+
+def _has_module_dir(root: Path, kver: str) -> bool:
+    return actions.bpf_dir(root, kver).parent.is_dir()
 
 
 def _resolve_kernel(  # noqa: PLR0917
