@@ -4,6 +4,7 @@ root built from the real Debian kernels and the example programs."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,16 @@ def test_inspect_shows_kfuncs_and_attach_targets(
     assert out.startswith("usr/lib/bpf/acme-net/xdp_ct.bpf.o\n")
     assert "bpf_xdp_ct_lookup (func, typed)" in out
     assert "open_count [fentry/do_sys_openat2] tracing, attaches to do_sys_openat2" in out
+    assert re.search(r"^  greylist +none$", out, re.MULTILINE)
+
+
+def test_inspect_names_the_greylist_shipped_beside_the_object(
+    example_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    obj = "usr/lib/bpf/globex-net/ct_keepalive.bpf.o"
+    status, out, err = run(["--root", str(example_root), "inspect", obj], capsys)
+    assert status == 0, err
+    assert re.search(rf"^  greylist +{re.escape(obj)}\.greylist$", out, re.MULTILINE), out
 
 
 def test_inspect_verbose_names_core_relocations(

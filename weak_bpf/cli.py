@@ -216,7 +216,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             _error(e)
             status = Exit.USAGE
             continue
-        sys.stdout.write(report.render_object(obj, verbose=args.verbose))
+        greylist = ops.greylist_beside(args.root, path)
+        sys.stdout.write(report.render_object(obj, verbose=args.verbose, greylist_file=greylist))
     return status
 
 

@@ -104,6 +104,19 @@ def inspect_object(root: Path, path: Path) -> BpfObject:
         raise e.located(shown) from None
 
 
+def greylist_beside(root: Path, path: Path) -> str | None:
+    """OBJECT.greylist, the greylist a package ships next to OBJECT, as shown to users; None if
+    there is none. It wins over a .greylist section in the object."""
+    where = object_path(root, path)
+    sidecar = where.with_name(where.name + ".greylist")
+    if not sidecar.is_file():
+        return None
+    try:
+        return str(sidecar.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(sidecar)
+
+
 # --- audit and explain ---------------------------------------------------------------------------
 
 

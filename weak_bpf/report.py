@@ -94,7 +94,9 @@ def _relo_kind(kind: CoreReloKind | int) -> str:
     return kind.name.lower() if isinstance(kind, CoreReloKind) else f"kind {kind}"
 
 
-def render_object(obj: BpfObject, *, verbose: bool = False) -> str:
+def render_object(
+    obj: BpfObject, *, verbose: bool = False, greylist_file: str | None = None
+) -> str:
     out = [f"{obj.source}\n", _row("license", obj.license or "none (no license section)")]
     out.append(_list("programs", [_program_line(p) for p in obj.programs]))
     out.append(_list("kfuncs", [_extern_line(e) for e in obj.ksyms if e.kind is ExternKind.FUNC]))
@@ -115,7 +117,10 @@ def render_object(obj: BpfObject, *, verbose: bool = False) -> str:
         out.append(_list("CO-RE", relos))
     else:
         out.append(_row("CO-RE", f"{len(relos)} relocations"))
-    out.append(_row("greylist", "embedded .greylist section" if obj.greylist else "none"))
+    if greylist_file is not None:
+        out.append(_row("greylist", greylist_file))
+    else:
+        out.append(_row("greylist", "embedded .greylist section" if obj.greylist else "none"))
     out.extend(_row("problem", p) for p in obj.extern_problems)
     return "".join(out)
 
