@@ -1,4 +1,5 @@
-"""kfunc prototype compatibility, by libbpf's `bpf_core_types_are_compat` rules.
+"""Type compatibility by libbpf's `bpf_core_types_are_compat` rules: kfunc prototypes (with the
+steps that explain a refusal) and the types of CO-RE relocations.
 
 libbpf resolves a kfunc extern (`extern ... __ksym` function) by name, looking the essential
 name (flavor suffix `___xxx` stripped) up as a BTF FUNC, in vmlinux first, then in each loaded
@@ -214,6 +215,15 @@ def _proto_of(btf: BTF, type_id: int) -> int:
     """A FUNC's FUNC_PROTO; any other id as is."""
     t = btf.type(type_id)
     return t.type if t.kind == Kind.FUNC else type_id
+
+
+def types_are_compat(
+    local: BTF, local_id: int, target: BTF, target_id: int, level: int = MAX_LEVEL
+) -> int:
+    """libbpf's bpf_core_types_are_compat on two types: 1 compatible, 0 not, -1 past the limits.
+    The one implementation of the rule, for kfunc prototypes and CO-RE relocations alike. (A
+    non-void type of kind UNKN, which libbpf takes for compatible, is refused: such BTF is bad.)"""
+    return _Walk(local, target).compare(local_id, target_id, level)[0]
 
 
 def func_protos_compatible(local: BTF, local_id: int, target: BTF, target_id: int) -> Compat:

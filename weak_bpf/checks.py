@@ -12,15 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from weak_bpf.bpf_helpers import helper_name, is_gpl_only, license_is_gpl_compatible
-from weak_bpf.btfcompat import essential_name, func_protos_compatible
-from weak_bpf.corerelo import (
-    ENUMVAL_KINDS,
-    FIELD_KINDS,
-    CoreResolver,
-    CoreResult,
-    target_index,
-    types_are_compat,
-)
+from weak_bpf.btfcompat import essential_name, func_protos_compatible, types_are_compat
+from weak_bpf.corerelo import ENUMVAL_KINDS, FIELD_KINDS, CoreResolver, CoreResult, target_index
 from weak_bpf.model import (
     Area,
     Check,

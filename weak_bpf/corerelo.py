@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Protocol
 
-from weak_bpf.btfcompat import essential_name
+from weak_bpf.btfcompat import essential_name, types_are_compat
 from weak_bpf.errors import BTFError
 from weak_bpf.parsers.btf import BTF, Kind, Type
 from weak_bpf.parsers.btfext import CoreReloKind
@@ -226,40 +226,6 @@ def parse_spec(btf: BTF, type_id: int, access: str, kind: int) -> Spec:
 
 
 # --- compatibility ---------------------------------------------------------------------------
-
-
-def types_are_compat(local: BTF, local_id: int, target: BTF, targ_id: int, level: int = 32) -> int:
-    """bpf_core_types_are_compat: 1 compatible, 0 not, <0 error (too deep)."""
-    if not _kind_compat(local.kind(local_id), target.kind(targ_id)):
-        return 0
-    for _ in range(_MAX_DEPTH):
-        local_id, targ_id = local.resolve(local_id), target.resolve(targ_id)
-        lt, tt = local.type(local_id), target.type(targ_id)
-        if not _kind_compat(lt.kind, tt.kind):
-            return 0
-        if lt.kind in (Kind.UNKN, Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.FWD, Kind.ENUM64):
-            return 1
-        if lt.kind == Kind.INT:
-            return int(lt.int_offset == 0 and tt.int_offset == 0)
-        if lt.kind == Kind.PTR:
-            local_id, targ_id = lt.type, tt.type
-        elif lt.kind == Kind.ARRAY:
-            local_id, targ_id = lt.elem_type, tt.elem_type
-        elif lt.kind == Kind.FUNC_PROTO:
-            if lt.vlen != tt.vlen:
-                return 0
-            for lp, tp in zip(lt.params, tt.params):
-                if level <= 0:
-                    return -1
-                res = types_are_compat(
-                    local, local.resolve(lp.type), target, target.resolve(tp.type), level - 1
-                )
-                if res <= 0:
-                    return res
-            local_id, targ_id = lt.type, tt.type
-        else:
-            return 0
-    return -1
 
 
 def _fields_are_compat(local: BTF, local_id: int, target: BTF, targ_id: int) -> bool:
@@ -858,6 +824,5 @@ __all__ = [
     "parse_spec",
     "resolve_all",
     "target_index",
-    "types_are_compat",
     "types_match",
 ]
