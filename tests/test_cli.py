@@ -237,3 +237,14 @@ def test_weak_modules_spellings() -> None:
     assert (args.verb, args.kernel, args.dry_run) == ("remove-kernel", "5.14.0", True)
     for spelling, verb in (("--add-modules", "add-progs"), ("--remove-modules", "remove-progs")):
         assert parser.parse_args(cli._normalise([spelling])).verb == verb
+
+
+def test_regression_a_nul_byte_in_an_argument(
+    example_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the CLI fuzzing (harden/fuzz.py): main() called from Python with a NUL in a
+    path ended in an internal ValueError ("embedded null byte")."""
+    for args in (["inspect", "usr/lib/bpf\0x"], ["explain", "\0"], ["add-kernel", "6.1\0"]):
+        status, _, err = run(["--root", str(example_root), *args], capsys)
+        assert status == cli.Exit.USAGE
+        assert "NUL byte" in err and "internal error" not in err

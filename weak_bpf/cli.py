@@ -403,7 +403,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")  # type: ignore[attr-defined]
-    args = build_parser().parse_args(_normalise(sys.argv[1:] if argv is None else argv))
+    words = list(sys.argv[1:] if argv is None else argv)
+    if any("\0" in word for word in words):  # only from a caller in Python: exec cannot pass one
+        print("weak-bpf-progs: an argument holds a NUL byte", file=sys.stderr)
+        return Exit.USAGE
+    args = build_parser().parse_args(_normalise(words))
     logging.basicConfig(
         format="weak-bpf-progs: %(message)s",
         level=logging.DEBUG if args.verbose else logging.WARNING,
