@@ -292,6 +292,26 @@ def test_a_kernel_with_only_a_boot_image_does_not_stop_the_others(root: Path) ->
     assert proc.returncode == 3 and "nowhere to put" in proc.stderr
 
 
+def test_a_kernel_whose_links_cannot_be_made_does_not_stop_the_others(root: Path) -> None:
+    """A weak-updates that is an admin's link (not the tool's) stops that kernel only: the
+    others are resolved and reported, and the run exits 3 with the reason."""
+    assert run(root, "add-kernel", NEW).returncode == 0
+    wu = root / "usr/lib/modules" / OLD / "bpf/weak-updates"
+    if wu.is_symlink() or wu.exists():
+        wu.unlink() if wu.is_symlink() else shutil.rmtree(wu)
+    (root / "admin").mkdir()
+    wu.symlink_to("/admin")
+    gone = "acme-net/tcp_retrans.bpf.o"
+    os.unlink(root / "usr/lib/modules" / NEW / "bpf/weak-updates" / gone)
+    proc = run(root, "add-progs", stdin=f"/usr/lib/bpf/{gone}\n")
+    assert proc.returncode == 3
+    assert f"usr/lib/modules/{OLD}/bpf/weak-updates is a link weak-bpf-progs did not make" in (
+        proc.stderr
+    )
+    assert links(root, NEW) == LINKED_ON_NEW  # resolved: the removed link is back
+    assert os.readlink(wu) == "/admin"
+
+
 def test_hooks_run_by_run_parts_never_fail(root: Path, tmp_path: Path) -> None:
     run_parts = require_tool("run-parts")
     bindir = tmp_path / "bin"

@@ -20,7 +20,7 @@ from weak_bpf import programs as programs_mod
 from weak_bpf.cache import Cache, content_key, stat_key
 from weak_bpf.checks import check_object, malformed
 from weak_bpf.config import Config, load_config
-from weak_bpf.errors import ParseError, WeakBpfError
+from weak_bpf.errors import ApplyError, ParseError, WeakBpfError
 from weak_bpf.journal import send_to_journal, stderr_report
 from weak_bpf.kernel import resolve_in_root
 from weak_bpf.kernelfacts import facts_from_files, load_kernel_facts
@@ -460,12 +460,22 @@ def resolve(
             "links (is it fully installed? 'weak-bpf-progs kernels' shows what was found)"
             for k in homeless
         )
+        failed: list[ApplyError] = []
         for kver in report.kernels:
-            if kver not in homeless:
+            if kver in homeless:
+                continue
+            try:
                 runs.append(
                     _resolve_kernel(root, kver, report, packages, config, action, dry_run, errors)
                 )
-    return _finish(root, runs, dry_run=dry_run, journal=journal)
+            except ApplyError as e:  # this kernel keeps its links; the others go on
+                failed.append(e)
+    done = _finish(root, runs, dry_run=dry_run, journal=journal)
+    if len(failed) == 1:
+        raise failed[0]
+    if failed:
+        raise ApplyError("; ".join(str(e) for e in failed), hint=failed[0].hint)
+    return done
 
 
 def _has_module_dir(root: Path, kver: str) -> bool:
