@@ -30,7 +30,7 @@ lint:
 bench: deps
 	$(PYTHON) bench/run.py
 
-# Every hardening campaign at full size, with its figures (docs/reliability.md); over an hour.
+# Every hardening campaign at full size, with its figures (docs/reliability.md): about 20 min.
 harden: deps
 	$(PYTHON) harden/harden.py
 
