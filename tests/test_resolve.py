@@ -160,14 +160,26 @@ def test_foreign_files_in_weak_updates_are_never_touched(root: Path) -> None:
     # a regular file where weak-bpf-progs wants a link: the file wins
     (wu / "acme-trace/open_count.bpf.o").unlink()
     (wu / "acme-trace/open_count.bpf.o").write_bytes(b"pinned by hand")
-    proc = run(root, "add-kernel", NEW)
-    assert proc.returncode == 0, proc.stderr
-    # said once, with what to do; not counted as linked
     blocked = (
         f"usr/lib/bpf/acme-trace/open_count.bpf.o is compatible with kernel {NEW} but not "
         f"linked: usr/lib/modules/{NEW}/bpf/weak-updates/acme-trace/open_count.bpf.o is a file "
         "weak-bpf-progs did not create, and it is kept"
     )
+    # a dry run predicts it
+    plan = run(root, "--dry-run", "add-kernel", NEW).stdout
+    assert f"skip   usr/lib/modules/{NEW}/bpf/weak-updates/acme-trace/open_count.bpf.o (" in plan
+    dry = run(root, "--dry-run", "--json", "add-kernel", NEW)
+    assert dry.returncode == 0, dry.stderr
+    assert blocked in dry.stderr
+    (planned,) = [
+        p
+        for p in json.loads(dry.stdout)[0]["programs"]
+        if p["link"] == "acme-trace/open_count.bpf.o"
+    ]
+    assert (planned["state"], planned["linked"]) == ("not-linkable", False)
+    proc = run(root, "add-kernel", NEW)
+    assert proc.returncode == 0, proc.stderr
+    # said once, with what to do; not counted as linked
     assert proc.stderr.count(blocked) == 1, proc.stderr
     assert (
         "hint: if it is not yours to keep, move it away and run "

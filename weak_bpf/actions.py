@@ -18,7 +18,7 @@ import posixpath
 import re
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from weak_bpf.errors import ApplyError, LockTimeout
@@ -176,6 +176,19 @@ def current_links(root: Path, kver: str) -> dict[str, str]:
             if is_owned_link(root, path):
                 links[str(path.relative_to(current))] = os.readlink(path)
     return links
+
+
+def blocked_names(root: Path, kver: str, names: Iterable[str]) -> set[str]:
+    """Which of `names` an entry weak-bpf-progs did not make holds in K's current set: the links
+    apply_links would leave out (what a dry run predicts). Reads only."""
+    current = _current_set(root, kver)
+    if current is None:
+        return set()
+    return {
+        name
+        for name in names
+        if os.path.lexists(current / name) and not is_owned_link(root, current / name)
+    }
 
 
 def _carry_foreign(root: Path, old: Path, new: Path) -> None:

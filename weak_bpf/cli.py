@@ -228,7 +228,8 @@ def _print_runs(args: argparse.Namespace, runs: list[KernelRun]) -> int:
     else:
         for run in runs:
             if args.dry_run:
-                sys.stdout.writelines(f"{line}\n" for line in run.plan.describe())
+                blocked = {p.link for p in run.resolution.programs if p.blocked and p.link}
+                sys.stdout.writelines(f"{line}\n" for line in run.plan.describe(blocked))
             print(run.resolution.summary)
     untold = [r.resolution for r in runs if not r.on_stderr]  # the others' reports said it all
     everywhere = set.intersection(*(set(r.errors) for r in untold)) if untold else set()

@@ -505,7 +505,9 @@ def _resolve_kernel(  # noqa: PLR0917
     current = actions.current_links(root, kver)
     the_plan = resolver.plan(kver, candidates, current, link_unstable=config.link_unstable)
     blocked: set[str] = set()  # link names a file weak-bpf-progs did not create holds
-    if not dry_run and (the_plan.changes or not actions.in_place(root, kver)):
+    if dry_run:
+        blocked = actions.blocked_names(root, kver, the_plan.links)
+    elif the_plan.changes or not actions.in_place(root, kver):
         blocked = set(actions.apply_links(root, kver, the_plan.links))
     previous = _previous(root, kver)
     changes = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from weak_bpf.model import Result, Verdict
 from weak_bpf.versions import kernel_sort_key
@@ -45,10 +45,16 @@ class Plan:
     def changes(self) -> bool:
         return bool(self.add or self.remove)
 
-    def describe(self) -> list[str]:
-        """The plan, one line per change, as --dry-run prints it."""
+    def describe(self, blocked: Collection[str] = ()) -> list[str]:
+        """The plan, one line per change, as --dry-run prints it; `blocked`: link names that a
+        file weak-bpf-progs did not make holds."""
         base = WEAK_UPDATES.format(kver=self.kernel)
-        lines = [f"link   {base}/{name} -> {self.links[name]}" for name in self.add]
+        lines = [
+            f"skip   {base}/{name} (a file weak-bpf-progs did not make is there, and is kept)"
+            if name in blocked
+            else f"link   {base}/{name} -> {self.links[name]}"
+            for name in self.add
+        ]
         lines += [f"unlink {base}/{name}" for name in self.remove]
         return lines or [f"no change to {base}"]
 
