@@ -248,3 +248,11 @@ def test_regression_a_nul_byte_in_an_argument(
         status, _, err = run(["--root", str(example_root), *args], capsys)
         assert status == cli.Exit.USAGE
         assert "NUL byte" in err and "internal error" not in err
+
+
+def test_inspect_of_an_endless_file_stops_at_the_object_limit(
+    example_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, err = run(["--root", str(example_root), "inspect", "/dev/zero"], capsys)
+    assert status == cli.Exit.USAGE
+    assert "/dev/zero: larger than 64 MiB, the most it reads" in err

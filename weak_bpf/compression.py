@@ -96,6 +96,14 @@ _PROGRAMS = {
 }
 
 
+def size_text(size: int) -> str:
+    """A byte count as people read it: 1 GiB, 64 MiB, 4096 bytes."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} bytes"
+
+
 def detect(data: bytes, pos: int = 0) -> Format | None:
     """The format whose stream starts at data[pos], or None."""
     for fmt in Format:
@@ -157,7 +165,7 @@ def maybe_decompress(
     """`data` unpacked if it starts with a known magic, else unchanged (a plain file)."""
     if detect(data) is None:
         if len(data) > max_size:
-            raise DecompressError(f"larger than {max_size} bytes", source=source)
+            raise DecompressError(f"larger than {size_text(max_size)}", source=source)
         return bytes(data)
     return decompress(data, source, max_size=max_size, use_modules=use_modules)
 
@@ -200,7 +208,9 @@ def _one_stream(
                 return _zstd_module(data[pos:end], max_size), end
     except _TooLarge:
         raise DecompressError(
-            f"{fmt.value} data unpacks to more than {max_size} bytes", source=source, offset=pos
+            f"{fmt.value} data unpacks to more than {size_text(max_size)}",
+            source=source,
+            offset=pos,
         ) from None
     except _Truncated as e:
         raise DecompressError(
@@ -427,7 +437,9 @@ def _program(fmt: Format, stream: bytes, source: str | None, offset: int, max_si
     out, err, rc = _run_bounded([exe, *argv[1:]], stream, max_size)
     if rc is None:
         raise DecompressError(
-            f"{fmt.value} data unpacks to more than {max_size} bytes", source=source, offset=offset
+            f"{fmt.value} data unpacks to more than {size_text(max_size)}",
+            source=source,
+            offset=offset,
         )
     if rc != 0:
         msg = err.decode("utf-8", "replace").strip().splitlines()

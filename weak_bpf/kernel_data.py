@@ -30,7 +30,9 @@ def read_file(path: Path, *, max_size: int = MAX_FILE_SIZE) -> bytes:
     except OSError as e:
         raise ParseError(f"cannot read: {e.strerror or e}", source=str(path)) from None
     if len(data) > max_size:
-        raise ParseError(f"larger than {max_size} bytes", source=str(path))
+        raise ParseError(
+            f"larger than {compression.size_text(max_size)}, the most it reads", source=str(path)
+        )
     return compression.maybe_decompress(data, str(path), max_size=max_size)
 
 

@@ -97,7 +97,7 @@ def inspect_object(root: Path, path: Path) -> BpfObject:
         shown = str(where.resolve().relative_to(root.resolve()))
     except ValueError:
         shown = str(where)
-    data = kernel_data.read_file(where)
+    data = kernel_data.read_file(where, max_size=programs_mod.MAX_OBJECT_SIZE)
     try:
         return read_bpf_object(data, shown)
     except ParseError as e:
