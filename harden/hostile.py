@@ -140,6 +140,9 @@ def confinement(work: Path) -> dict[str, Any]:
     wu = root / "usr/lib/modules" / common.NEW / "bpf/weak-updates"
     (wu / "foreign.bpf.o").symlink_to(sentinel / "victim.txt")
     (wu / "acme-trace").mkdir(exist_ok=True)
+    # a directory on the path of links that is a link out of the root: nothing may go through it
+    shutil.rmtree(wu / "acme-net", ignore_errors=True)
+    (wu / "acme-net").symlink_to(sentinel / "dir")
     old_wu = root / "usr/lib/modules" / common.OLD / "bpf"
     (old_wu / "weak-updates").unlink()
     (old_wu / "weak-updates").symlink_to(sentinel / "dir")

@@ -200,6 +200,33 @@ def test_foreign_files_in_weak_updates_are_never_touched(root: Path) -> None:
     ]
 
 
+def test_a_foreign_file_or_link_on_the_path_of_links_holds_them_back(
+    root: Path, tmp_path: Path
+) -> None:
+    """weak-updates/acme-trace a regular file, weak-updates/globex-net a link to a directory
+    outside: the links below them are held back (a link would land outside the set, or fail),
+    the dry run says so, and the real run exits 0 and keeps both."""
+    assert run(root, "add-kernel", NEW).returncode == 0
+    wu = root / "usr/lib/modules" / NEW / "bpf/weak-updates"
+    shutil.rmtree(wu / "acme-trace")
+    (wu / "acme-trace").write_bytes(b"admin's notes")
+    shutil.rmtree(wu / "globex-net")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (wu / "globex-net").symlink_to(outside)
+    held = ["acme-trace/exec_state.bpf.o", "acme-trace/open_count.bpf.o",
+            "globex-net/ct_keepalive.bpf.o"]  # fmt: skip
+    plan = run(root, "--dry-run", "add-kernel", NEW).stdout
+    for name in held:
+        assert f"skip   usr/lib/modules/{NEW}/bpf/weak-updates/{name} (" in plan, plan
+    proc = run(root, "add-kernel", NEW)
+    assert proc.returncode == 0, proc.stderr
+    assert links(root, NEW) == {k: v for k, v in LINKED_ON_NEW.items() if k not in held}
+    assert (wu / "acme-trace").read_bytes() == b"admin's notes"
+    assert os.readlink(wu / "globex-net") == str(outside)
+    assert list(outside.iterdir()) == []
+
+
 def test_a_kernel_without_symvers_or_btf_gets_unknown_and_no_link(root: Path) -> None:
     moddir = root / "usr/lib/modules" / NEW
     (moddir / "vmlinuz").unlink()
@@ -315,12 +342,14 @@ def test_a_kernel_whose_links_cannot_be_made_does_not_stop_the_others(root: Path
     wu.symlink_to("/admin")
     gone = "acme-net/tcp_retrans.bpf.o"
     os.unlink(root / "usr/lib/modules" / NEW / "bpf/weak-updates" / gone)
-    proc = run(root, "add-progs", stdin=f"/usr/lib/bpf/{gone}\n")
+    proc = run(root, "--json", "add-progs", stdin=f"/usr/lib/bpf/{gone}\n")
     assert proc.returncode == 3
     assert f"usr/lib/modules/{OLD}/bpf/weak-updates is a link weak-bpf-progs did not make" in (
         proc.stderr
     )
     assert links(root, NEW) == LINKED_ON_NEW  # resolved: the removed link is back
+    # and reported: the resolved kernel's document is printed before the error
+    assert [doc["kernel"] for doc in json.loads(proc.stdout)] == [NEW]
     assert os.readlink(wu) == "/admin"
 
 

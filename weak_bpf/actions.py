@@ -19,7 +19,7 @@ import re
 import signal
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from weak_bpf.errors import ApplyError, LockTimeout
 
@@ -184,11 +184,21 @@ def blocked_names(root: Path, kver: str, names: Iterable[str]) -> set[str]:
     current = _current_set(root, kver)
     if current is None:
         return set()
-    return {
-        name
-        for name in names
-        if os.path.lexists(current / name) and not is_owned_link(root, current / name)
-    }
+    return {name for name in names if _held(root, current, name)}
+
+
+def _held(root: Path, base: Path, name: str) -> bool:
+    """Whether something weak-bpf-progs did not make holds link `name` under `base`: an entry
+    of that name, or one on its path that is not a plain directory (a file, or a link, which
+    would lead the new link elsewhere)."""
+    path = base / name
+    if os.path.lexists(path):
+        return not is_owned_link(root, path)
+    for parent in list(PurePosixPath(name).parents)[:-1]:  # a/b/c.bpf.o: a/b, then a
+        entry = base / parent
+        if os.path.lexists(entry) and (entry.is_symlink() or not entry.is_dir()):
+            return not is_owned_link(root, entry)
+    return False
 
 
 def _carry_foreign(root: Path, old: Path, new: Path) -> None:
@@ -273,7 +283,7 @@ def apply_links(root: Path, kver: str, links: Mapping[str, str]) -> list[str]:
         blocked = []
         for name, target in sorted(links.items()):
             link = new / name
-            if os.path.lexists(link):
+            if _held(root, new, name):
                 blocked.append(name)
                 continue
             link.parent.mkdir(parents=True, exist_ok=True)

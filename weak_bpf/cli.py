@@ -250,8 +250,10 @@ def _cmd_add_kernel(args: argparse.Namespace) -> int:
     from weak_bpf import ops
 
     kver = args.kernel or platform.release()
-    runs = ops.add_kernel(args.root, kver, dry_run=args.dry_run, journal=not args.no_journal)
-    return _print_runs(args, runs)
+    return _print_resolved(
+        args,
+        lambda: ops.add_kernel(args.root, kver, dry_run=args.dry_run, journal=not args.no_journal),
+    )
 
 
 def _cmd_remove_kernel(args: argparse.Namespace) -> int:
@@ -271,7 +273,20 @@ def _cmd_progs(args: argparse.Namespace) -> int:
     # from an rpm file trigger would otherwise fail the whole run
     raw = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
     paths = [os.fsdecode(line) for line in raw.splitlines()]
-    runs = change(args.root, paths, dry_run=args.dry_run, journal=not args.no_journal)
+    return _print_resolved(
+        args, lambda: change(args.root, paths, dry_run=args.dry_run, journal=not args.no_journal)
+    )
+
+
+def _print_resolved(args: argparse.Namespace, resolve: Callable[[], list[KernelRun]]) -> int:
+    """The runs of `resolve`; when some kernels failed, the others' runs, then the error."""
+    from weak_bpf import ops
+
+    try:
+        runs = resolve()
+    except ops.KernelsFailed as e:
+        _print_runs(args, e.runs)
+        raise
     return _print_runs(args, runs)
 
 

@@ -109,7 +109,10 @@ def greylist_beside(root: Path, path: Path) -> str | None:
     there is none. It wins over a .greylist section in the object."""
     where = object_path(root, path)
     sidecar = where.with_name(where.name + ".greylist")
-    if not sidecar.is_file():
+    try:
+        if not sidecar.is_file():
+            return None
+    except OSError:  # a name too long for the extra suffix, a loop
         return None
     try:
         return str(sidecar.resolve().relative_to(root.resolve()))
@@ -455,11 +458,13 @@ def resolve(
         # a kernel found by its boot/vmlinuz-K alone has nowhere for links: when every kernel is
         # resolved, it is passed over (an explicit add-kernel K still fails with the reason)
         homeless = [k for k in report.kernels if not kvers and not _has_module_dir(root, k)]
-        errors = tuple(errors) + tuple(
-            f"kernel {k} is passed over: usr/lib/modules/{k} does not exist, so it can have no "
-            "links (is it fully installed? 'weak-bpf-progs kernels' shows what was found)"
-            for k in homeless
-        )
+        for k in homeless:
+            log.warning(
+                "kernel %s is passed over: usr/lib/modules/%s does not exist, so it can have no "
+                "links (is it fully installed? 'weak-bpf-progs kernels' shows what was found)",
+                k,
+                k,
+            )
         failed: list[ApplyError] = []
         for kver in report.kernels:
             if kver in homeless:
@@ -468,14 +473,21 @@ def resolve(
                 runs.append(
                     _resolve_kernel(root, kver, report, packages, config, action, dry_run, errors)
                 )
-            except ApplyError as e:  # this kernel keeps its links; the others go on
+            except ApplyError as e:  # this kernel is left as the error says; the others go on
                 failed.append(e)
     done = _finish(root, runs, dry_run=dry_run, journal=journal)
-    if len(failed) == 1:
-        raise failed[0]
     if failed:
-        raise ApplyError("; ".join(str(e) for e in failed), hint=failed[0].hint)
+        raise KernelsFailed(failed, done)
     return done
+
+
+class KernelsFailed(ApplyError):
+    """Some kernels' links could not be made; `runs` holds the kernels that were resolved."""
+
+    def __init__(self, failed: Sequence[ApplyError], runs: list[KernelRun]) -> None:
+        hints = dict.fromkeys(e.hint for e in failed if e.hint)
+        super().__init__("; ".join(str(e) for e in failed), hint="; ".join(hints) or None)
+        self.runs = runs
 
 
 def _has_module_dir(root: Path, kver: str) -> bool:
