@@ -888,3 +888,32 @@ def test_running_kernel_kfunc_sets_come_from_its_image(
                 assert ids is None
     assert verdicts[old, True] == verdicts[old, False] == Verdict.COMPATIBLE
     assert verdicts[new, True] == verdicts[new, False] == Verdict.UNKNOWN
+    assert len(list((tmp_path / "var/cache/weak-bpf-progs").glob("btfids-running-*"))) == 2
+
+
+def test_running_kernel_image_that_cannot_be_read_is_not_cached(
+    debian_kernels: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that fails (no zstd yet, a permission) is tried again on the next run."""
+    from weak_bpf.cache import Cache
+    from weak_bpf.kernelfacts import load_kernel_facts
+
+    require(debian_kernels, "the Debian kernels")
+    old = min(debian_kernels)
+    image = debian_kernels[old] / f"boot/vmlinuz-{old}"
+    elf = kernel_data.load_vmlinux(image)
+    btf = next(s for s in section_headers(elf) if s.name == ".BTF")
+    (tmp_path / "sys/kernel/btf").mkdir(parents=True)
+    (tmp_path / "sys/kernel/btf/vmlinux").write_bytes(elf[btf.offset : btf.offset + btf.size])
+    (tmp_path / "usr/lib/modules" / old).mkdir(parents=True)
+    os.link(image, tmp_path / "usr/lib/modules" / old / "vmlinuz")
+    artifacts = find_kernel(tmp_path, old, running=old)
+    cache = Cache(tmp_path, writable=True)
+
+    def unreadable(path: Path) -> bytes:
+        raise FormatError("zstd is not installed", source=str(path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(kernel_data, "load_vmlinux", unreadable)
+        assert load_kernel_facts(artifacts, cache).vmlinux_btf_ids is None
+    assert load_kernel_facts(artifacts, cache).vmlinux_btf_ids

@@ -89,10 +89,10 @@ def _image_btf_ids(
     try:
         elf = kernel_data.load_vmlinux(artifacts.image)
         btf = next((s for s in section_headers(elf) if s.name == ".BTF"), None)
-        same = btf is not None and elf[btf.offset : btf.offset + btf.size] == sysfs_btf
-        found = _btf_ids_of(elf, str(artifacts.image)) if same else None
     except WeakBpfError:
-        found = None
+        return None  # not cached: the next run tries again (a decompressor installed, ...)
+    same = btf is not None and elf[btf.offset : btf.offset + btf.size] == sysfs_btf
+    found = _btf_ids_of(elf, str(artifacts.image)) if same else None
     cache.put(name, json.dumps({"ids": None if found is None else sorted(found)}).encode())
     return found
 
