@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -256,3 +257,14 @@ def test_inspect_of_an_endless_file_stops_at_the_object_limit(
     status, _, err = run(["--root", str(example_root), "inspect", "/dev/zero"], capsys)
     assert status == cli.Exit.USAGE
     assert "/dev/zero: larger than 64 MiB, the most it reads" in err
+
+
+def test_inspect_of_an_object_with_the_longest_file_name(
+    example_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NAME.greylist is too long a name there (ENAMETOOLONG): no greylist, no error."""
+    obj = tmp_path / ("x" * 248 + ".bpf.o")
+    shutil.copyfile(example_root / "usr/lib/bpf/acme-trace/open_count.bpf.o", obj)
+    status, out, err = run(["--root", str(example_root), "inspect", str(obj)], capsys)
+    assert status == cli.Exit.OK, err
+    assert re.search(r"^  greylist +none$", out, re.MULTILINE)

@@ -26,6 +26,7 @@ from weak_bpf.model import (
 )
 from weak_bpf.parsers.bpfobject import BpfObject, Extern, ExternKind, Function
 from weak_bpf.parsers.btf import BTF, Kind
+from weak_bpf.parsers.btfext import CoreReloKind
 from weak_bpf.parsers.greylist import Greylist
 from weak_bpf.parsers.insn import InsnClass
 from weak_bpf.parsers.sections import TargetKind
@@ -613,6 +614,8 @@ class _Checker:
             return f"{k} has no {result.wanted}", "bpf_core_enum_value_exists()"
         if result.kind in FIELD_KINDS:
             return f"{k} has no {result.wanted} of a compatible type", "bpf_core_field_exists()"
+        if result.kind is CoreReloKind.TYPE_MATCHES:
+            return f"{k} has no {result.wanted}", "bpf_core_type_matches()"
         return f"{k} has no {result.wanted}", "bpf_core_type_exists()"
 
     def _size_change_poisons(self, section: str, index: int, result: CoreResult) -> bool:
