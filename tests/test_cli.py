@@ -268,3 +268,19 @@ def test_inspect_of_an_object_with_the_longest_file_name(
     status, out, err = run(["--root", str(example_root), "inspect", str(obj)], capsys)
     assert status == cli.Exit.OK, err
     assert re.search(r"^  greylist +none$", out, re.MULTILINE)
+
+
+def test_greylist_of_a_program_whose_weak_kfuncs_the_kernel_lacks(
+    example_root: Path, old_progs: dict[str, Path]
+) -> None:
+    """Weak kfuncs are tested with bpf_ksym_exists(): missing ones are no reason to fail."""
+    args = ["--root", str(example_root), "greylist", str(old_progs["kfunc_weak"])]
+    proc = subprocess.run(  # the warnings go through logging, to the process's stderr
+        [sys.executable, "-m", "weak_bpf", *args, "--kernel", "6.1.0-47-cloud-amd64"],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    status, err = proc.returncode, proc.stderr
+    assert status == cli.Exit.OK
+    assert "bpf_task_acquire is not provided by kernel 6.1.0-47-cloud-amd64" in err
+    assert "a weak kfunc: the program runs without it" in err
+    assert "cannot load" not in err and "hint:" not in err

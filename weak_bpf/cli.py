@@ -371,14 +371,23 @@ def _cmd_greylist(args: argparse.Namespace) -> int:
     result = ops.greylist(
         args.root, args.object, kver=args.kernel, btf_file=args.btf, symvers_file=args.symvers
     )
+    where = f"kernel {args.kernel}" if args.kernel else "the given files"
     for name in result.missing:
-        log.warning(
-            "%s is in neither the BTF nor the symvers of %s: it is left out of the greylist, "
-            "and the program cannot load on that kernel",
-            name,
-            args.kernel or "the given BTF",
-        )
-    if result.missing:
+        if name.endswith(" (weak)"):  # the program tests it with bpf_ksym_exists()
+            log.warning(
+                "%s is not provided by %s: it is left out of the greylist (a weak kfunc: the "
+                "program runs without it)",
+                name.removesuffix(" (weak)"),
+                where,
+            )
+        else:
+            log.warning(
+                "%s is not provided by %s: it is left out of the greylist, and the program "
+                "cannot load on that kernel",
+                name,
+                where,
+            )
+    if any(not name.endswith(" (weak)") for name in result.missing):
         log.warning(
             "hint: make the greylist against the kernel the program was built for "
             "(--kernel K, or the --btf and --symvers of that kernel)"
