@@ -128,11 +128,18 @@ def test_remove_progs_then_add_progs_round_trip(root: Path) -> None:
     assert links(root, NEW)["acme-net/xdp_ct.bpf.o"] == "usr/lib/bpf/acme-net/xdp_ct.bpf.o"
     # a program removed for good loses its link
     (root / "usr/lib/bpf/acme-trace/open_count.bpf.o").unlink()
-    assert (
-        run(root, "--remove-modules", stdin="/usr/lib/bpf/acme-trace/open_count.bpf.o\n").returncode
-        == 0
-    )
+    proc = run(root, "--remove-modules", stdin="/usr/lib/bpf/acme-trace/open_count.bpf.o\n")
+    assert proc.returncode == 0
     assert "acme-trace/open_count.bpf.o" not in links(root, NEW)
+    # counted and reported: the summary adds up, and the gone program has its entry (the
+    # native xdp_ct, still on disk, is a candidate again and takes its link back)
+    assert (
+        f"remove-progs {NEW}: 11 programs: 5 linked (1 new), 4 not linkable, 1 not linked "
+        "(another build is used), 1 gone; 2 links removed"
+    ) in proc.stdout
+    doc = json.loads((root / f"var/lib/weak-bpf-progs/reports/{NEW}.json").read_text())
+    (gone,) = [p for p in doc["programs"] if p["path"] == "usr/lib/bpf/acme-trace/open_count.bpf.o"]
+    assert (gone["verdict"], gone["was_linked"], gone["linked"]) == (None, True, False)
     # and comes back with add-progs
     shutil.copyfile(
         root / "usr/lib/bpf/acme-trace/exec_state.bpf.o",

@@ -9,6 +9,7 @@ import fnmatch
 import json
 import logging
 import os
+import posixpath
 import re
 import sys
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -471,7 +472,9 @@ def resolve(
                 continue
             try:
                 runs.append(
-                    _resolve_kernel(root, kver, report, packages, config, action, dry_run, errors)
+                    _resolve_kernel(
+                        root, kver, report, packages, config, action, dry_run, errors, gone
+                    )
                 )
             except ApplyError as e:  # this kernel is left as the error says; the others go on
                 failed.append(e)
@@ -503,6 +506,7 @@ def _resolve_kernel(  # noqa: PLR0917
     action: Action,
     dry_run: bool,
     errors: Sequence[str],
+    gone: Collection[str],
 ) -> KernelRun:
     candidates = [
         Candidate(
@@ -542,6 +546,20 @@ def _resolve_kernel(  # noqa: PLR0917
                 blocked=chosen and name in blocked,
             )
         )
+    for name, target in sorted(current.items()):  # the links of objects being removed
+        base = posixpath.dirname(f"{resolver.WEAK_UPDATES.format(kver=kver)}/{name}")
+        path = posixpath.normpath(posixpath.join(base, target))
+        if path in gone:
+            changes.append(
+                ProgramChange(
+                    path=path,
+                    package=None,  # its package is being removed
+                    verdict=None,
+                    was_linked=True,
+                    previous_verdict=previous.get(path),
+                    link=name,
+                )
+            )
     resolution = Resolution(kver, action, dry_run, tuple(changes), tuple(errors))
     return KernelRun(resolution, the_plan)
 
