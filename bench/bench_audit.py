@@ -24,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
+from weak_bpf.versions import kernel_sort_key  # noqa: E402
+
 import bpfbuild  # noqa: E402
 import exampleroot  # noqa: E402
 
@@ -45,7 +47,7 @@ def build_root(root: Path, count: int) -> None:
     shutil.copyfile("/sys/kernel/btf/vmlinux", root / "sys/kernel/btf/vmlinux")
     (root / "proc").mkdir()
     shutil.copyfile("/proc/kallsyms", root / "proc/kallsyms")
-    oldest = min(kernels)
+    oldest = min(kernels, key=kernel_sort_key)
     include = bpfbuild.vmlinux_h(bpfbuild.vmlinux_of(kernels[oldest] / f"boot/vmlinuz-{oldest}"))
     progs = REPO / "tests/progs"
     sources = sorted(progs.glob("*.bpf.c")) + exampleroot.example_sources()

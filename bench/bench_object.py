@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 from weak_bpf.parsers.bpfobject import read_bpf_object  # noqa: E402
+from weak_bpf.versions import kernel_sort_key  # noqa: E402
 
 import bpfbuild  # noqa: E402
 
@@ -32,7 +33,7 @@ def build_kernel_vmlinux() -> Path:
         [str(REPO / "scripts/fetch-debian-kernels")], capture_output=True, text=True, check=True
     )
     kernels = dict(line.split("\t") for line in fetched.stdout.splitlines())
-    oldest = min(kernels)
+    oldest = min(kernels, key=kernel_sort_key)
     return bpfbuild.vmlinux_of(Path(kernels[oldest]) / f"boot/vmlinuz-{oldest}")
 
 

@@ -12,6 +12,8 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from weak_bpf.versions import kernel_sort_key
+
 import bpfbuild
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,7 +86,7 @@ def build_example_root(root: Path, kernels: dict[str, Path]) -> list[Path]:
     root.mkdir(parents=True)
     for kver, unpacked in kernels.items():
         install_kernel(root, kver, unpacked)
-    oldest = min(kernels)
+    oldest = min(kernels, key=kernel_sort_key)
     vmlinux = bpfbuild.vmlinux_of(kernels[oldest] / f"boot/vmlinuz-{oldest}")
     core = install_programs(root, vmlinux, example_sources(), "usr/lib/bpf")
     for name in GREYLISTED:

@@ -49,13 +49,14 @@ def test_crafted_section_table_is_a_quick_typed_error(
 ) -> None:
     bad = _crafted(old_progs["kconfig"].read_bytes(), shentsize, shnum, count)
     # a guard against a hang, not a speed target: walking 2**40 entries would never end
-    signal.signal(signal.SIGALRM, _walked_the_table)
+    previous = signal.signal(signal.SIGALRM, _walked_the_table)
     signal.setitimer(signal.ITIMER_REAL, 30)
     try:
         with pytest.raises(ParseError):
             READERS[reader](bad)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _walked_the_table(signum: int, frame: object) -> None:
