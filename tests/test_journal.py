@@ -157,6 +157,7 @@ def test_json_schema_and_round_trip() -> None:
         "linked": False,
         "was_linked": True,
         "changed": True,
+        "blocked": False,
         "link": "fw/fw.bpf.o",
         "superseded_by": None,
         "reasons": [
@@ -176,7 +177,7 @@ def test_a_blocked_link_is_one_error_told_by_its_program() -> None:
     doc = json.loads(json.dumps(r.to_json()))
     assert doc["errors"] == ["disk full", r.blocked_error(blocked)]
     assert doc["counts"]["errors"] == 2 and doc["programs"][0]["state"] == "not-linkable"
-    assert "blocked" not in doc["programs"][0]  # the schema is unchanged
+    assert doc["programs"][0]["blocked"] is True
     assert Resolution.from_json(doc) == r
     text = journal.stderr_report(r)
     assert text.count("did not create") == 1

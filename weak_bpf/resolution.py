@@ -17,12 +17,12 @@ Schema, version 1 (keys are always present; `null` where the text says so):
                    "previous_verdict": str|null,   # null: no earlier verdict known
                    "state": "linked" | "not-linkable" | "not-linked",
                    "linked": bool, "was_linked": bool, "changed": bool,
+                   "blocked": bool,        # a file weak-bpf-progs did not create holds the link
                    "link": str|null,       # link name below weak-updates/, "<pkg>/<name>.bpf.o"
                    "superseded_by": str|null,  # the build that got the link instead
                    "reasons": [{"code": str, "symbol": str|null, "detail": str}]}],
      "errors": [str]}                      # why the plan was not fully applied, one sentence
-                                           # each (a link blocked by a file weak-bpf-progs did
-                                           # not create is one)
+                                           # each; then one per blocked link, in program order
 
 `Resolution.from_json` reads it back, so the next run can tell what changed.
 """
@@ -97,6 +97,7 @@ class ProgramChange:
             "linked": self.linked,
             "was_linked": self.was_linked,
             "changed": self.changed,
+            "blocked": self.blocked,
             "link": self.link,
             "superseded_by": self.superseded_by,
             "reasons": [r.to_json() for r in self.reasons],
@@ -116,6 +117,7 @@ class ProgramChange:
             previous_verdict=_verdict(doc["previous_verdict"]),
             link=doc["link"],
             superseded_by=doc["superseded_by"],
+            blocked=bool(doc["blocked"]),
         )
 
 
@@ -224,13 +226,8 @@ class Resolution:
             programs=tuple(ProgramChange.from_json(p) for p in doc["programs"]),
         )
         errors = list(doc["errors"])
-        programs = []
-        for p in read.programs:  # a blocked link is told by its sentence among the errors
-            blocked = p.state is State.NOT_LINKABLE and read.blocked_error(p) in errors
-            if blocked:
-                errors.remove(read.blocked_error(p))
-            programs.append(dataclasses.replace(p, blocked=blocked))
-        return dataclasses.replace(read, programs=tuple(programs), errors=tuple(errors))
+        blocked = sum(1 for p in read.programs if p.blocked)  # their sentences come last
+        return dataclasses.replace(read, errors=tuple(errors[: len(errors) - blocked]))
 
 
 def _count(n: int, noun: str) -> str:
