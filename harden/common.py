@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = "/usr/bin/python3"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "tests"))  # dbus_bus: the private bus of the daemon's tests
 
 OLD = "6.1.0-47-cloud-amd64"
 NEW = "6.1.0-56-cloud-amd64"
@@ -161,7 +162,6 @@ class Daemon:
     busctl as root."""
 
     def __init__(self, root: Path, work: Path) -> None:
-        sys.path.insert(0, str(REPO / "tests"))
         import dbus_bus
 
         self._bus_module = dbus_bus
