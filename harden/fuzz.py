@@ -94,7 +94,7 @@ def _compressed(data: bytes) -> list[bytes]:
 
 def seeds(reader: str) -> list[bytes]:
     from weak_bpf.parsers.btf import BTF
-    from weak_bpf.parsers.elf import section_headers
+    from weak_bpf.parsers.elf import section_bytes
     from weak_bpf.parsers.kmod import read_kernel_object
 
     kdir = _kernel_dir(common.OLD)
@@ -108,13 +108,8 @@ def seeds(reader: str) -> list[bytes]:
             out.append(btf.to_bytes("big"))
         return out
     if reader == "btf-ext":
-        out = []
-        for p in _objects()[:40]:
-            data = p.read_bytes()
-            for sh in section_headers(data):
-                if sh.name == ".BTF.ext":
-                    out.append(data[sh.offset : sh.offset + sh.size])
-        return out
+        found = (section_bytes(p.read_bytes(), ".BTF.ext") for p in _objects()[:40])
+        return [ext for ext in found if ext is not None]
     if reader in ("btf-split", "kmod"):
         kos = _small_kos(common.OLD, 12)
         if reader == "kmod":

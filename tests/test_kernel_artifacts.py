@@ -30,7 +30,7 @@ from weak_bpf.kernel import (
     resolve_in_root,
 )
 from weak_bpf.parsers.btf import BTF
-from weak_bpf.parsers.elf import section_headers
+from weak_bpf.parsers.elf import section_bytes, section_headers
 from weak_bpf.parsers.greylist import parse_greylist, render_greylist
 from weak_bpf.parsers.kabi import parse_kabi_list
 from weak_bpf.parsers.kconfig import parse_kconfig
@@ -863,10 +863,9 @@ def test_running_kernel_kfunc_sets_come_from_its_image(
     require(debian_kernels, "the Debian kernels")
     old, new = sorted(debian_kernels)
     elf = kernel_data.load_vmlinux(debian_kernels[old] / f"boot/vmlinuz-{old}")
-    btf = next(s for s in section_headers(elf) if s.name == ".BTF")
     sysfs = tmp_path / "sys/kernel/btf/vmlinux"
     sysfs.parent.mkdir(parents=True)
-    sysfs.write_bytes(elf[btf.offset : btf.offset + btf.size])
+    sysfs.write_bytes(section_bytes(elf, ".BTF") or b"")
     obj = read_bpf_object(old_progs["kfunc_vmlinux"].read_bytes(), "kfunc_vmlinux.bpf.o")
     verdicts = {}
     for image_of in (old, new):
@@ -902,9 +901,8 @@ def test_running_kernel_image_that_cannot_be_read_is_not_cached(
     old = min(debian_kernels)
     image = debian_kernels[old] / f"boot/vmlinuz-{old}"
     elf = kernel_data.load_vmlinux(image)
-    btf = next(s for s in section_headers(elf) if s.name == ".BTF")
     (tmp_path / "sys/kernel/btf").mkdir(parents=True)
-    (tmp_path / "sys/kernel/btf/vmlinux").write_bytes(elf[btf.offset : btf.offset + btf.size])
+    (tmp_path / "sys/kernel/btf/vmlinux").write_bytes(section_bytes(elf, ".BTF") or b"")
     (tmp_path / "usr/lib/modules" / old).mkdir(parents=True)
     os.link(image, tmp_path / "usr/lib/modules" / old / "vmlinuz")
     artifacts = find_kernel(tmp_path, old, running=old)

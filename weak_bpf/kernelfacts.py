@@ -23,7 +23,7 @@ from weak_bpf.errors import WeakBpfError
 from weak_bpf.kernel import BtfSourceKind, KernelArtifacts, resolve_in_root
 from weak_bpf.model import KernelFacts, ModuleKfunc
 from weak_bpf.parsers.btf import BTF, Kind
-from weak_bpf.parsers.elf import section_headers
+from weak_bpf.parsers.elf import section_bytes, section_headers
 from weak_bpf.parsers.kmod import read_kernel_object
 from weak_bpf.parsers.sysmap import SystemMap
 
@@ -38,14 +38,13 @@ def module_name(path: Path) -> str:
 def _btf_ids_of(elf: bytes, source: str) -> frozenset[int]:
     """Every u32 in a vmlinux ELF's `.BTF_ids` section: the ids of its kfunc sets and BTF_ID
     lists. A function whose id is not there is no kfunc of that kernel."""
-    for section in section_headers(elf, source):
-        if section.name == ".BTF_ids":
-            data = elf[section.offset : section.offset + section.size]
-            words = array.array("I", data[: len(data) - len(data) % 4])
-            if (elf[5] == 2) != (sys.byteorder == "big"):
-                words.byteswap()
-            return frozenset(words)
-    return frozenset()
+    data = section_bytes(elf, ".BTF_ids", source)
+    if data is None:
+        return frozenset()
+    words = array.array("I", data[: len(data) - len(data) % 4])
+    if (elf[5] == 2) != (sys.byteorder == "big"):
+        words.byteswap()
+    return frozenset(words)
 
 
 def _load_vmlinux_btf(
@@ -88,10 +87,9 @@ def _image_btf_ids(
         return frozenset(ids) if isinstance(ids, list) else None
     try:
         elf = kernel_data.load_vmlinux(artifacts.image)
-        btf = next((s for s in section_headers(elf) if s.name == ".BTF"), None)
+        same = section_bytes(elf, ".BTF") == sysfs_btf
     except WeakBpfError:
         return None  # not cached: the next run tries again (a decompressor installed, ...)
-    same = btf is not None and elf[btf.offset : btf.offset + btf.size] == sysfs_btf
     found = _btf_ids_of(elf, str(artifacts.image)) if same else None
     cache.put(name, json.dumps({"ids": None if found is None else sorted(found)}).encode())
     return found
@@ -222,11 +220,8 @@ def _module_btf_loader(
 
 def _module_btf(data: bytes, path: Path, vmlinux: BTF) -> BTF | None:
     """A module's split BTF, straight from its `.BTF` section; None if it has none."""
-    for section in section_headers(data, str(path)):
-        if section.name == ".BTF":
-            raw = data[section.offset : section.offset + section.size]
-            return BTF.from_bytes(raw, base=vmlinux, source=str(path))
-    return None
+    raw = section_bytes(data, ".BTF", str(path))
+    return None if raw is None else BTF.from_bytes(raw, base=vmlinux, source=str(path))
 
 
 def _scan_module_symbols(

@@ -106,3 +106,11 @@ def section_headers(
         name = names[name_off:end].decode("utf-8", "replace") if 0 <= name_off < end else ""
         headers.append(SectionHeader(index, name, sh_type, flags, offset, sh_size, link, info, at))
     return tuple(headers)
+
+
+def section_bytes(data: bytes | memoryview, name: str, source: str | None = None) -> bytes | None:
+    """The contents of the first section called `name`; None if there is none. Raises ELFError."""
+    for section in section_headers(data, source):
+        if section.name == name:
+            return bytes(data[section.offset : section.offset + section.size])
+    return None
