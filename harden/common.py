@@ -79,19 +79,12 @@ def cli(
     )
 
 
-def _copy(src: str, dst: str) -> None:
-    """Kernel files are big and never written: hard links. Everything else: real copies."""
-    if "/kernel/" in src or src.endswith(("vmlinuz", "symvers.gz", "System.map", "config")):
-        os.link(src, dst)
-    else:
-        shutil.copy2(src, dst)
-
-
 def clone(src: Path, dst: Path) -> Path:
+    import exampleroot
+
     if dst.exists():
         shutil.rmtree(dst)
-    shutil.copytree(src, dst, symlinks=True, copy_function=_copy)
-    return dst
+    return exampleroot.copy_root(src, dst)
 
 
 def example_root(work: Path) -> Path:

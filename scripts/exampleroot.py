@@ -33,6 +33,20 @@ def _place(src: Path, dest: Path) -> None:
         shutil.copy2(src, dest)
 
 
+def copy_file(src: str, dst: str) -> None:
+    """Hard-link what no run writes (kernel modules and images), copy the rest."""
+    if "/kernel/" in src or src.endswith(("vmlinuz", "symvers.gz", "System.map", "config")):
+        os.link(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+def copy_root(src: Path, dst: Path) -> Path:
+    """A copy of a root to change: kernel files shared (hard links), the rest copied."""
+    shutil.copytree(src, dst, symlinks=True, copy_function=copy_file)
+    return dst
+
+
 def install_kernel(root: Path, kver: str, unpacked: Path) -> None:
     """Lay out an unpacked Debian kernel as RHEL does: usr/lib/modules/K/{vmlinuz,config,...}."""
     moddir = root / "usr/lib/modules" / kver

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 import exampleroot
-
-
-def copy_file(src: str, dst: str) -> None:
-    """Hard-link what no test writes (kernel modules and images), copy the rest."""
-    if "/kernel/" in src or src.endswith(("vmlinuz", "symvers.gz", "System.map", "config")):
-        os.link(src, dst)
-    else:
-        shutil.copy2(src, dst)
-
-
-def copy_root(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, symlinks=True, copy_function=copy_file)
-    return dst
+from exampleroot import copy_root
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from weak_bpf.actions import current_links
 
 import exampleroot
 from conftest import REPO
-from roots import copy_root
+from exampleroot import copy_root
 
 NEW = "6.1.0-56-cloud-amd64"
 MAX_STEPS = 200

@@ -15,7 +15,6 @@ from weak_bpf import cli, ops
 from weak_bpf.actions import current_links
 
 import exampleroot
-import roots
 from conftest import REPO, require_tool
 
 OLD, NEW = "6.1.0-47-cloud-amd64", "6.1.0-56-cloud-amd64"
@@ -253,7 +252,7 @@ def test_kernel_versions_with_regex_characters(root: Path) -> None:
     shutil.copytree(
         root / "usr/lib/modules" / NEW,
         root / "usr/lib/modules" / odd,
-        copy_function=roots.copy_file,
+        copy_function=exampleroot.copy_file,
     )
     assert run(root, "add-kernel", odd).returncode == 0
     assert "acme-trace/exec_state.bpf.o" in links(root, odd)
