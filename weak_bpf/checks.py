@@ -478,24 +478,12 @@ class _Checker:
                 btf = module_btf
                 var_ids = [i for i in btf.find(ext.name, Kind.VAR) if i >= btf.start_id]
         if not var_ids:
-            self._set_extern(ext, 0)
-            if ext.weak:
-                yield self._check(
-                    Area.KSYM,
-                    Outcome.PASS,
-                    subject,
-                    "absent, but weak: its address reads as 0",
-                    symbol=ext.name,
-                )
-            else:
-                yield self._check(
-                    Area.KSYM,
-                    Outcome.FAIL,
-                    subject,
-                    f"no variable {ext.name} in {self.k.kver}'s BTF",
-                    code=ReasonCode.KSYM_MISSING,
-                    symbol=ext.name,
-                )
+            yield self._absent_ksym(
+                ext,
+                subject,
+                "absent, but weak: its address reads as 0",
+                f"no variable {ext.name} in {self.k.kver}'s BTF",
+            )
             return
         self._set_extern(ext, NONZERO)
         if module:
@@ -519,6 +507,20 @@ class _Checker:
             Outcome.PASS,
             subject,
             f"present {where}, with a compatible type",
+            symbol=ext.name,
+        )
+
+    def _absent_ksym(self, ext: Extern, subject: str, if_weak: str, if_not: str) -> Check:
+        """A ksym the kernel lacks: its address is 0, which only a weak one may be."""
+        self._set_extern(ext, 0)
+        if ext.weak:
+            return self._check(Area.KSYM, Outcome.PASS, subject, if_weak, symbol=ext.name)
+        return self._check(
+            Area.KSYM,
+            Outcome.FAIL,
+            subject,
+            if_not,
+            code=ReasonCode.KSYM_MISSING,
             symbol=ext.name,
         )
 
@@ -546,20 +548,12 @@ class _Checker:
             if kallsyms_all != "y":
                 symbol = None  # data symbols are not in kallsyms, where libbpf looks
         if symbol is None:
-            self._set_extern(ext, 0)
-            if ext.weak:
-                yield self._check(
-                    Area.KSYM, Outcome.PASS, subject, "absent, but weak", symbol=ext.name
-                )
-            else:
-                yield self._check(
-                    Area.KSYM,
-                    Outcome.FAIL,
-                    subject,
-                    f"not in {self.k.kver}'s kallsyms (System.map and CONFIG_KALLSYMS_ALL)",
-                    code=ReasonCode.KSYM_MISSING,
-                    symbol=ext.name,
-                )
+            yield self._absent_ksym(
+                ext,
+                subject,
+                "absent, but weak",
+                f"not in {self.k.kver}'s kallsyms (System.map and CONFIG_KALLSYMS_ALL)",
+            )
             return
         self._set_extern(ext, NONZERO)
         yield self._check(
