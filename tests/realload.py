@@ -37,14 +37,16 @@ class Load:
     log: str
 
 
-def load_running(obj: Path, name: str) -> Load:
-    """`bpftool prog loadall OBJ` into a pin directory of its own, removed afterwards."""
-    require_root()
-    bpftool = require_tool("bpftool")
-    pin = BPFFS / f"wbp-{os.getpid()}-{name}"
+def bpftool_loadall(
+    obj: Path, tag: str, *, debug: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`bpftool [-d] prog loadall OBJ` on the running kernel, into a pin directory of its own
+    (named by `tag`), removed afterwards."""
+    pin = BPFFS / f"wbp-{os.getpid()}-{tag}"
     try:
-        proc = subprocess.run(
-            [bpftool, "prog", "loadall", str(obj), str(pin)],
+        flags = ["-d"] if debug else []
+        return subprocess.run(
+            [require_tool("bpftool"), *flags, "prog", "loadall", str(obj), str(pin)],
             capture_output=True,
             text=True,
             check=False,
@@ -52,4 +54,9 @@ def load_running(obj: Path, name: str) -> Load:
         )
     finally:
         shutil.rmtree(pin, ignore_errors=True)
+
+
+def load_running(obj: Path, name: str) -> Load:
+    require_root()
+    proc = bpftool_loadall(obj, name)
     return Load(proc.returncode == 0, proc.stderr[-4000:])

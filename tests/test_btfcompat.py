@@ -7,9 +7,6 @@ signature texts are equal and hold no "!".
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -26,6 +23,7 @@ import bpfbuild
 from bpfprogs import PROGS_DIR, vmlinux_of
 from btfbuilder import Builder
 from conftest import require, require_root, require_tool
+from realload import bpftool_loadall
 
 SYS_VMLINUX = Path("/sys/kernel/btf/vmlinux")
 
@@ -384,20 +382,6 @@ def _kfunc_extern(obj: BpfObject) -> tuple[str, int]:
     return ext.name, ext.btf_id
 
 
-def _libbpf_load(obj_path: Path, name: str) -> subprocess.CompletedProcess[str]:
-    pin_dir = Path("/sys/fs/bpf") / f"wbp-btfcompat-{os.getpid()}-{name}"
-    try:
-        return subprocess.run(
-            [require_tool("bpftool"), "prog", "loadall", str(obj_path), str(pin_dir)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
-    finally:
-        shutil.rmtree(pin_dir, ignore_errors=True)
-
-
 @pytest.mark.parametrize("name", sorted(LOAD_CASES))
 def test_agrees_with_libbpf_load(
     name: str, load_case_objects: dict[str, Path], running_btf: BTF
@@ -409,7 +393,7 @@ def test_agrees_with_libbpf_load(
     (target_id,) = running_btf.find(essential_name(kfunc), Kind.FUNC)
     compat = agrees(obj.btf, local_id, running_btf, target_id)
 
-    proc = _libbpf_load(load_case_objects[name], name)
+    proc = bpftool_loadall(load_case_objects[name], f"btfcompat-{name}")
     if compat.compatible:
         assert proc.returncode == 0, (compat, proc.stderr)
     else:

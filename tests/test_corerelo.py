@@ -11,11 +11,8 @@ candidates are table-tested on hand-built BTF.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import re
-import shutil
 import struct
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +32,7 @@ from weak_bpf.parsers.btfext import CoreReloKind
 
 import bpfbuild
 from conftest import REPO, require, require_root, require_tool
+from realload import bpftool_loadall
 
 SYSFS_BTF = Path("/sys/kernel/btf/vmlinux")
 
@@ -138,17 +136,7 @@ STOPPED = ""  # the key of a log where libbpf never reached CO-RE
 def libbpf_core_log(obj: Path) -> LibbpfLog:
     """libbpf's CO-RE lines for `obj`, loaded on the running kernel: {(prog, relo #): lines}.
     The load itself may fail (the verifier runs after relocation); the pins are removed."""
-    pin = Path(f"/sys/fs/bpf/weak-bpf-corerelo-{os.getpid()}-{obj.parent.name}-{obj.stem}")
-    try:
-        proc = subprocess.run(
-            [require_tool("bpftool"), "-d", "prog", "loadall", str(obj), str(pin)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
-    finally:
-        shutil.rmtree(pin, ignore_errors=True)
+    proc = bpftool_loadall(obj, f"corerelo-{obj.parent.name}-{obj.stem}", debug=True)
     log: LibbpfLog = {}
     if not re.search(r"found \d+ CO-RE relocations", proc.stderr):
         # libbpf stopped before CO-RE (e.g. an unresolved extern): nothing to compare
