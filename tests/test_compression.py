@@ -8,6 +8,7 @@ import functools
 import random
 import shutil
 import subprocess
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -122,6 +123,21 @@ def test_bomb_is_bounded(fmt: Format) -> None:
     if fmt in PROGRAM_FORMATS:
         with pytest.raises(DecompressError, match="more than"):
             decompress(zeros, max_size=1 << 20, use_modules=False)
+
+
+@pytest.mark.parametrize("fmt", list(Format), ids=lambda f: f.value)
+def test_bomb_memory_is_bounded(fmt: Format) -> None:
+    """Refusing a bomb costs a few MiB (a decoder's window, one 8 MiB lz4 legacy block), never what
+    the bomb unpacks to: zstandard's decompressobj() had no output limit and took all 32 MiB."""
+    zeros = compress(COMPRESSORS[fmt], bytes(32 << 20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DecompressError, match="more than"):
+            decompress(zeros, max_size=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 << 20, f"{peak >> 20} MiB"
 
 
 def test_missing_program_says_what_to_install(

@@ -102,3 +102,13 @@ def test_agrees_with_rpm_on_random_versions() -> None:
         compared += 1
         assert rpmvercmp(a, b) == expected, (a, b)
     assert compared > 4000
+
+
+def test_an_empty_version_is_ordered_where_rpm_refuses_it() -> None:
+    """Why rpm.labelCompare is not used where installed (docs/decisions.md): it refuses an empty
+    version with ValueError; this order is total, an empty version first."""
+    assert compare_kernel_releases("-1.x", "6.1.0-47-cloud-amd64") == -1
+    assert compare_kernel_releases("", "") == 0
+    require(rpm is not None, "python3-rpm is not installed")
+    with pytest.raises(ValueError):
+        rpm.labelCompare(("0", "", "1.x"), ("0", "6.1.0", "47-cloud-amd64"))

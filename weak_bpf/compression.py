@@ -5,9 +5,14 @@ compression bomb ends with a DecompressError instead of eating memory. lz4 and z
 `zstandard` Python modules when they are importable, else the `lz4` / `zstd` programs (stdin to
 stdout); this module is the one reader that may spawn a process.
 
-Streams are walked here (lz4 legacy blocks, lz4 and zstd frame layouts) so that the exact end of
-each stream is known: concatenated streams are joined, and bytes after the last stream are an error
-unless `strict=False` (a vmlinuz appends the uncompressed size after its payload).
+The decoding itself is always the library's or the program's. What is done here: the bound (the
+stdlib's one-shot gzip/lzma/bz2.decompress() have none, so their decoder objects are fed with
+`max_length`), and the walk of the containers (lz4 legacy blocks, lz4 and zstd frame layouts) so
+that the exact end of each stream is known: concatenated streams are joined, and bytes after the
+last stream are an error unless `strict=False` (a vmlinuz appends the uncompressed size after its
+payload). The programs need that walk (they must be given one stream), lz4's frame API cannot
+read the legacy format at all, and zstandard's bounded reader does not report a frame cut short.
+See "Own code or a distribution package" in docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -403,18 +408,21 @@ def _zstd_frame_end(data: bytes, pos: int) -> int:
 
 
 def _zstd_module(frame: bytes, max_size: int) -> bytes:
+    """One whole frame (checked by _zstd_frame_end) through python3-zstandard.
+
+    read_to_iter() hands the output over in chunks of at most 128 KiB, so the bound holds
+    (decompressobj() has no output limit: 4 KiB of a bomb gave 126 MiB at once). It ends quietly
+    on a frame cut short, which is why the frame is walked first.
+    """
     zstandard: Any = _module("zstandard")
-    d = zstandard.ZstdDecompressor(max_window_size=DECODER_MEMORY).decompressobj()
+    decoder = zstandard.ZstdDecompressor(max_window_size=DECODER_MEMORY)
     out: list[bytes] = []
     total = 0
-    view = memoryview(frame)
-    for start in range(0, len(frame), _CHUNK):
-        out.append(d.decompress(bytes(view[start : start + _CHUNK])))
-        total += len(out[-1])
+    for piece in decoder.read_to_iter(frame):
+        total += len(piece)
         if total > max_size:
             raise _TooLarge
-    if not d.eof:
-        raise _Truncated("the frame ends early")
+        out.append(piece)
     return b"".join(out)
 
 

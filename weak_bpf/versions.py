@@ -3,6 +3,11 @@
 A kernel release such as "5.14.0-427.el9.x86_64" or "6.1.0-47-cloud-amd64" is split at its first
 "-" into an rpm version and release, and compared as rpm's labelCompare compares (epoch, version,
 release). Nothing else is read into a version: it is an ordering key.
+
+python3-rpm's `rpm.labelCompare` is not used even where it is installed: kernels must be ordered
+on hosts without it (Debian), one rule everywhere beats two that should agree, and it refuses an
+empty version ("-1.x") with ValueError where this order is total. The tests check that the two
+agree.
 """
 
 from __future__ import annotations
