@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +24,17 @@ def test_quick_campaigns_meet_every_bound(debian_kernels: dict, tmp_path: Path) 
     )  # fmt: skip
     assert "[FAIL]" not in proc.stdout, proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # every campaign printed its figures, the counts of cases run among them (bounded below)
+    for campaign, count in (
+        ("fuzz", "readers fuzzed"),
+        ("fuzz", "corrupt objects among valid ones"),
+        ("crash", "kill points"),
+        ("crash", "runs really killed"),
+        ("concurrency", "rounds of 8 runs"),
+        ("confinement", "hostile cases"),
+        ("hooks", "hook runs under faults"),
+    ):
+        assert f"[ok  ] {campaign}: {count} = " in proc.stdout, proc.stdout
 
 
 def _linked_root(root: Path) -> dict[str, str]:
@@ -58,16 +70,36 @@ def test_regression_non_utf8_program_name_does_not_break_a_run(tmp_path: Path) -
     """Bug found by the confinement campaign: one object whose file name is not UTF-8 makes
     every run that lists programs (add-kernel, add-progs, audit) fail with an internal
     UnicodeEncodeError in cache.content_key (the stat key encodes the name strictly)."""
+    kver = "6.1.0-1-test"
     bpf = tmp_path / "usr/lib/bpf/acme"
     bpf.mkdir(parents=True)
-    (tmp_path / "usr/lib/modules/6.1.0-1-test").mkdir(parents=True)
+    (tmp_path / "usr/lib/modules" / kver).mkdir(parents=True)
+    (tmp_path / "usr/lib/modules" / kver / "modules.dep").touch()  # an installed kernel
     with open(os.fsencode(bpf) + b"/\xff.bpf.o", "wb") as f:
         f.write(b"not an object")
-    proc = subprocess.run(
-        [sys.executable, "-m", "weak_bpf", "--root", str(tmp_path), "--no-journal", "audit"],
-        cwd=REPO, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert "internal error" not in proc.stderr, proc.stderr
+    (bpf / "plain.bpf.o").write_bytes(b"not an object either")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    command = [sys.executable, "-m", "weak_bpf", "--root", str(tmp_path), "--no-journal", "audit"]
+    text_then_json: list[list[str]] = [[], ["--json"]]
+    for args in text_then_json:
+        proc = subprocess.run(
+            [*command, *args], cwd=REPO, env=env, capture_output=True, text=True, check=False
+        )
+        assert "internal error" not in proc.stderr, proc.stderr
+        # both programs judged on the kernel: malformed, so the audit has findings (exit 1)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["kernels"] == [kver]
+    got = {
+        (p["path"], k): (r["verdict"], [reason["code"] for reason in r["reasons"]])
+        for p in doc["programs"]
+        for k, r in p["results"].items()
+    }
+    malformed = ("incompatible", ["malformed"])
+    assert got == {
+        ("usr/lib/bpf/acme/" + os.fsdecode(b"\xff") + ".bpf.o", kver): malformed,
+        ("usr/lib/bpf/acme/plain.bpf.o", kver): malformed,
+    }
 
 
 def test_regression_non_utf8_path_on_stdin_under_a_strict_locale(tmp_path: Path) -> None:

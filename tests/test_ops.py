@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,11 +27,75 @@ def _doc(root: Path, *, cache: bool = True) -> dict[str, object]:
     return report.audit_json(ops.audit(root, cache=cache))
 
 
+def _objects(root: Path) -> list[Path]:
+    return sorted(root.glob("usr/lib/bpf/*/*.bpf.o")) + sorted(
+        root.glob("usr/lib/modules/*/bpf/extra/*/*.bpf.o")
+    )
+
+
+def _vmlinuz(root: Path) -> list[Path]:
+    """The kernels' images, the source of their BTF (hard links into the download cache)."""
+    return sorted(root.glob("usr/lib/modules/*/vmlinuz"))
+
+
+def _own_copy(path: Path) -> None:
+    """Make `path` a file of its own, so that damaging it leaves the download cache alone."""
+    data = path.read_bytes()
+    path.unlink()
+    path.write_bytes(data)
+
+
+def _garble_keeping_stat(path: Path) -> None:
+    """Overwrite a file in place with garbage of the same size, its mtime put back: same inode,
+    size and mtime, so every stat-based cache key stays, but reading it gives nonsense."""
+    before = path.stat()
+    assert before.st_nlink == 1, f"{path} is shared (a hard link): it must not be damaged"
+    with open(path, "r+b") as f:
+        f.write(b"\xa5" * before.st_size)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+
+
+def _verdicts(doc: dict[str, Any]) -> dict[tuple[str, str], tuple[str, list[str]]]:
+    """{(program, kernel): (verdict, reason codes)}"""
+    return {
+        (p["path"], kver): (r["verdict"], [reason["code"] for reason in r["reasons"]])
+        for p in doc["programs"]
+        for kver, r in p["results"].items()
+    }
+
+
+def _hit_proven(root: Path, cold: dict[str, object]) -> None:
+    """A warm audit must answer from the cache: every object and every kernel image is garbage
+    now, with the same inode, size and mtime, and the answer is still the cold one. An object
+    read again, or a results entry missed (a key that hashed the kernel image's or an object's
+    content), would give `malformed`, as the same root without its cache shows."""
+    for path in _objects(root) + _vmlinuz(root):
+        _garble_keeping_stat(path)
+    assert _doc(root) == cold
+    shutil.rmtree(root / CACHE_DIR)
+    recomputed = _verdicts(_doc(root, cache=False))
+    assert recomputed.keys() == _verdicts(cold).keys()
+    assert all(got == ("incompatible", ["malformed"]) for got in recomputed.values()), recomputed
+
+
 def test_warm_audit_equals_cold(root: Path) -> None:
+    for image in _vmlinuz(root):
+        _own_copy(image)
+    assert len(_objects(root)) == 11 and len(_vmlinuz(root)) == 2
     cold = _doc(root)
     results = sorted((root / CACHE_DIR).glob("results-*.json"))
     assert len(results) == 2  # one per kernel
+    for entry in results:
+        table = json.loads(entry.read_bytes())
+        assert len(table) == 11, entry  # one entry per program
     assert _doc(root) == cold
+    _hit_proven(root, cold)
 
 
 def test_a_replaced_object_is_checked_again(root: Path) -> None:
@@ -50,10 +117,22 @@ def test_a_replaced_object_is_checked_again(root: Path) -> None:
 
 
 def test_a_damaged_cache_is_ignored(root: Path) -> None:
+    for image in _vmlinuz(root):
+        _own_copy(image)
     cold = _doc(root)
-    for entry in (root / CACHE_DIR).iterdir():
-        entry.write_bytes(b"\x00garbage")
+    entries = {p.name: p.read_bytes() for p in (root / CACHE_DIR).iterdir()}
+    assert sum(name.startswith("results-") for name in entries) == 2, sorted(entries)
+    for name in entries:
+        (root / CACHE_DIR / name).write_bytes(b"\x00garbage")
     assert _doc(root) == cold
+    # every damaged entry was read, found bad and written again: the same names, valid again
+    repaired = {p.name: p.read_bytes() for p in (root / CACHE_DIR).iterdir()}
+    assert repaired == entries
+    for name, data in repaired.items():
+        if name.endswith(".json"):
+            json.loads(data)
+    # and the repaired entries are used: a warm run reads no object
+    _hit_proven(root, cold)
 
 
 def test_without_cache_nothing_is_written(root: Path) -> None:
