@@ -9,6 +9,8 @@ console, which qemu writes to its stdout:
 
     @@MODULE <module> rc=<N>        then the base64 of insmod's output, then @@END
     @@RESULT <object> rc=<N>        then the base64 of the tail of bpftool's output, then @@END
+    @@KPROBE k<i> rc=<N>            then the base64 of the error, then @@END: whether a kprobe
+                                    can be placed on the i-th symbol asked for (kprobe_events)
     @@DONE
 
 Results are cached by the content of everything that goes into the boot, so reruns are instant.
@@ -40,7 +42,7 @@ CACHE_FORMAT = b"qemuload 1"
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # object names go into paths and the script
 _BASE64_LINE = re.compile(r"^[A-Za-z0-9+/=]+$")
-_MARKER = re.compile(r"@@(MODULE|RESULT) (\S+) rc=(\d+)$")  # after any escape codes
+_MARKER = re.compile(r"@@(MODULE|RESULT|KPROBE) (\S+) rc=(\d+)$")  # after any escape codes
 
 
 def busybox() -> Path | None:
@@ -68,6 +70,7 @@ class BootReport:
     results: tuple[LoadResult, ...]
     modules: tuple[tuple[str, int, str], ...]  # (module, insmod rc, insmod output)
     seconds: float  # wall time of the boot; 0 when served from the cache
+    kprobes: tuple[tuple[str, bool], ...] = ()  # (symbol, a kprobe could be placed there)
 
 
 def load_on_kernel(
@@ -97,13 +100,15 @@ def boot_and_load(
     *,
     modules_to_load: Sequence[str] = ("nf_conntrack",),
     timeout: float = 180.0,
+    kprobes: Sequence[str] = (),
 ) -> BootReport:
-    """load_on_kernel(), with the insmod outcomes and the boot time."""
+    """load_on_kernel(), with the insmod outcomes and the boot time; `kprobes`: symbols to try a
+    kprobe on (through tracefs' kprobe_events, the kernel's own check of an attach point)."""
     for name in objects:
         if not _NAME.match(name):
             raise ValueError(f"object name {name!r} is not a plain file name")
     modules = module_files(modules_dir, modules_to_load) if modules_dir is not None else []
-    script = init_script(list(objects), [m for m, _ in modules])
+    script = init_script(list(objects), [m for m, _ in modules], kprobes)
     files = _initramfs_files(objects, modules, script, kernel_config(vmlinuz))
     key = _cache_key(vmlinuz, files)
     cached = _cache_read(key)
@@ -116,7 +121,7 @@ def boot_and_load(
         started = time.monotonic()
         console = _boot(vmlinuz, initrd_path, timeout)
         seconds = time.monotonic() - started
-    report = parse_console(console, list(objects), [m for m, _ in modules], seconds)
+    report = parse_console(console, list(objects), [m for m, _ in modules], seconds, kprobes)
     _cache_write(key, report)
     return report
 
@@ -154,7 +159,7 @@ def _module_name(file_or_name: str) -> str:
     return stem.replace("-", "_")
 
 
-def init_script(objects: Sequence[str], modules: Sequence[str]) -> str:
+def init_script(objects: Sequence[str], modules: Sequence[str], kprobes: Sequence[str] = ()) -> str:
     """The guest's /init: set up, insmod, load each object, report, power off."""
     lines = [
         "#!/bin/busybox sh",
@@ -178,6 +183,12 @@ def init_script(objects: Sequence[str], modules: Sequence[str]) -> str:
         )
         lines.append(f"report RESULT {name} $? /tmp/{name}.log")
         lines.append(f"rm -rf /sys/fs/bpf/{name}")
+    for i, symbol in enumerate(kprobes):
+        if not _NAME.match(symbol):
+            raise ValueError(f"symbol {symbol!r} is not a plain name")
+        events = "/sys/kernel/tracing/kprobe_events"
+        lines.append(f"echo 'p:wbp/k{i} {symbol}' >> {events} 2>/tmp/k{i}.log")
+        lines.append(f"report KPROBE k{i} $? /tmp/k{i}.log")
     lines += ["echo @@DONE", "poweroff -f", ""]
     return "\n".join(lines)
 
@@ -315,7 +326,11 @@ def _boot(vmlinuz: Path, initrd: Path, timeout: float) -> str:
 
 
 def parse_console(
-    console: str, objects: Sequence[str], modules: Sequence[str], seconds: float
+    console: str,
+    objects: Sequence[str],
+    modules: Sequence[str],
+    seconds: float,
+    kprobes: Sequence[str] = (),
 ) -> BootReport:
     """The markers of init_script() in the console output, checked to be complete."""
     blocks: dict[tuple[str, str], tuple[int, str]] = {}
@@ -337,6 +352,7 @@ def parse_console(
             done = True
     missing = [n for n in objects if ("RESULT", n) not in blocks]
     missing += [m for m in modules if ("MODULE", m) not in blocks]
+    missing += [s for i, s in enumerate(kprobes) if ("KPROBE", f"k{i}") not in blocks]
     if missing or not done:
         raise QemuLoadError(
             f"the guest did not report {', '.join(missing) or '@@DONE'}; console tail:\n"
@@ -351,7 +367,8 @@ def parse_console(
         for name in objects
     )
     module_info = tuple((m, *blocks[("MODULE", m)]) for m in modules)
-    return BootReport(results, module_info, seconds)
+    placed = tuple((s, blocks[("KPROBE", f"k{i}")][0] == 0) for i, s in enumerate(kprobes))
+    return BootReport(results, module_info, seconds, placed)
 
 
 def _decode(text: str) -> str:
@@ -384,6 +401,7 @@ def _cache_read(key: str) -> BootReport | None:
             tuple(LoadResult(**r) for r in data["results"]),
             tuple((m, rc, log) for m, rc, log in data["modules"]),
             0.0,
+            tuple((s, bool(ok)) for s, ok in data.get("kprobes", [])),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -393,6 +411,7 @@ def _cache_write(key: str, report: BootReport) -> None:
     data = {
         "results": [dataclasses.asdict(r) for r in report.results],
         "modules": [list(m) for m in report.modules],
+        "kprobes": [list(k) for k in report.kprobes],
         "seconds": report.seconds,
     }
     CACHE_DIR.mkdir(parents=True, exist_ok=True)

@@ -248,7 +248,6 @@ def test_nf_conntrack_kfunc_set(
 def test_nf_conntrack_names_through_btf_parser(
     old_kernel: tuple[str, Path], vmlinux_of: dict[str, bytes]
 ) -> None:
-    from weak_bpf.parsers.btf import BTF
 
     kver, kdir = old_kernel
     module = kernel_data.load_kernel_object(kdir / "lib/modules" / kver / NF_CONNTRACK)
@@ -513,9 +512,9 @@ def test_running_kernel_discovery() -> None:
     found = find_kernel(Path("/"), release, running=release, require=False)
     assert found.kver == release and found.root == Path("/")
     assert found.btf == sysfs and found.btf_source_kind is BtfSourceKind.SYSFS
-    data = kernel_data.load_btf_bytes(found)
-    assert data is not None and data[:2] == b"\x9f\xeb"
-    btf = BTF.from_bytes(data, source=str(found.btf))
+    loaded = kernel_data.load_kernel_btf(found.btf)
+    assert loaded.btf_ids is None  # raw BTF has no .BTF_ids
+    btf = loaded.btf
     assert btf.nr_types > 95_000
     assert len(btf.find("task_struct")) >= 1
     other = find_kernel(Path("/"), release, running=release + "-other", require=False)

@@ -22,6 +22,7 @@ PURE = (
     "weak_bpf.signature",
     "weak_bpf.corerelo",
     "weak_bpf.reachability",
+    "weak_bpf.ctxaccess",
     "weak_bpf.checks",
     "weak_bpf.model",
     "weak_bpf.bpf_helpers",

@@ -9,11 +9,18 @@ libbpf loads every program of an object together, so one failing program fails t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from weak_bpf.bpf_helpers import helper_name, is_gpl_only, license_is_gpl_compatible
-from weak_bpf.btfcompat import essential_name, func_protos_compatible, types_are_compat
+from weak_bpf.btfcompat import (
+    describe,
+    essential_name,
+    func_protos_compatible,
+    types_are_compat,
+)
 from weak_bpf.corerelo import ENUMVAL_KINDS, FIELD_KINDS, CoreResolver, CoreResult, target_index
+from weak_bpf.ctxaccess import context_use
 from weak_bpf.model import (
     Area,
     Check,
@@ -25,11 +32,11 @@ from weak_bpf.model import (
     verdict_of,
 )
 from weak_bpf.parsers.bpfobject import BpfObject, Extern, ExternKind, Function
-from weak_bpf.parsers.btf import BTF, Kind
+from weak_bpf.parsers.btf import BTF, Kind, Param, Type
 from weak_bpf.parsers.btfext import CoreReloKind
 from weak_bpf.parsers.greylist import Greylist
 from weak_bpf.parsers.insn import InsnClass
-from weak_bpf.parsers.sections import TargetKind
+from weak_bpf.parsers.sections import AttachType, TargetKind
 from weak_bpf.parsers.symvers import SymvEntry
 from weak_bpf.reachability import NONZERO, KnownValue, Slot, reachability
 from weak_bpf.signature import format_crc, signature_crc
@@ -51,10 +58,28 @@ def check_object(
 ) -> Result:
     """Every check of `obj` on `kernel`; `native` when the object was built for this kernel."""
     checker = _Checker(obj, greylist, kernel)
-    checks = tuple(checker.run())
+    checks = _nothing_attaches(obj, tuple(checker.run()))
     modules = tuple(sorted(checker.modules))
     verdict = Verdict.NATIVE if native else verdict_of(checks)
     return Result(verdict, checks, modules)
+
+
+def _nothing_attaches(obj: BpfObject, checks: tuple[Check, ...]) -> tuple[Check, ...]:
+    """An object whose programs can attach nowhere on K is no object with alternatives: it loads,
+    but it can do nothing there. Its cannot-attach checks become failures."""
+    cannot = {c.program for c in checks if c.outcome is Outcome.CANNOT_ATTACH}
+    if not cannot or any(p.name not in cannot for p in obj.programs):
+        return checks
+    return tuple(
+        dataclasses.replace(
+            c,
+            outcome=Outcome.FAIL,
+            detail=f"{c.detail}, and no other program of the object can attach there",
+        )
+        if c.outcome is Outcome.CANNOT_ATTACH
+        else c
+        for c in checks
+    )
 
 
 class _Checker:
@@ -150,9 +175,10 @@ class _Checker:
                 "the package that owns it"
             )
         return (
-            f"{k} has no usable System.map (missing, or Debian's placeholder): copy the real one "
-            f"(on Debian, from linux-image-{k}-dbg) to usr/lib/modules/{k}/System.map, or ask "
-            "the vendor to give the symbol a type, which BTF can check"
+            f"{k} has no usable System.map (missing, or Debian's placeholder) and no debuginfo "
+            f"vmlinux: install linux-image-{k}-dbg (Debian) or kernel-debuginfo (RHEL, Fedora), "
+            "whose symbols are read, or ask the vendor to give the symbol a type, which BTF can "
+            "check"
         )
 
     # --- the checks --------------------------------------------------------------------------
@@ -174,6 +200,7 @@ class _Checker:
         yield from self._ksyms()
         yield from self._core()
         yield from self._attach_targets()
+        yield from self._attach_protos()
         yield from self._poisoned_code()
 
     def _license(self) -> Iterable[Check]:
@@ -688,7 +715,12 @@ class _Checker:
         name = info.lookup_name
         subject = f"attach target {info.section}"
 
-        def result(found: bool, where: str) -> Check:
+        kind = info.target_kind
+        # kprobes and (raw) tracepoints load whatever their target: only attaching fails
+        attach_only = kind not in (TargetKind.BTF_FUNC, TargetKind.BTF_TYPEDEF)
+
+        def result(found: bool, where: str, why: str | None = None) -> Check:
+            """`why`: why it cannot attach, when that is not the target's absence."""
             if found:
                 return self._check(
                     Area.ATTACH,
@@ -698,17 +730,17 @@ class _Checker:
                     symbol=name,
                     program=program.name,
                 )
+            detail = why or f"{name} is absent from {self.k.kver}"
             return self._check(
                 Area.ATTACH,
-                Outcome.FAIL,
+                Outcome.CANNOT_ATTACH if attach_only else Outcome.FAIL,
                 subject,
-                f"{name} is absent from {self.k.kver}",
+                f"{detail}: the program loads, but cannot attach" if attach_only else detail,
                 code=ReasonCode.ATTACH_TARGET,
                 symbol=name,
                 program=program.name,
             )
 
-        kind = info.target_kind
         if kind is TargetKind.BTF_FUNC:
             found = self._find_func(name, info.module, only=True)
             if found is not None and found[2]:
@@ -734,10 +766,22 @@ class _Checker:
             symbols = (
                 [name] if kind is TargetKind.KSYM else [f"__x64_sys_{name}", f"__se_sys_{name}"]
             )
-            if self.k.system_map is not None:
-                return result(any(s in self.k.system_map for s in symbols), "is in System.map")
+            config = self.k.config
+            if config is not None and config.get("KPROBES") == "n":
+                why = f"{self.k.kver} is built without kprobes (CONFIG_KPROBES is not set)"
+                return result(False, "", why)
+            system_map = self.k.system_map
+            if system_map is not None and any(s in system_map for s in symbols):
+                return result(True, f"is in {self.k.kver}'s symbols")
             if any(vmlinux.find(s, Kind.FUNC) for s in symbols):
                 return result(True, "is a function in the kernel's BTF")
+            # System.map lists vmlinux alone: a module's function is found in its BTF
+            in_module = next((f for f in map(self._find_func, symbols) if f and f[2]), None)
+            if in_module is not None:
+                self.modules.add(str(in_module[2]))
+                return result(True, f"is a function of module {in_module[2]} (must be loaded)")
+            if system_map is not None:
+                return result(False, "")
             return self._missing_data(
                 Area.ATTACH,
                 subject,
@@ -746,3 +790,149 @@ class _Checker:
                 name,
             )
         return None
+
+    # --- tracing prototypes ------------------------------------------------------------------
+
+    def _attach_protos(self) -> Iterable[Check]:
+        for program in self.obj.programs:
+            found = self._target_proto(program)
+            if found is not None:
+                yield from self._attach_proto(program, *found)
+
+    def _target_proto(self, program: Function) -> tuple[BTF, str, tuple[Param, ...], int] | None:
+        """K's prototype of a BTF tracing program's target: (btf, C text, arguments, the last
+        slot the context may be read at); None for other programs or an absent target."""
+        info = program.info
+        name = info.lookup_name
+        vmlinux = self.k.vmlinux
+        assert vmlinux is not None
+        if (
+            info.attach_type is AttachType.TRACE_RAW_TP
+            and info.target_kind is TargetKind.BTF_TYPEDEF
+        ):
+            typedef = name if name.startswith("btf_trace_") else f"btf_trace_{name}"
+            ids = vmlinux.find(typedef, Kind.TYPEDEF)
+            proto = _func_proto(vmlinux, ids[0]) if ids else None
+            if proto is None or not proto.params:
+                return None
+            params = proto.params[1:]  # the first is the tracepoint's `void *__data`
+            shown = typedef[len("btf_trace_") :]
+            return vmlinux, _proto_text(vmlinux, shown, params), params, len(params) - 1
+        tracing = (AttachType.TRACE_FENTRY, AttachType.TRACE_FEXIT, AttachType.MODIFY_RETURN)
+        if info.attach_type not in tracing or info.target_kind is not TargetKind.BTF_FUNC:
+            return None
+        found = self._find_func(name, info.module, only=bool(info.module))
+        if found is None:
+            return None
+        btf, func_id, _module = found
+        proto = _func_proto(btf, func_id)
+        if proto is None:
+            return None
+        # fexit and fmod_ret read the return value in the slot after the last argument
+        last = len(proto.params) - (info.attach_type is AttachType.TRACE_FENTRY)
+        return btf, _proto_text(btf, name, proto.params), proto.params, last
+
+    def _attach_proto(
+        self, program: Function, btf: BTF, shown: str, params: tuple[Param, ...], last: int
+    ) -> Iterable[Check]:
+        subject = f"arguments of {program.info.section}"
+        reach = reachability(self.obj, program, self.known)
+        reachable = None
+        if reach.decided:
+            reachable = {i for s, i in reach.reachable if s == program.section}
+        use = context_use(program, reachable)
+        problems = []
+        for slot, index in use.reads:
+            if slot > last:
+                problems.append(
+                    f"it reads argument slot {slot} (context offset {slot * 8}) at instruction "
+                    f"{index}, but {self.k.kver}'s prototype has {len(params)} argument"
+                    f"{'s' if len(params) != 1 else ''}: {shown}"
+                )
+        for slot, index in use.derefs:
+            if slot >= len(params):
+                continue  # reported above, or the return value of fexit
+            problem = self._deref_problem(btf, params[slot], slot, (program.section, index))
+            if problem is not None:
+                problems.append(f"{problem}; {self.k.kver}'s prototype: {shown}")
+        if not problems:
+            if use.reads:
+                slots = sorted({s for s, _ in use.reads})
+                yield self._check(
+                    Area.ATTACH,
+                    Outcome.PASS,
+                    subject,
+                    f"reads argument slots {', '.join(map(str, slots))}, which {self.k.kver}'s "
+                    f"prototype has: {shown}",
+                    symbol=program.info.lookup_name,
+                    program=program.name,
+                )
+            return
+        undecided = not reach.decided
+        for problem in problems:
+            detail = problem + ": the kernel's verifier would reject the program"
+            if undecided:
+                detail = f"{problem}; whether that code can run is unknown: " + "; ".join(
+                    reach.undecidable
+                )
+            yield self._check(
+                Area.ATTACH,
+                Outcome.UNDECIDED if undecided else Outcome.FAIL,
+                subject,
+                detail,
+                code=ReasonCode.ATTACH_PROTO,
+                symbol=program.info.lookup_name,
+                program=program.name,
+            )
+
+    def _deref_problem(self, btf: BTF, param: Param, slot: int, where: Slot) -> str | None:
+        """Why dereferencing argument `slot` at `where` fails on K, or None."""
+        index = where[1]
+        target_id = btf.resolve(param.type) if param.type else 0
+        named = f"argument {slot}" + (f" ({param.name})" if param.name else "")
+        kernel_type = describe(btf, param.type)
+        if target_id == 0 or btf.kind(target_id) is not Kind.PTR:
+            return (
+                f"it dereferences {named} at instruction {index}, which is {kernel_type} on "
+                f"{self.k.kver}: a scalar, not a pointer"
+            )
+        pointee = btf.resolve(btf.type(target_id).type)
+        if pointee == 0 or btf.kind(pointee) not in (Kind.STRUCT, Kind.UNION):
+            return None
+        expected = self._relo_root(where)
+        actual = essential_name(btf.name(pointee))
+        if expected is not None and expected != actual:
+            return (
+                f"it reads {named} as struct {expected} at instruction {index}, but "
+                f"{self.k.kver} passes {kernel_type}"
+            )
+        return None
+
+    def _relo_root(self, where: Slot) -> str | None:
+        """The struct a CO-RE field relocation at an instruction starts from, if there is one."""
+        own = self.obj.btf
+        for relo in self.obj.core_relos:
+            at = (relo.section, relo.insn_index)
+            if at == where and relo.kind in FIELD_KINDS and own is not None:
+                root = own.resolve(relo.type_id)
+                if own.kind(root) in (Kind.STRUCT, Kind.UNION):
+                    return essential_name(own.name(root))
+        return None
+
+
+def _func_proto(btf: BTF, type_id: int) -> Type | None:
+    """The FUNC_PROTO a FUNC, or a typedef of a pointer to one, stands for."""
+    seen = 0
+    while type_id and seen < 16:
+        t = btf.type(type_id)
+        if t.kind is Kind.FUNC_PROTO:
+            return t
+        if t.kind not in (Kind.FUNC, Kind.TYPEDEF, Kind.PTR, Kind.CONST, Kind.VOLATILE):
+            return None
+        type_id, seen = t.type, seen + 1
+    return None
+
+
+def _proto_text(btf: BTF, name: str, params: tuple[Param, ...]) -> str:
+    args = ", ".join(describe(btf, p.type) + (f" {p.name}" if p.name else "") for p in params)
+    return f"{name}({args or 'void'})"

@@ -296,20 +296,24 @@ def _wants_color(stream: TextIO) -> bool:
 
 
 def _running_kernel(root: Path) -> str | None:
-    """The running kernel's release when the audited root is this very system."""
+    """The running kernel's release when the audited root is this very system, or shows the
+    running kernel (its sysfs BTF: a chroot with /sys bound in, a container's root)."""
     from weak_bpf import kernel
 
-    return kernel.running_release() if root.resolve() == Path("/") else None
+    shown = kernel.resolve_in_root(root, kernel.SYSFS_BTF) is not None
+    return kernel.running_release() if shown or root.resolve() == Path("/") else None
 
 
 def _kernel_marks(root: Path, kvers: Sequence[str]) -> dict[str, list[str]]:
     """{kver: ["running", "default"]}, as far as they are known, for the audit's headers."""
-    from weak_bpf import bootloader
+    from weak_bpf import bootloader, kernel
 
     running, default = _running_kernel(root), bootloader.default_kernel(root)
     marks: dict[str, list[str]] = {}
     for kver in kvers:
         notes = [n for n, k in (("running", running), ("default", default)) if k == kver]
+        if kver == running and not kernel.is_installed(root, kver):
+            notes.append("not installed: never linked")
         if notes:
             marks[kver] = notes
     return marks

@@ -2,6 +2,7 @@
 
     [main]
     link_unstable = yes     # link compatible-unstable programs (default yes)
+    link_partial = yes      # link compatible-partial programs (default yes)
     lock_timeout = 60       # seconds a run waits for another to finish (default 60)
 
     [kernel 5.14.0-427.el9.x86_64]
@@ -31,6 +32,7 @@ class Config:
     link_unstable: bool = True
     lock_timeout: float = 60.0
     kabi_overrides: tuple[tuple[str, str], ...] = ()  # (kernel, stablelist path under the root)
+    link_partial: bool = True
 
     def kabi_override(self, kver: str) -> str | None:
         return dict(self.kabi_overrides).get(kver)
@@ -38,7 +40,7 @@ class Config:
 
 _HINT = (
     "this run ignores the whole configuration and uses the defaults (link_unstable = yes, "
-    "lock_timeout = 60); fix the file, see weak-bpf-progs.conf(5)"
+    "link_partial = yes, lock_timeout = 60); fix the file, see weak-bpf-progs.conf(5)"
 )
 
 
@@ -68,15 +70,15 @@ def _apply(name: str, text: str, values: dict[str, object]) -> None:
         if section == "main":
             for key, value in parser[section].items():
                 try:
-                    if key == "link_unstable":
-                        values[key] = _bool(value, "[main] link_unstable")
+                    if key in ("link_unstable", "link_partial"):
+                        values[key] = _bool(value, f"[main] {key}")
                     elif key == "lock_timeout":
                         values[key] = float(value)
                     else:
                         raise bad(f"[main]: unknown option {key!r} (known: link_unstable, "
-                                  "lock_timeout)")  # fmt: skip
+                                  "link_partial, lock_timeout)")  # fmt: skip
                 except ValueError as e:
-                    if key == "link_unstable":
+                    if key in ("link_unstable", "link_partial"):
                         raise bad(str(e)) from None
                     raise bad(f"[main] lock_timeout = {value!r}: not a number of seconds") from None
         elif section.startswith("kernel "):
@@ -101,6 +103,7 @@ def parse_config(sources: Iterable[tuple[str, str]]) -> Config:
         bool(values.get("link_unstable", True)),
         float(values.get("lock_timeout", 60.0)),  # type: ignore[arg-type]
         tuple(sorted(overrides.items())),
+        bool(values.get("link_partial", True)),
     )
 
 

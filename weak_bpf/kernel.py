@@ -19,6 +19,7 @@ from weak_bpf.versions import kernel_sort_key
 
 _MAX_LINKS = 40  # like the kernel's limit on nested symlinks
 
+SYSFS_BTF = "sys/kernel/btf/vmlinux"
 SYMVERS_SUFFIXES = (".gz", ".xz", ".zst", "")
 BOOT_SYMVERS_SUFFIXES = (".gz", ".xz", "")
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
@@ -43,7 +44,8 @@ class BtfSourceKind(str, enum.Enum):
     """Where a kernel's BTF comes from, best first."""
 
     SYSFS = "sysfs"  # sys/kernel/btf/vmlinux: raw BTF of the running kernel
-    VMLINUX = "vmlinux"  # an uncompressed vmlinux ELF with a .BTF section
+    VMLINUX = "vmlinux"  # a vmlinux file: an ELF with a .BTF section, or raw BTF
+    DEBUGINFO = "debuginfo"  # the vmlinux ELF of a debuginfo package (-dbg, kernel-debuginfo)
     VMLINUZ = "vmlinuz"  # the vmlinux inside the compressed image
 
 
@@ -63,6 +65,11 @@ class KernelArtifacts:
     modules_dep: Path | None
     kabi_list: Path | None
     arch: str | None
+    # where else K's symbols may be listed, best first: the real System.map of a debuginfo
+    # package, then vmlinux ELFs (their .symtab); used when `system_map` is missing or a stub
+    symbol_files: tuple[Path, ...] = ()
+    running: bool = False  # K is the kernel this system runs: sysfs and kallsyms describe it
+    installed: bool = True  # K has a modules directory or an image under the root
 
     def relative(self, path: Path | None) -> str | None:
         """`path` as shown to users: relative to the root."""
@@ -135,7 +142,10 @@ def running_release() -> str:
     return os.uname().release
 
 
-def _is_installed(root: Path, kver: str) -> bool:
+def is_installed(root: Path, kver: str) -> bool:
+    """Whether K has a modules directory with an image, symvers or modules.dep, or a
+    boot/vmlinuz-K (SPEC §2)."""
+    root = _absolute(root)
     for modules in module_dirs(root):
         base = f"{modules}/{kver}"
         if _dir(root, base) is None:
@@ -159,7 +169,7 @@ def installed_kernels(root: Path) -> tuple[str, ...]:
         names = (p.name[len("vmlinuz-") :] for p in boot.glob("vmlinuz-?*"))
         # Fedora's dracut rescue image (vmlinuz-0-rescue-<machine-id>) is not a kernel release
         candidates.update(n for n in names if not n.startswith("0-rescue-"))
-    found = [k for k in candidates if "/" not in k and _is_installed(root, k)]
+    found = [k for k in candidates if "/" not in k and is_installed(root, k)]
     return tuple(sorted(found, key=kernel_sort_key))
 
 
@@ -172,13 +182,15 @@ def find_kernel(
     root = _absolute(root)
     if "/" in kver or kver in ("", ".", ".."):
         raise KernelNotFound(f"not a kernel release: {kver!r}", hint=RELEASE_HINT)
-    if require and not _is_installed(root, kver):
+    if running is None:
+        running = running_release()
+    installed = is_installed(root, kver)
+    is_running = kver == running and _file(root, SYSFS_BTF) is not None
+    if require and not (installed or is_running):
         raise KernelNotFound(
             f"kernel {kver} is not installed under {root}",
             hint="'weak-bpf-progs kernels' lists the installed ones",
         )
-    if running is None:
-        running = running_release()
     trees = [f"{m}/{kver}" for m in module_dirs(root)]
     symvers = _first_file(
         root,
@@ -195,7 +207,8 @@ def find_kernel(
 
     image = per_kernel("vmlinuz")
     config = per_kernel("config")
-    btf, btf_kind = _find_btf(root, kver, trees, image, running)
+    vmlinux_files = _vmlinux_files(root, kver, trees)
+    btf, btf_kind = _find_btf(root, is_running, vmlinux_files, image)
     arch = arch_of(kver) or _arch_from_config(config)
     kabi = None
     if arch is not None:
@@ -219,26 +232,62 @@ def find_kernel(
         modules_dep=_first_file(root, [f"{t}/modules.dep" for t in trees]),
         kabi_list=kabi,
         arch=arch,
+        symbol_files=_symbol_files(root, kver, vmlinux_files),
+        running=is_running,
+        installed=installed,
     )
 
 
 def find_kernels(root: Path, *, running: str | None = None) -> tuple[KernelArtifacts, ...]:
-    """find_kernel for every installed kernel, oldest first."""
+    """find_kernel for every kernel that can be judged, oldest first."""
     return tuple(
-        find_kernel(root, k, running=running, require=False) for k in installed_kernels(root)
+        find_kernel(root, k, running=running, require=False)
+        for k in judged_kernels(root, running=running)
     )
 
 
+def judged_kernels(root: Path, *, running: str | None = None) -> tuple[str, ...]:
+    """The installed kernels, and the running kernel when the root shows it (its sysfs BTF),
+    installed or not: a container or a microVM runs a kernel it does not have. Oldest first."""
+    root = _absolute(root)
+    found = set(installed_kernels(root))
+    release = running_release() if running is None else running
+    if release and "/" not in release and _file(root, SYSFS_BTF) is not None:
+        found.add(release)
+    return tuple(sorted(found, key=kernel_sort_key))
+
+
+def _vmlinux_files(root: Path, kver: str, trees: list[str]) -> list[tuple[Path, BtfSourceKind]]:
+    """The vmlinux files of K, best first: next to its modules or in boot/, then debuginfo."""
+    plain = [f"{t}/vmlinux" for t in trees] + [f"boot/vmlinux-{kver}"]
+    debug = [f"usr/lib/debug/{t.removeprefix('usr/')}/vmlinux" for t in trees]
+    debug += [f"usr/lib/debug/boot/vmlinux-{kver}"]
+    found: list[tuple[Path, BtfSourceKind]] = []
+    for candidates, kind in ((plain, BtfSourceKind.VMLINUX), (debug, BtfSourceKind.DEBUGINFO)):
+        for relative in dict.fromkeys(candidates):
+            path = _file(root, relative)
+            if path is not None and all(path != p for p, _ in found):
+                found.append((path, kind))
+    return found
+
+
+def _symbol_files(
+    root: Path, kver: str, vmlinux_files: list[tuple[Path, BtfSourceKind]]
+) -> tuple[Path, ...]:
+    debug_map = _file(root, f"usr/lib/debug/boot/System.map-{kver}")  # Debian's -dbg
+    return tuple([debug_map] if debug_map else []) + tuple(p for p, _ in vmlinux_files)
+
+
 def _find_btf(
-    root: Path, kver: str, trees: list[str], image: Path | None, running: str
+    root: Path,
+    running: bool,
+    vmlinux_files: list[tuple[Path, BtfSourceKind]],
+    image: Path | None,
 ) -> tuple[Path | None, BtfSourceKind | None]:
-    if kver == running:
-        sysfs = _file(root, "sys/kernel/btf/vmlinux")
-        if sysfs is not None:
-            return sysfs, BtfSourceKind.SYSFS
-    vmlinux = _first_file(root, [f"{t}/vmlinux" for t in trees] + [f"boot/vmlinux-{kver}"])
-    if vmlinux is not None:
-        return vmlinux, BtfSourceKind.VMLINUX
+    if running:
+        return _file(root, SYSFS_BTF), BtfSourceKind.SYSFS
+    if vmlinux_files:
+        return vmlinux_files[0]
     if image is not None:
         return image, BtfSourceKind.VMLINUZ
     return None, None

@@ -3,12 +3,21 @@ bytes to the pure parsers. Every error names the file (ParseError.located)."""
 
 from __future__ import annotations
 
+import array
+import contextlib
+import dataclasses
+import mmap
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from weak_bpf import compression
-from weak_bpf.errors import ParseError
-from weak_bpf.kernel import BtfSourceKind, KernelArtifacts
+from weak_bpf.errors import BTFError, ParseError, WeakBpfError
+from weak_bpf.kernel import KernelArtifacts, resolve_in_root
+from weak_bpf.parsers.btf import BTF
+from weak_bpf.parsers.elf import Buffer, section_bytes
+from weak_bpf.parsers.elfsyms import symbol_map
 from weak_bpf.parsers.kabi import KabiList, parse_kabi_list
 from weak_bpf.parsers.kconfig import KernelConfig, parse_kconfig
 from weak_bpf.parsers.kmod import KernelObject, read_kernel_object
@@ -17,6 +26,8 @@ from weak_bpf.parsers.sysmap import SystemMap, parse_system_map
 from weak_bpf.parsers.vmlinuz import vmlinux_from_vmlinuz
 
 T = TypeVar("T")
+BTF_MAGICS = (b"\x9f\xeb", b"\xeb\x9f")  # raw BTF, little and big endian
+ELF_MAGIC = b"\x7fELF"
 MAX_FILE_SIZE = 1 << 30  # a vmlinux with its debug info
 MAX_TEXT_SIZE = 64 << 20  # symvers, System.map, config, kABI lists: a few MB in real kernels
 MAX_MODULE_SIZE = 256 << 20
@@ -74,11 +85,130 @@ def load_vmlinux(path: Path) -> bytes:
     )
 
 
-def load_btf_bytes(kernel: KernelArtifacts) -> bytes | None:
-    """The bytes that hold K's BTF: a raw blob (sysfs) or an ELF with a .BTF section; None if K
-    has no BTF source. Parse them with weak_bpf.parsers.btf."""
-    if kernel.btf is None:
-        return None
-    if kernel.btf_source_kind is BtfSourceKind.VMLINUZ:
-        return load_vmlinux(kernel.btf)
-    return _load(kernel.btf, lambda data, source: data)
+@contextlib.contextmanager
+def mapped(path: Path, *, max_size: int = MAX_FILE_SIZE) -> Iterator[Buffer]:
+    """The file's bytes, mapped rather than read where the file allows it: a debuginfo vmlinux is
+    600 MB, of which a few sections are wanted. Files that cannot be mapped (sysfs, procfs) are
+    read, up to `max_size`."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed below; an open error must be a ParseError)
+    except OSError as e:
+        raise ParseError(f"cannot read: {e.strerror or e}", source=str(path)) from None
+    with f:
+        view = None
+        with contextlib.suppress(OSError, ValueError):  # empty, or a file with no pages
+            view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if view is None:
+            try:
+                data = f.read(max_size + 1)
+            except OSError as e:
+                raise ParseError(f"cannot read: {e.strerror or e}", source=str(path)) from None
+            if len(data) > max_size:
+                raise ParseError(
+                    f"larger than {compression.size_text(max_size)}, the most it reads",
+                    source=str(path),
+                )
+            yield data
+            return
+        shown = memoryview(view)
+        try:
+            yield shown
+        finally:
+            # views the caller still holds keep the mapping open until they go
+            with contextlib.suppress(BufferError):
+                shown.release()
+                view.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelBtf:
+    """A kernel's vmlinux BTF, whatever form it came in."""
+
+    btf: BTF
+    btf_ids: frozenset[int] | None  # the words of `.BTF_ids`; None when the form has none (raw)
+
+
+def load_kernel_btf(path: Path) -> KernelBtf:
+    """K's BTF from a raw BTF file (sysfs, `pahole --btf_encode_detached`), an ELF vmlinux
+    (read in place), or a kernel image; a compressed file of any of these is unpacked first. The
+    one reader of a kernel's BTF: `kernels`, the checks and `greylist --btf` all use it."""
+    source = str(path)
+    with mapped(path) as data:
+        head = bytes(data[:4])
+        if head[:2] in BTF_MAGICS:
+            return KernelBtf(BTF.from_bytes(data, source=source), None)
+        if head == ELF_MAGIC:
+            return _elf_btf(data, source)
+    unpacked = read_file(path)  # a vmlinuz, or a compressed vmlinux or BTF file
+    if unpacked[:2] in BTF_MAGICS:
+        return KernelBtf(BTF.from_bytes(unpacked, source=source), None)
+    try:
+        elf = vmlinux_from_vmlinuz(unpacked, source, decompress=compression.decompress)
+    except ParseError as e:
+        raise e.located(source) from None
+    return _elf_btf(elf, source)
+
+
+def _elf_btf(elf: Buffer, source: str) -> KernelBtf:
+    try:
+        return KernelBtf(BTF.from_bytes(elf, source=source), btf_ids_of(elf, source))
+    except BTFError as e:
+        raise e.located(source) from None
+
+
+def btf_ids_of(elf: Buffer, source: str) -> frozenset[int]:
+    """Every u32 in a vmlinux ELF's `.BTF_ids` section: the ids of its kfunc sets and BTF_ID
+    lists. A function whose id is not there is no kfunc of that kernel."""
+    data = section_bytes(elf, ".BTF_ids", source)
+    if data is None:
+        return frozenset()
+    words = array.array("I", data[: len(data) - len(data) % 4])
+    if (elf[5] == 2) != (sys.byteorder == "big"):
+        words.byteswap()
+    return frozenset(words)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSymbols:
+    """Where K's symbols were found, and them; `symbols` is None when no source lists them."""
+
+    symbols: SystemMap | None
+    source: Path | None = None
+    is_kallsyms: bool = False  # the running kernel's kallsyms: exactly what libbpf reads
+    problems: tuple[str, ...] = ()
+
+
+def load_symbols(kernel: KernelArtifacts) -> KernelSymbols:
+    """K's symbols, from the first source that lists them: System.map (not Debian's stub), the
+    real System.map or vmlinux `.symtab` of a debuginfo package, else the running kernel's
+    kallsyms. Unreadable sources are recorded in `problems` and passed over."""
+    problems = []
+    for path in ((kernel.system_map,) if kernel.system_map else ()) + kernel.symbol_files:
+        what = "System.map" if path == kernel.system_map else str(kernel.relative(path))
+        try:
+            found = _symbols_in(path)
+        except WeakBpfError as e:
+            problems.append(f"{what}: {e}")
+            continue
+        if found is not None and not found.placeholder:
+            return KernelSymbols(found, path, False, tuple(problems))
+    kallsyms = resolve_in_root(kernel.root, "proc/kallsyms") if kernel.running else None
+    if kallsyms is not None:
+        try:
+            return KernelSymbols(load_system_map(kallsyms), kallsyms, True, tuple(problems))
+        except WeakBpfError as e:
+            problems.append(f"kallsyms: {e}")
+    return KernelSymbols(None, None, False, tuple(problems))
+
+
+def _symbols_in(path: Path) -> SystemMap | None:
+    """A System.map, or the `.symtab` of an ELF file (None if it has none)."""
+    with mapped(path) as data:
+        if bytes(data[:4]) == ELF_MAGIC:
+            try:
+                return symbol_map(data, str(path))
+            except ParseError as e:
+                raise e.located(str(path)) from None
+        if bytes(data[:2]) in BTF_MAGICS:
+            return None  # a raw BTF vmlinux lists no symbols
+    return load_system_map(path)

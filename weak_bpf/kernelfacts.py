@@ -8,10 +8,8 @@ recorded in `problems`, never raised: the checks turn it into an `unknown` verdi
 
 from __future__ import annotations
 
-import array
 import dataclasses
 import json
-import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import TypeVar
 from weak_bpf import kernel_data
 from weak_bpf.cache import Cache, content_key, file_key, stat_key
 from weak_bpf.errors import WeakBpfError
-from weak_bpf.kernel import BtfSourceKind, KernelArtifacts, resolve_in_root
+from weak_bpf.kernel import BtfSourceKind, KernelArtifacts
 from weak_bpf.model import KernelFacts, ModuleKfunc
 from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.elf import section_bytes, section_headers
@@ -35,28 +33,19 @@ def module_name(path: Path) -> str:
     return path.name.split(".ko")[0].replace("-", "_")
 
 
-def _btf_ids_of(elf: bytes, source: str) -> frozenset[int]:
-    """Every u32 in a vmlinux ELF's `.BTF_ids` section: the ids of its kfunc sets and BTF_ID
-    lists. A function whose id is not there is no kfunc of that kernel."""
-    data = section_bytes(elf, ".BTF_ids", source)
-    if data is None:
-        return frozenset()
-    words = array.array("I", data[: len(data) - len(data) % 4])
-    if (elf[5] == 2) != (sys.byteorder == "big"):
-        words.byteswap()
-    return frozenset(words)
-
-
 def _load_vmlinux_btf(
     artifacts: KernelArtifacts, cache: Cache
 ) -> tuple[BTF, frozenset[int] | None]:
-    """K's vmlinux BTF and, when it comes from an ELF, its `.BTF_ids` (cached together)."""
+    """K's vmlinux BTF and its `.BTF_ids` (None: unknown). A BTF unpacked from a kernel image is
+    cached, with its ids: unpacking costs seconds. Other forms are read in place."""
     assert artifacts.btf is not None
     source = str(artifacts.btf)
-    if artifacts.btf_source_kind is BtfSourceKind.SYSFS:
-        raw = kernel_data.load_btf_bytes(artifacts)
-        assert raw is not None
-        return BTF.from_bytes(raw, source=source), _image_btf_ids(artifacts, raw, cache)
+    if artifacts.btf_source_kind is not BtfSourceKind.VMLINUZ:
+        found = kernel_data.load_kernel_btf(artifacts.btf)
+        ids = found.btf_ids
+        if ids is None and artifacts.btf_source_kind is BtfSourceKind.SYSFS:
+            ids = _image_btf_ids(artifacts, found.btf.to_bytes(), cache)
+        return found.btf, ids
     key = file_key(artifacts.btf)
     btf_name, ids_name = f"btf-{key}.btf", f"btfids-{key}.json"
     cached, cached_ids = cache.get(btf_name), cache.get_json(ids_name)
@@ -65,12 +54,11 @@ def _load_vmlinux_btf(
             return BTF.from_bytes(cached, source=source), frozenset(cached_ids)
         except (WeakBpfError, TypeError):
             pass  # a damaged entry: rebuild it
-    elf = kernel_data.load_vmlinux(artifacts.btf)
-    btf = BTF.from_bytes(elf, source=source)
-    ids = _btf_ids_of(elf, source)
-    cache.put(btf_name, btf.to_bytes())
+    found = kernel_data.load_kernel_btf(artifacts.btf)
+    ids = found.btf_ids or frozenset()
+    cache.put(btf_name, found.btf.to_bytes())
     cache.put(ids_name, json.dumps(sorted(ids)).encode())
-    return btf, ids
+    return found.btf, ids
 
 
 def _image_btf_ids(
@@ -90,7 +78,7 @@ def _image_btf_ids(
         same = section_bytes(elf, ".BTF") == sysfs_btf
     except WeakBpfError:
         return None  # not cached: the next run tries again (a decompressor installed, ...)
-    found = _btf_ids_of(elf, str(artifacts.image)) if same else None
+    found = kernel_data.btf_ids_of(elf, str(artifacts.image)) if same else None
     cache.put(name, json.dumps({"ids": None if found is None else sorted(found)}).encode())
     return found
 
@@ -162,15 +150,9 @@ def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache) -> KernelFacts:
         return partial(_attempt, problems, what, partial(load, path))
 
     def symbols() -> tuple[SystemMap | None, bool]:
-        if a.system_map is not None:
-            system_map = lazily("System.map", kernel_data.load_system_map, a.system_map)()
-            if system_map is not None and not system_map.placeholder:
-                return system_map, False
-        kallsyms = resolve_in_root(a.root, "proc/kallsyms")
-        if kallsyms is not None and a.btf_source_kind is BtfSourceKind.SYSFS:
-            # the running kernel: kallsyms is where libbpf itself looks typeless ksyms up
-            return lazily("kallsyms", kernel_data.load_system_map, kallsyms)(), True
-        return None, False
+        found = kernel_data.load_symbols(a)
+        problems.extend(found.problems)
+        return found.symbols, found.is_kallsyms
 
     lazy: dict[str, Callable[[], object]] = {"symbols": symbols}
     if a.symvers is not None:
@@ -273,13 +255,12 @@ def _module_symbol_finder(
 
 
 def facts_from_files(btf_file: Path, symvers_file: Path | None = None) -> KernelFacts:
-    """Facts from a BTF file (vmlinux ELF or raw) and a symvers file, for a packager's build
-    machine where the build kernel is not installed: no modules, no cache. Errors are raised."""
-    data = kernel_data.read_file(btf_file)
-    if data[:2] not in (b"\x9f\xeb", b"\xeb\x9f"):  # not raw BTF: a vmlinux, or a vmlinuz
-        data = kernel_data.load_vmlinux(btf_file)
-    facts = KernelFacts(btf_file.name, None, vmlinux=BTF.from_bytes(data, source=str(btf_file)))
-    if data[:4] == b"\x7fELF":
-        facts.set_fact("vmlinux_btf_ids", _btf_ids_of(data, str(btf_file)))
+    """Facts from a BTF file (raw, vmlinux ELF or vmlinuz) and a symvers file, for a packager's
+    build machine where the build kernel is not installed: no modules, no cache. Errors are
+    raised."""
+    found = kernel_data.load_kernel_btf(btf_file)
+    facts = KernelFacts(btf_file.name, None, vmlinux=found.btf)
+    if found.btf_ids is not None:
+        facts.set_fact("vmlinux_btf_ids", found.btf_ids)
     facts.set_fact("symvers", kernel_data.load_symvers(symvers_file) if symvers_file else None)
     return facts

@@ -17,20 +17,22 @@ from weak_bpf.parsers.sysmap import SystemMap
 class Verdict(str, enum.Enum):
     COMPATIBLE = "compatible"
     COMPATIBLE_UNSTABLE = "compatible-unstable"
+    # loads, but some of its programs cannot attach on K (a kprobe or tracepoint target is
+    # absent): an object with alternatives, whose loader turns those off
+    COMPATIBLE_PARTIAL = "compatible-partial"
     INCOMPATIBLE = "incompatible"
     UNKNOWN = "unknown"
     NATIVE = "native"
 
-    def linkable(self, *, link_unstable: bool) -> bool:
-        """Whether a program with this verdict gets a weak-updates link (native ones stay put)."""
-        if self is Verdict.COMPATIBLE:
-            return True
-        return self is Verdict.COMPATIBLE_UNSTABLE and link_unstable
-
     @property
     def usable(self) -> bool:
         """The program is expected to load on the kernel (linked or native)."""
-        return self in (Verdict.COMPATIBLE, Verdict.COMPATIBLE_UNSTABLE, Verdict.NATIVE)
+        return self in (
+            Verdict.COMPATIBLE,
+            Verdict.COMPATIBLE_UNSTABLE,
+            Verdict.COMPATIBLE_PARTIAL,
+            Verdict.NATIVE,
+        )
 
 
 class ReasonCode(str, enum.Enum):
@@ -45,6 +47,7 @@ class ReasonCode(str, enum.Enum):
     KSYM_MISSING = "ksym-missing"
     CORE_RELO = "core-relo"
     ATTACH_TARGET = "attach-target"
+    ATTACH_PROTO = "attach-proto"
     KERNEL_DATA_MISSING = "kernel-data-missing"
 
 
@@ -66,6 +69,8 @@ class Outcome(str, enum.Enum):
     FAIL = "fail"  # the program will not load: `code` says why
     UNDECIDED = "undecided"  # cannot be decided offline (missing data, undecidable reachability)
     UNSTABLE = "unstable"  # passes, but relies on a symbol outside the kABI stablelist
+    # the program loads, but cannot attach on K: its kprobe or tracepoint target is absent
+    CANNOT_ATTACH = "cannot-attach"
     NOTE = "note"  # worth knowing (a module to load, an obsolete export type); changes nothing
 
 
@@ -107,8 +112,21 @@ class Result:
         return tuple(
             Reason(c.code, c.symbol, c.detail)
             for c in self.checks
-            if c.outcome in (Outcome.FAIL, Outcome.UNDECIDED) and c.code is not None
+            if c.outcome in (Outcome.FAIL, Outcome.UNDECIDED, Outcome.CANNOT_ATTACH)
+            and c.code is not None
         )
+
+    def linkable(self, *, link_unstable: bool = True, link_partial: bool = True) -> bool:
+        """Whether the program gets a weak-updates link on the kernel (native ones stay put):
+        compatible ones do; the configuration decides for compatible-unstable and
+        compatible-partial ones (a partial one that is also unstable needs both)."""
+        if self.verdict is Verdict.COMPATIBLE:
+            return True
+        if self.verdict is Verdict.COMPATIBLE_UNSTABLE:
+            return link_unstable
+        if self.verdict is Verdict.COMPATIBLE_PARTIAL:
+            return link_partial and (link_unstable or not self.unstable_symbols)
+        return False
 
     def to_json(self) -> dict[str, Any]:
         """Everything, for the results cache (from_json reads it back)."""
@@ -147,12 +165,15 @@ class Result:
 
 def verdict_of(checks: tuple[Check, ...]) -> Verdict:
     """A certain failure makes it incompatible; else anything undecided makes it unknown (never
-    compatible); else a symbol off the stablelist makes it compatible-unstable."""
+    compatible); else a program that cannot attach makes it compatible-partial; else a symbol
+    off the stablelist makes it compatible-unstable."""
     outcomes = {c.outcome for c in checks}
     if Outcome.FAIL in outcomes:
         return Verdict.INCOMPATIBLE
     if Outcome.UNDECIDED in outcomes:
         return Verdict.UNKNOWN
+    if Outcome.CANNOT_ATTACH in outcomes:
+        return Verdict.COMPATIBLE_PARTIAL
     if Outcome.UNSTABLE in outcomes:
         return Verdict.COMPATIBLE_UNSTABLE
     return Verdict.COMPATIBLE

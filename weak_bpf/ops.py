@@ -27,7 +27,7 @@ from weak_bpf.kernel import resolve_in_root
 from weak_bpf.kernelfacts import facts_from_files, load_kernel_facts
 from weak_bpf.model import KernelFacts, Result, Verdict
 from weak_bpf.parsers.bpfobject import BpfObject, read_bpf_object
-from weak_bpf.parsers.btf import BTF, Kind
+from weak_bpf.parsers.btf import Kind
 from weak_bpf.parsers.greylist import Greylist, render_greylist
 from weak_bpf.programs import InstalledProgram, LoadedProgram, installed_programs, load_program
 from weak_bpf.resolution import Action, ProgramChange, Resolution
@@ -46,11 +46,14 @@ class KernelSummary:
     symvers_entries: int | None = None
     system_map_symbols: int | None = None  # 0 for a placeholder (Debian ships the real one apart)
     problems: tuple[str, ...] = ()
+    # where the symbols that System.map lacks came from (debuginfo, kallsyms), and how many
+    symbols_source: Path | None = None
+    symbols_count: int | None = None
 
 
 def list_kernels(root: Path, kvers: Sequence[str] = ()) -> tuple[KernelSummary, ...]:
     """Installed kernels (or the ones named) under `root`, each read as far as it can be."""
-    wanted = kvers or kernel.installed_kernels(root)
+    wanted = kvers or kernel.judged_kernels(root)
     return tuple(_summarise(kernel.find_kernel(root, kver)) for kver in wanted)
 
 
@@ -58,9 +61,8 @@ def _summarise(artifacts: kernel.KernelArtifacts) -> KernelSummary:
     problems = []
     btf_types = kfunc_tags = symvers_entries = None
     try:
-        raw = kernel_data.load_btf_bytes(artifacts)
-        if raw is not None:
-            btf = BTF.from_bytes(raw, source=str(artifacts.btf))
+        if artifacts.btf is not None:
+            btf = kernel_data.load_kernel_btf(artifacts.btf).btf
             btf_types = btf.nr_types - 1
             kfunc_tags = len(btf.find("bpf_kfunc", Kind.DECL_TAG))
     except WeakBpfError as e:
@@ -77,8 +79,18 @@ def _summarise(artifacts: kernel.KernelArtifacts) -> KernelSummary:
             system_map_symbols = 0 if system_map.placeholder else len(system_map)
         except WeakBpfError as e:
             problems.append(str(e))
+    symbols = kernel_data.load_symbols(artifacts)
+    problems.extend(p for p in symbols.problems if not p.startswith("System.map: "))
+    elsewhere = symbols.source is not None and symbols.source != artifacts.system_map
     return KernelSummary(
-        artifacts, btf_types, kfunc_tags, symvers_entries, system_map_symbols, tuple(problems)
+        artifacts,
+        btf_types,
+        kfunc_tags,
+        symvers_entries,
+        system_map_symbols,
+        tuple(problems),
+        symbols.source if elsewhere else None,
+        len(symbols.symbols) if elsewhere and symbols.symbols is not None else None,
     )
 
 
@@ -193,10 +205,11 @@ def _artifacts(root: Path, kver: str, config: Config) -> kernel.KernelArtifacts:
 def kernel_facts(
     root: Path, kvers: Sequence[str] = (), *, cache: bool = True, config: Config | None = None
 ) -> list[KernelFacts]:
-    """Facts of the given (default: all installed) kernels, oldest first."""
+    """Facts of the given (default: every installed kernel, and the running one) kernels,
+    oldest first."""
     store = Cache(root, writable=cache)
     config = config or settings(root)
-    wanted = list(kvers) or list(kernel.installed_kernels(root))
+    wanted = list(kvers) or list(kernel.judged_kernels(root))
     return [load_kernel_facts(_artifacts(root, k, config), store) for k in wanted]
 
 
@@ -207,7 +220,7 @@ def _kernel_key(facts: KernelFacts) -> str:
     """What a kernel's results depend on: every artifact read, and this tool's version."""
     a = facts.artifacts
     files = [a.btf, a.symvers, a.system_map, a.config, a.kabi_list, a.root / "proc/kallsyms"]
-    files += list(a.modules)
+    files += list(a.symbol_files) + list(a.modules)
     return content_key(RESULTS_VERSION, __version__, a.kver, stat_key([f for f in files if f]))
 
 
@@ -232,8 +245,8 @@ def audit(
     config: Config | None = None,
 ) -> AuditReport:
     """Every installed program (or those whose path matches one of `programs`, fnmatch
-    patterns) against every installed kernel (or the ones given). `progress`, if given, hears
-    a short line at each kernel and every few programs.
+    patterns) against every installed kernel and the running one (or the ones given).
+    `progress`, if given, hears a short line at each kernel and every few programs.
 
     Results are kept in the cache, per kernel, under keys that change with any file they were
     computed from, so a warm audit reads no object and no BTF at all."""
@@ -242,7 +255,7 @@ def audit(
     store = Cache(root, writable=cache)
     config = config or settings(root)  # read once: its errors are reported once
     facts = []
-    for kver in list(kvers) or list(kernel.installed_kernels(root)):
+    for kver in list(kvers) or list(kernel.judged_kernels(root)):
         if progress is not None:
             progress(f"reading kernel {kver}...")
         facts.extend(kernel_facts(root, [kver], cache=cache, config=config))
@@ -452,7 +465,13 @@ def resolve(
     lock = contextlib.nullcontext() if dry_run else actions.locked(root, config.lock_timeout)
     runs = []
     with lock:
-        report = audit(root, kvers, cache=not dry_run, exclude=gone, config=config)
+        # the running kernel is judged by audit even when not installed, but links need one
+        wanted = list(kvers) or list(kernel.installed_kernels(root))
+        report = (
+            audit(root, wanted, cache=not dry_run, exclude=gone, config=config)
+            if wanted
+            else AuditReport(root, (), ())
+        )
         # a dry run opens no database: reading one can create its journal files
         paths = [p.program.path for p in report.programs]
         packages = dict.fromkeys(paths) if dry_run else rpmdb.owners(root, paths)
@@ -519,7 +538,13 @@ def _resolve_kernel(  # noqa: PLR0917
         for p in report.programs
     ]
     current = actions.current_links(root, kver)
-    the_plan = resolver.plan(kver, candidates, current, link_unstable=config.link_unstable)
+    the_plan = resolver.plan(
+        kver,
+        candidates,
+        current,
+        link_unstable=config.link_unstable,
+        link_partial=config.link_partial,
+    )
     blocked: set[str] = set()  # link names a file weak-bpf-progs did not create holds
     if dry_run:
         blocked = actions.blocked_names(root, kver, the_plan.links)
@@ -565,7 +590,13 @@ def _resolve_kernel(  # noqa: PLR0917
 
 
 def add_kernel(root: Path, kver: str, **options: Any) -> list[KernelRun]:
-    kernel.find_kernel(root, kver)  # must be installed: raises KernelNotFound
+    found = kernel.find_kernel(root, kver)  # must be installed: raises KernelNotFound
+    if not found.installed:
+        raise WeakBpfError(
+            f"kernel {kver} runs, but is not installed under {root}: there is no "
+            f"usr/lib/modules/{kver} to link its programs in",
+            hint=f"'weak-bpf-progs audit {kver}' judges the programs on it",
+        )
     return resolve(root, Action.ADD_KERNEL, [kver], **options)
 
 

@@ -15,6 +15,7 @@ from weak_bpf.parsers.btfext import CoreReloKind
 _BTF_SOURCE = {
     BtfSourceKind.SYSFS: "the running kernel",
     BtfSourceKind.VMLINUX: "vmlinux",
+    BtfSourceKind.DEBUGINFO: "debuginfo vmlinux",
     BtfSourceKind.VMLINUZ: "inside the kernel image",
 }
 
@@ -32,7 +33,10 @@ def render_kernels(summaries: tuple[KernelSummary, ...], *, verbose: bool = Fals
     out = []
     for s in summaries:
         a = s.artifacts
-        out.append(f"{a.kver}\n")
+        if a.installed:
+            out.append(f"{a.kver}\n")
+        else:
+            out.append(f"{a.kver} (running, not installed here: judged, never linked)\n")
         btf = "missing (no vmlinux or vmlinuz): kfunc, ksym, CO-RE and attach checks give 'unknown'"
         if a.btf is not None and a.btf_source_kind is not None:
             btf = f"{a.relative(a.btf)} ({_BTF_SOURCE[a.btf_source_kind]})"
@@ -47,17 +51,26 @@ def render_kernels(summaries: tuple[KernelSummary, ...], *, verbose: bool = Fals
                 symvers += f": {s.symvers_entries} exports"
         out.append(_row("symvers", symvers))
         out.append(_row("image", a.relative(a.image) or "missing"))
-        system_map = "missing: typeless ksyms and kprobe targets outside BTF give 'unknown'"
+        # what a missing or stub System.map costs, unless another source lists the symbols
+        cost = (
+            ""
+            if s.symbols_source
+            else " (typeless ksyms and kprobe targets outside BTF give 'unknown')"
+        )
+        system_map = f"missing{cost}"
         if a.system_map is not None:
             system_map = str(a.relative(a.system_map))
             if s.system_map_symbols == 0:
-                system_map += (
-                    ": a placeholder without symbols (typeless ksyms and kprobe targets outside "
-                    "BTF give 'unknown')"
-                )
+                system_map += f": a placeholder without symbols{cost}"
             elif s.system_map_symbols is not None:
                 system_map += f": {s.system_map_symbols} symbols"
         out.append(_row("System.map", system_map))
+        if s.symbols_source is not None:
+            where = a.relative(s.symbols_source)
+            what = "kallsyms of the running kernel" if where == "proc/kallsyms" else where
+            if s.symbols_source.name.startswith("vmlinux"):
+                what = f"{where} (its symbol table)"
+            out.append(_row("symbols", f"{what}: {s.symbols_count} symbols"))
         out.append(_row("config", a.relative(a.config) or "missing"))
         out.append(_row("modules", f"{len(a.modules)} files"))
         out.append(_row("kABI list", a.relative(a.kabi_list) or "none"))
@@ -146,6 +159,9 @@ _ADVICE = {
     "that may be missing (bpf_core_field_exists() and the like) before using them",
     ReasonCode.ATTACH_TARGET: _UPDATE + ": the kernel function or tracepoint it attaches to is "
     "gone in {k}",
+    ReasonCode.ATTACH_PROTO: _UPDATE + ": the arguments of the function or tracepoint it "
+    "attaches to changed in {k}; for your own build, read only the arguments {k} has (or test "
+    "for them with CO-RE before reading)",
     ReasonCode.KERNEL_DATA_MISSING: "the undecided checks say what {k} lacks: install it (or "
     "reinstall the package of a file that could not be read), then run 'weak-bpf-progs audit' "
     "again",
@@ -156,6 +172,7 @@ _MARK = {
     Outcome.FAIL: "FAIL",
     Outcome.UNDECIDED: "??",
     Outcome.UNSTABLE: "unstable",
+    Outcome.CANNOT_ATTACH: "no attach",
     Outcome.NOTE: "note",
 }
 
@@ -192,6 +209,7 @@ def _cell(result: Result) -> str:
     # the reason that decides the verdict: a certain failure before an undecided check
     deciding = [c for c in result.checks if c.outcome is Outcome.FAIL and c.code is not None]
     deciding += [c for c in result.checks if c.outcome is Outcome.UNDECIDED and c.code]
+    deciding += [c for c in result.checks if c.outcome is Outcome.CANNOT_ATTACH and c.code]
     if deciding and deciding[0].code is not None:
         return f"{result.verdict.value} ({deciding[0].code.value})"
     if result.modules and result.verdict.usable:
@@ -203,6 +221,7 @@ def _cell(result: Result) -> str:
 _VERDICT_COLOR = {
     Verdict.COMPATIBLE: "32",  # green
     Verdict.COMPATIBLE_UNSTABLE: "33",  # yellow
+    Verdict.COMPATIBLE_PARTIAL: "33",  # yellow
     Verdict.INCOMPATIBLE: "31",  # red
     Verdict.UNKNOWN: "35",  # magenta
     Verdict.NATIVE: "34",  # blue

@@ -77,6 +77,7 @@ def plan(
     current: Mapping[str, str],
     *,
     link_unstable: bool,
+    link_partial: bool = True,
 ) -> Plan:
     """The plan for kernel `kver`. `current`: its links now (link name -> target)."""
     groups: dict[str, list[Candidate]] = {}
@@ -90,7 +91,11 @@ def plan(
         if own:
             native[link_name] = own[0].path
             continue
-        linkable = [c for c in builds if c.result.verdict.linkable(link_unstable=link_unstable)]
+        linkable = [
+            c
+            for c in builds
+            if c.result.linkable(link_unstable=link_unstable, link_partial=link_partial)
+        ]
         if linkable:
             best = max(linkable, key=_newest_first)
             links[link_name] = link_target(kver, link_name, best.path)

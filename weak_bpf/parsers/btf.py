@@ -30,7 +30,7 @@ from itertools import accumulate, repeat
 from operator import add, itemgetter, lshift, or_
 
 from weak_bpf.errors import BTFError
-from weak_bpf.parsers.elf import SHF_COMPRESSED, SHT_NOBITS, section_headers
+from weak_bpf.parsers.elf import SHF_COMPRESSED, SHT_NOBITS, Buffer, section_headers
 
 
 class Kind(enum.IntEnum):
@@ -207,7 +207,7 @@ class BTF:
     """
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, base: BTF | None = None, source: str | None = None) -> BTF:
+    def from_bytes(cls, data: Buffer, *, base: BTF | None = None, source: str | None = None) -> BTF:
         """Parse a raw BTF blob, or an ELF file with a `.BTF` section. Raises BTFError.
 
         `data` may be any bytes-like object (bytes, memoryview, mmap); only the type and string

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from typing import Union
 
 from weak_bpf.errors import ELFError, ParseError
 
+# what ELF readers take: bytes, or a view (of a mapped file: a debuginfo vmlinux is 600 MB)
+Buffer = Union[bytes, memoryview]
 SHT_NOBITS = 8
 SHF_COMPRESSED = 0x800
 
@@ -36,7 +39,7 @@ class ElfHeader:
     machine: int  # e_machine: 247 EM_BPF, 62 EM_X86_64, ...
 
 
-def elf_header(data: bytes | memoryview, source: str | None = None) -> ElfHeader:
+def elf_header(data: Buffer, source: str | None = None) -> ElfHeader:
     """The identification fields of an ELF header. Raises ELFError."""
     if len(data) < 0x34 or bytes(data[:4]) != b"\x7fELF":
         raise ELFError("not an ELF file (bad magic or truncated header)", source=source, offset=0)
@@ -48,7 +51,7 @@ def elf_header(data: bytes | memoryview, source: str | None = None) -> ElfHeader
 
 
 def section_headers(
-    data: bytes | memoryview, source: str | None = None, *, error: type[ParseError] = ELFError
+    data: Buffer, source: str | None = None, *, error: type[ParseError] = ELFError
 ) -> tuple[SectionHeader, ...]:
     """Every section header, checked to lie inside the file. Raises `error` (ELFError)."""
 
@@ -108,7 +111,7 @@ def section_headers(
     return tuple(headers)
 
 
-def section_bytes(data: bytes | memoryview, name: str, source: str | None = None) -> bytes | None:
+def section_bytes(data: Buffer, name: str, source: str | None = None) -> bytes | None:
     """The contents of the first section called `name`; None if there is none. Raises ELFError."""
     for section in section_headers(data, source):
         if section.name == name:
