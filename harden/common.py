@@ -55,10 +55,10 @@ def debian_kernels() -> dict[str, Path]:
 
 
 def env(**extra: str) -> dict[str, str]:
-    """The environment of a CLI run: this checkout first on PYTHONPATH, no fault, no journal."""
+    """The environment of a CLI run: this checkout first on PYTHONPATH, no fault. (No journal:
+    every run passes --no-journal, the hooks through wrapper_bin.)"""
     base = {k: v for k, v in os.environ.items() if not k.startswith("WEAK_BPF_")}
     base["PYTHONPATH"] = str(REPO)
-    base["WEAK_BPF_JOURNAL_SOCKET"] = "/nonexistent/weak-bpf-harden-journal"
     base["PYTHONIOENCODING"] = "utf-8:strict"  # stdio as under en_US.UTF-8 on Fedora and RHEL
     base.update(extra)
     return base
@@ -120,11 +120,12 @@ def link_sets(root: Path) -> dict[str, dict[str, str] | None]:
 
 
 def wrapper_bin(work: Path) -> Path:
-    """A directory holding a `weak-bpf-progs` that runs this checkout, for the hooks' PATH."""
+    """A directory holding a `weak-bpf-progs` that runs this checkout, for the hooks' PATH;
+    with --no-journal, so that nothing reaches the host's journal."""
     bindir = work / "bin"
     bindir.mkdir(parents=True, exist_ok=True)
     script = bindir / "weak-bpf-progs"
-    text = f'#!/bin/sh\nPYTHONPATH={REPO} exec {PYTHON} -m weak_bpf "$@"\n'
+    text = f'#!/bin/sh\nPYTHONPATH={REPO} exec {PYTHON} -m weak_bpf --no-journal "$@"\n'
     if not script.exists() or script.read_text(encoding="utf-8") != text:
         # written aside and renamed: concurrent hooks may be running the old one (ETXTBSY)
         tmp = bindir / f".weak-bpf-progs.{os.getpid()}.{threading.get_ident()}"

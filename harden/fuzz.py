@@ -429,7 +429,6 @@ def fuzz_cli(root: Path, count: int) -> dict[str, Any]:
 
     from weak_bpf import cli
 
-    os.environ["WEAK_BPF_JOURNAL_SOCKET"] = "/nonexistent/weak-bpf-harden-journal"
     os.environ.pop("WEAK_BPF_FAULT_STEP", None)
     logging.getLogger().handlers = [logging.NullHandler()]  # formatted, then dropped
     logging.getLogger().setLevel(logging.DEBUG)
@@ -446,7 +445,7 @@ def fuzz_cli(root: Path, count: int) -> dict[str, Any]:
         sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8", errors="strict")
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                code = cli.main(["--root", str(root), *argv])
+                code = cli.main(["--root", str(root), "--no-journal", *argv])  # not the host's
         except SystemExit as e:  # argparse: usage errors, --help, --version
             code = e.code if isinstance(e.code, int) else 2
         finally:

@@ -119,15 +119,16 @@ def start_daemon(
     log: Path,
     environ: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`python3 -m weak_bpf.daemon --root ROOT` on the private bus, once it owns its name."""
+    """`python3 -m weak_bpf.daemon --root ROOT --no-journal` on the private bus, once it owns its
+    name. Its reports and its log go to `log` (stderr), never to the host's journal."""
     env = bus.env()
-    env["WEAK_BPF_JOURNAL_SOCKET"] = str(bus.directory / "no-journal")  # reports go to stderr
     env["PYTHONPATH"] = str(REPO)
     env.pop("NOTIFY_SOCKET", None)
+    env.pop("JOURNAL_STREAM", None)  # else, under a systemd unit, it would log to the journal
     env.update(environ or {})
     with open(log, "ab") as out:
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "weak_bpf.daemon", "--root", str(root), *extra],
+            [sys.executable, "-m", "weak_bpf.daemon", "--root", str(root), "--no-journal", *extra],
             cwd=REPO,
             env=env,
             stdout=out,

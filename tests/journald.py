@@ -7,6 +7,12 @@ test's tmp dir. So its sockets and files appear under `base/`, and nothing it do
 host's /run or /var/log. A namespace instance reads neither /dev/kmsg nor audit. Readiness comes
 from the sd_notify READY=1 it sends to a NOTIFY_SOCKET of ours.
 
+Writing: systemd.journal (sd_journal_sendv) always sends to /run/systemd/journal/socket. So a
+process that is to log to this journald runs in a mount namespace of its own (`unshare --mount`)
+where a directory is bind-mounted over /run/systemd/journal: `with_journal_dir(d, argv)`, with
+`d` this journald's runtime directory (/run/systemd/journal.NS/ under `base/run`), or an empty one
+for a system without journald (no socket). `Journald.send()` sends a Resolution that way.
+
 Reading: `journalctl -D <journal dir> -o json`. For `journalctl -x`, the catalog database is the
 fixed path /var/lib/systemd/catalog/database, so `catalog_text()` builds a database from the
 given catalog files under a temp root (`journalctl --root=R --update-catalog`) and runs
@@ -16,21 +22,103 @@ host's catalog directory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from weak_bpf.resolution import Resolution
 
 JOURNALD = "/lib/systemd/systemd-journald"
 NAMESPACE = "weakbpftest"
 
 _START = 'mount --bind "$1" /run && mount --bind "$2" /var/log && exec "$3" "$4"'
 _WITH_CATALOG = 'mount --bind "$1" /var/lib/systemd/catalog && shift && exec "$@"'
+# $1 over /run/systemd/journal, then exec the rest. A host without journald may have no
+# /run/systemd/journal to mount over: then a tmpfs of this namespace's own holds one (over
+# /run/systemd, which only this namespace then sees empty). The command keeps the shell's PID.
+_WITH_JOURNAL_DIR = r"""
+set -e
+dir=$1
+shift
+if [ ! -d /run/systemd/journal ]; then
+    top=/run/systemd
+    [ -d "$top" ] || top=/run
+    mount -t tmpfs -o mode=0755 weak-bpf-test "$top"
+    mkdir -p /run/systemd/journal
+fi
+mount --bind "$dir" /run/systemd/journal
+exec "$@"
+"""
+# Sends the Resolution (JSON on stdin) with journal.send_to_journal(); prints what it returned.
+_SEND = """
+import json, sys
+from weak_bpf import journal
+from weak_bpf.resolution import Resolution
+print(journal.send_to_journal(Resolution.from_json(json.load(sys.stdin))))
+"""
+REPO = Path(__file__).resolve().parent.parent
+
+
+# a shell script run in a private mount namespace: `*_SH, script, "sh", args...`
+_UNSHARE_SH = ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c")
+
+
+def with_journal_dir(directory: Path, argv: Sequence[str]) -> list[str]:
+    """`argv`, run in a mount namespace of its own where `directory` is /run/systemd/journal.
+    Needs root; its PID is the command's."""
+    return [*_UNSHARE_SH, _WITH_JOURNAL_DIR, "sh", str(directory), *argv]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    pid: int  # the _PID of what it logged: tells this run's journal entries from others'
+
+
+def run_with_journal_dir(
+    directory: Path, argv: Sequence[str], *, timeout: float = 120, env: dict[str, str] | None = None
+) -> Run:
+    """`argv` run from this checkout, with `directory` as its /run/systemd/journal."""
+    with subprocess.Popen(
+        with_journal_dir(directory, argv),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        out, err = child.communicate(timeout=timeout)
+    return Run(child.returncode, out, err, child.pid)
+
+
+def send(directory: Path, resolution: Resolution, *, prefix: Sequence[str] = ()) -> bool:
+    """What `journal.send_to_journal(resolution)` returns in a process (the system interpreter,
+    this checkout, run through `prefix`) whose /run/systemd/journal is `directory`. It must print
+    nothing else, and never raise."""
+    argv = [*prefix, sys.executable, "-c", _SEND]
+    proc = subprocess.run(
+        with_journal_dir(directory, argv),
+        input=json.dumps(resolution.to_json()),
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    assert proc.stdout in ("True\n", "False\n"), proc.stdout
+    return proc.stdout == "True\n"
 
 
 class Journald:
@@ -48,13 +136,7 @@ class Journald:
         self._stderr = (base / "journald.log").open("wb")
         self.proc = subprocess.Popen(
             [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
-                "sh",
-                "-c",
+                *_UNSHARE_SH,
                 _START,
                 "sh",
                 str(base / "run"),
@@ -81,8 +163,13 @@ class Journald:
             notify.close()
 
     @property
-    def socket(self) -> str:
-        return str(self.base / "run" / "systemd" / f"journal.{self.namespace}" / "socket")
+    def runtime_directory(self) -> Path:
+        """Its sockets: what a client sees as /run/systemd/journal."""
+        return self.base / "run" / "systemd" / f"journal.{self.namespace}"
+
+    def send(self, resolution: Resolution, *, prefix: Sequence[str] = ()) -> bool:
+        """journal.send_to_journal(resolution), from a process that logs to this journald."""
+        return send(self.runtime_directory, resolution, prefix=prefix)
 
     @property
     def directory(self) -> Path:
@@ -93,8 +180,10 @@ class Journald:
                 return found[0]
         raise FileNotFoundError(f"no journal files of namespace {self.namespace} under {self.base}")
 
-    def read(self, *matches: str) -> list[dict[str, Any]]:
-        """The entries matching `matches` (FIELD=value), as `journalctl -o json` gives them."""
+    def read(self, *matches: str, after_cursor: str | None = None) -> list[dict[str, Any]]:
+        """The entries matching `matches` (FIELD=value), as `journalctl -o json` gives them;
+        only those stored after the entry whose __CURSOR is `after_cursor`, if given."""
+        after = [] if after_cursor is None else [f"--after-cursor={after_cursor}"]
         proc = subprocess.run(
             [
                 "journalctl",
@@ -104,6 +193,7 @@ class Journald:
                 "json",
                 "--all",
                 "--no-pager",
+                *after,
                 *matches,
             ],
             capture_output=True,
@@ -169,12 +259,21 @@ class Journald:
         self._stderr.close()
 
 
-def start(base: Path, namespace: str) -> Journald:
-    """A private journald for a test module or session; fails in CI if it cannot run here."""
+def require_journald() -> None:
+    """What a private journald, and a client of it, need; fails in CI where it is missing."""
     from conftest import require, require_root, require_tool
 
     require_root()
     require_tool("unshare")
     require_tool("journalctl")
     require(os.access(JOURNALD, os.X_OK), f"{JOURNALD} is not installed (systemd-journald)")
+    probe = subprocess.run(
+        [sys.executable, "-I", "-c", "import systemd.journal"], capture_output=True, check=False
+    )
+    require(probe.returncode == 0, "python3-systemd is not installed (systemd.journal)")
+
+
+def start(base: Path, namespace: str) -> Journald:
+    """A private journald for a test module or session; fails in CI if it cannot run here."""
+    require_journald()
     return Journald(base, namespace=namespace)

@@ -1,14 +1,21 @@
 """The resolution report: its JSON, its journal entries read back from a real systemd-journald,
-and the catalog text `journalctl -x` shows for them."""
+and the catalog text `journalctl -x` shows for them.
+
+The entries are sent by child processes (journal.send_to_journal(), the CLI, the daemon) that
+run in a mount namespace of their own where /run/systemd/journal is the test journald's
+directory (tests/journald.py), or one without journald: systemd.journal always sends to
+/run/systemd/journal/socket."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import re
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +27,8 @@ from weak_bpf.model import Reason, ReasonCode, Verdict
 from weak_bpf.resolution import Action, ProgramChange, Resolution, State
 
 import journald as journald_helper
-from conftest import REPO, require_tool
-from journald import Journald
+from conftest import REPO, require_root, require_tool
+from journald import Journald, Run, run_with_journal_dir
 
 CATALOG = REPO / "systemd" / "weak-bpf-progs.catalog"
 MESSAGE_IDS = {
@@ -158,6 +165,7 @@ def test_json_schema_and_round_trip() -> None:
         "was_linked": True,
         "changed": True,
         "blocked": False,
+        "blocked_by": None,
         "link": "fw/fw.bpf.o",
         "superseded_by": None,
         "reasons": [
@@ -209,9 +217,15 @@ def test_priorities() -> None:
     assert [e["PRIORITY"] for e in entries] == ["4", "6", "4", "6", "6", "4"]
 
 
-def test_encode_binary_safe() -> None:
-    data = journal.encode({"A": "one", "MESSAGE": "x\ny", "B": "é"})
-    assert data == b"A=one\nMESSAGE\n\x03\x00\x00\x00\x00\x00\x00\x00x\ny\nB=\xc3\xa9\n"
+def test_fields_are_bytes_in_entry_order() -> None:
+    """What sendv() gets: FIELD=value, newlines kept (sd_journal_sendv sends those binary-safe),
+    a value that is not UTF-8 (a surrogate-escaped path) with a replacement character."""
+    assert journal.fields({"A": "one", "MESSAGE": "x\ny", "B": "é", "P": "a\udcffb"}) == [
+        b"A=one",
+        b"MESSAGE=x\ny",
+        b"B=\xc3\xa9",
+        b"P=a?b",
+    ]
 
 
 def test_stderr_report() -> None:
@@ -231,60 +245,135 @@ def test_stderr_report() -> None:
     assert SUPERSEDED.path not in text
 
 
-# --- no journal -------------------------------------------------------------------------------
-
-
-def test_no_journal_returns_false(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    r = resolution("K")
-    assert journal.send_to_journal(r, socket_path=str(tmp_path / "missing" / "socket")) is False
-    assert journal.send_to_journal(r, socket_path=str(tmp_path)) is False  # a directory
-    dead = tmp_path / "dead"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.bind(str(dead))  # the socket file stays, nobody listens once closed
-    assert journal.send_to_journal(r, socket_path=str(dead)) is False
-    monkeypatch.setenv(journal.SOCKET_ENV, str(tmp_path / "nowhere"))
-    assert journal.send_to_journal(r) is False
-
-
-def test_socket_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
-        server.bind(str(path))
-        monkeypatch.setenv(journal.SOCKET_ENV, str(path))
-        assert journal.send_to_journal(resolution("K")) is True
-        first = server.recv(65536)
-    assert first.startswith(b"MESSAGE_ID=" + journal.MESSAGE_ID_SUMMARY.encode() + b"\n")
-
-
-# --- a real journald --------------------------------------------------------------------------
+# --- a real journald, and processes that log to it ----------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def journald(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journald]:
+    host_journal_dir = os.path.lexists("/run/systemd/journal")
     daemon = journald_helper.start(tmp_path_factory.mktemp("journald"), f"weakbpftest{os.getpid()}")
     yield daemon
     daemon.stop()
-    # Isolated: the host's /run and /var/log never saw it.
+    # Isolated: the host's /run and /var/log never saw it, nor its clients' mounts.
     assert not Path(f"/run/systemd/journal.{daemon.namespace}").exists()
     assert not list(Path("/var/log/journal").glob(f"*.{daemon.namespace}"))
+    assert os.path.lexists("/run/systemd/journal") == host_journal_dir
+
+
+def run(journal_dir: Path, *argv: str, **env: str) -> Run:
+    """The system interpreter, with this checkout, running ARGV with `journal_dir` as its
+    /run/systemd/journal."""
+    return run_with_journal_dir(
+        journal_dir, [sys.executable, *argv], timeout=60, env={**os.environ, **env}
+    )
+
+
+@pytest.fixture
+def no_journal(tmp_path: Path) -> Path:
+    """A /run/systemd/journal without journald: empty."""
+    require_root()
+    require_tool("unshare")
+    empty = tmp_path / "no-journal"
+    empty.mkdir()
+    return empty
+
+
+# --- no journal ---------------------------------------------------------------------------------
+
+
+def test_no_journal_returns_false(no_journal: Path, tmp_path: Path) -> None:
+    r = resolution("K")
+    assert journald_helper.send(no_journal, r) is False  # no socket: sd_journal_sendv is silent
+    dead = tmp_path / "dead"  # the socket file of a journald that is gone: ECONNREFUSED
+    dead.mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(str(dead / "socket"))
+    assert journald_helper.send(dead, r) is False
+    odd = tmp_path / "odd"  # not a socket at all
+    (odd / "socket").mkdir(parents=True)
+    assert journald_helper.send(odd, r) is False
+
+
+def test_without_python3_systemd_no_journal(journald: Journald, tmp_path: Path) -> None:
+    """journald listens, but systemd.journal cannot be imported (an installer, a minimal
+    system): False, nothing sent, nothing raised."""
+    shadow = tmp_path / "shadow" / "systemd"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("no python3-systemd here")\n')
+    kernel = "6.1.0-no-python3-systemd"
+    prefix = ("env", f"PYTHONPATH={shadow.parent}:{REPO}")
+    assert journald.send(resolution(kernel), prefix=prefix) is False
+    barrier(journald)
+    assert journald.read(f"WEAK_BPF_KERNEL={kernel}") == []
+
+
+def test_cli_without_a_journal_writes_the_report_to_stderr(
+    no_journal: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    proc = run(no_journal, "-m", "weak_bpf", "--root", str(root), "remove-kernel", "6.1.0-gone")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "weak-bpf-progs: remove-kernel 6.1.0-gone: 0 links removed\n"
+    assert proc.stdout == "remove-kernel 6.1.0-gone: 0 links removed\n"
+    assert (root / "var/lib/weak-bpf-progs/reports/6.1.0-gone.json").is_file()
+
+
+def test_daemon_without_a_journal_logs_to_stderr(no_journal: Path, tmp_path: Path) -> None:
+    """Even run by systemd (JOURNAL_STREAM), with no journal to send to: lines on stderr. A
+    --root that is no directory is logged before D-Bus is touched."""
+    missing = tmp_path / "no-such-root"
+    proc = run(no_journal, "-m", "weak_bpf.daemon", "--root", str(missing), JOURNAL_STREAM="8:1")
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == (
+        f"weak-bpf-progsd: ERROR: {missing}: no such directory\n"
+        "weak-bpf-progsd: ERROR: hint: --root names an installed system\n"
+    )
+
+
+# --- to a real journald -------------------------------------------------------------------------
 
 
 def by_id(entries: list[dict[str, Any]], message_id: str) -> list[dict[str, Any]]:
     return [e for e in entries if e["MESSAGE_ID"] == message_id]
 
 
-def sent(journald: Journald, r: Resolution) -> list[dict[str, Any]]:
-    assert journal.send_to_journal(r, socket_path=journald.socket) is True
+def sent(
+    journald: Journald, r: Resolution, *, prefix: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """The entries of `r`, sent by a child process, once journald has stored them all."""
+    assert journald.send(r, prefix=prefix) is True
     expected = 1 + len(r.reported)
     got = journald.wait_for(expected, f"WEAK_BPF_KERNEL={r.kernel}")
     assert len(got) == expected
     return got
 
 
+_BARRIERS = itertools.count(1)
+
+
+def barrier(journald: Journald) -> None:
+    """Send a marker and wait for it: journald stores what reaches its socket in order, so all
+    that was sent before the marker is stored once the marker is."""
+    marker = f"barrier-{os.getpid()}-{next(_BARRIERS)}"
+    assert journald.send(Resolution(marker, Action.ADD_KERNEL, False)) is True
+    assert len(journald.wait_for(1, f"WEAK_BPF_KERNEL={marker}")) == 1
+
+
+def user_fields(entry: dict[str, Any]) -> set[str]:
+    """The fields the sender chose: the names of journald's own start with "_"."""
+    return {k for k in entry if not k.startswith("_")}
+
+
 def test_entries_read_back(journald: Journald) -> None:
     kernel = "6.1.0-18+wb.1_test"  # regex characters, as real kernel versions have
     r = resolution(kernel)
     got = sent(journald, r)
+    # exactly the fields of journal.entries(): sendv(), so no CODE_FILE/CODE_LINE/CODE_FUNC
+    assert sorted(sorted(user_fields(e)) for e in got) == sorted(
+        sorted(e) for e in journal.entries(r)
+    )
+    assert len({e["_PID"] for e in got}) == 1
     for e in got:
         assert e["SYSLOG_IDENTIFIER"] == "weak-bpf-progs"
         assert e["WEAK_BPF_KERNEL"] == kernel
@@ -358,30 +447,74 @@ def test_dry_run_and_errors_read_back(journald: Journald) -> None:
     assert "would be linked" in linked["MESSAGE"]
 
 
-def test_large_entry_goes_by_memfd(journald: Journald, monkeypatch: pytest.MonkeyPatch) -> None:
-    memfds = []
-    real_send_memfd = journal._send_memfd
+def test_a_value_that_is_not_utf8_arrives_replaced(journald: Journald) -> None:
+    path = "usr/lib/bpf/odd/bad\udcff.bpf.o"  # a file name that is not UTF-8, as os gives it
+    gone = ProgramChange(path, None, None, was_linked=True)
+    got = sent(journald, Resolution("6.1.0-odd", Action.REMOVE_PROGS, False, (gone,)))
+    (e,) = by_id(got, journal.MESSAGE_ID_NOT_LINKED)
+    assert e["WEAK_BPF_PROGRAM"] == "usr/lib/bpf/odd/bad?.bpf.o"
 
-    def spy(sock: socket.socket, path: str, datagram: bytes) -> None:
-        memfds.append(len(datagram))
-        real_send_memfd(sock, path, datagram)
 
-    monkeypatch.setattr(journal, "_send_memfd", spy)
-    reasons = tuple(Reason(ReasonCode.CORE_RELO, f"struct_{i}", "x" * 1000) for i in range(400))
-    big = ProgramChange("usr/lib/bpf/big/big.bpf.o", None, Verdict.INCOMPATIBLE, reasons)
-    assert (
-        len(
-            journal.encode(
-                journal.entries(Resolution("6.1.0-big", Action.ADD_PROGS, False, (big,)))[1]
-            )
-        )
-        > 400_000
+def test_large_entry_arrives_intact(journald: Journald) -> None:
+    """An entry bigger than any datagram its sender may send goes as a sealed memfd
+    (sd_journal_sendv, on EMSGSIZE). A datagram is bounded by the socket's send buffer:
+    libsystemd asks for 8 MiB, which without CAP_NET_ADMIN (SO_SNDBUFFORCE) the kernel caps at
+    net.core.wmem_max, then doubles. So the sender runs without CAP_NET_ADMIN, and the MESSAGE
+    is over 200 KB and over twice wmem_max."""
+    setpriv = require_tool("setpriv")
+    wmem_max = int(Path("/proc/sys/net/core/wmem_max").read_text())
+    size = max(200_000, 2 * wmem_max) + 100_000
+    reasons = tuple(
+        Reason(ReasonCode.CORE_RELO, f"struct_{i}", f"{i:08}" * 125) for i in range(size // 1000)
     )
-    got = sent(journald, Resolution("6.1.0-big", Action.ADD_PROGS, False, (big,)))
+    big = ProgramChange("usr/lib/bpf/big/big.bpf.o", None, Verdict.INCOMPATIBLE, reasons)
+    r = Resolution("6.1.0-big", Action.ADD_PROGS, False, (big,))
+    message = journal.program_message(r, big)
+    assert len(message) > size
+    drop = (setpriv, "--inh-caps=-net_admin", "--bounding-set=-net_admin", "--")
+    got = sent(journald, r, prefix=drop)
     (e,) = by_id(got, journal.MESSAGE_ID_NOT_LINKABLE)
-    assert len(e["MESSAGE"].splitlines()) == 401
+    assert e["MESSAGE"] == message  # intact, to the last byte
+    assert len(e["MESSAGE"].splitlines()) == len(reasons) + 1
     assert e["WEAK_BPF_REASONS"] == "core-relo"  # each code once
-    assert len(memfds) == 1 and memfds[0] > 400_000  # the summary went as a datagram
+    assert e["WEAK_BPF_PROGRAM"] == big.path
+    (summary,) = by_id(got, journal.MESSAGE_ID_SUMMARY)
+    assert summary["_PID"] == e["_PID"]
+
+
+# --- the CLI and the daemon, to the journal -----------------------------------------------------
+
+
+def test_cli_reports_to_the_journal(journald: Journald, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    kernel = "6.1.0-cli-journal"
+    args = ("-m", "weak_bpf", "--root", str(root), "remove-kernel", kernel)
+    proc = run(journald.runtime_directory, *args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # the report went to the journal, not to stderr
+    assert proc.stdout == f"remove-kernel {kernel}: 0 links removed\n"
+    barrier(journald)
+    (e,) = journald.read(f"WEAK_BPF_KERNEL={kernel}")
+    assert e["_PID"] == str(proc.pid)
+    assert (e["MESSAGE_ID"], e["PRIORITY"]) == (journal.MESSAGE_ID_SUMMARY, "6")
+    assert e["MESSAGE"] == f"remove-kernel {kernel}: 0 links removed"
+    assert (e["WEAK_BPF_ACTION"], e["WEAK_BPF_PROGRAMS"]) == ("remove-kernel", "0")
+    assert e["SYSLOG_IDENTIFIER"] == "weak-bpf-progs"
+
+
+def test_daemon_under_systemd_logs_to_the_journal(journald: Journald, tmp_path: Path) -> None:
+    """weak-bpf-progsd run by systemd (JOURNAL_STREAM set) logs through JournalHandler."""
+    missing = tmp_path / "no-such-root"
+    args = ("-m", "weak_bpf.daemon", "--root", str(missing))
+    proc = run(journald.runtime_directory, *args, JOURNAL_STREAM="8:1")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", "")
+    barrier(journald)
+    got = journald.read(f"_PID={proc.pid}")
+    assert [(e["SYSLOG_IDENTIFIER"], e["PRIORITY"], e["MESSAGE"]) for e in got] == [
+        ("weak-bpf-progsd", "3", f"{missing}: no such directory"),
+        ("weak-bpf-progsd", "3", "hint: --root names an installed system"),
+    ]
 
 
 def test_catalog_lists_every_message_id(tmp_path: Path) -> None:

@@ -2,11 +2,13 @@
 macros, and two kernel-like packages made from the real Debian cloud kernels in the RHEL layout,
 installed with the distribution's `rpm` into a test root, where the real scriptlets and file
 triggers run (chrooted into the root, which gets the host's interpreter through read-only bind
-mounts in a private mount namespace: see packaging/README.md). After each transaction the links
-and reports are those that `audit` predicts."""
+mounts in a private mount namespace, and a test journald's directory as its /run/systemd/journal:
+see packaging/README.md). After each transaction the links, `audit`'s verdicts and the journal
+entries of the scriptlets' runs are the fixed ones written here."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import itertools
 import json
@@ -24,8 +26,8 @@ from weak_bpf import journal
 from weak_bpf.resolution import Action, Resolution
 
 import bpfbuild
-from conftest import REPO, require, require_root, require_tool
-from journald import JOURNALD, Journald
+from conftest import REPO, require_root, require_tool
+from journald import Journald, require_journald
 
 EXAMPLES = REPO / "packaging" / "examples"
 MACROS = REPO / "packaging" / "macros.weak-bpf-progs"
@@ -39,6 +41,7 @@ HOST_DIRS = (
     "usr/lib64",
     f"usr/lib/python3.{sys.version_info[1]}",
     "usr/lib/python3/dist-packages/elftools",
+    "usr/lib/python3/dist-packages/systemd",  # python3-systemd: the journal
 )
 # Runs rpm inside the root's own mount namespace: the binds vanish with it.
 IN_ROOT = r"""
@@ -52,10 +55,9 @@ done
 mkdir -p "$root/dev" "$root/tmp"
 touch "$root/dev/null"
 mount --bind /dev/null "$root/dev/null"
-if [ -n "${JOURNAL_SOCKET:-}" ]; then
+if [ -n "${JOURNAL_DIR:-}" ]; then
     mkdir -p "$root/run/systemd/journal"
-    touch "$root/run/systemd/journal/socket"
-    mount --bind "$JOURNAL_SOCKET" "$root/run/systemd/journal/socket"
+    mount --bind "$JOURNAL_DIR" "$root/run/systemd/journal"
 fi
 exec rpm --root "$root" --dbpath /var/lib/rpm "$@"
 """
@@ -198,11 +200,8 @@ JOURNAL: dict[str, Journald] = {}  # the test journald, while the module runs
 
 @pytest.fixture(scope="module", autouse=True)
 def journald(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journald]:
-    """A journald of our own, whose socket is the root's /run/systemd/journal/socket."""
-    require_root()
-    require_tool("unshare")
-    require_tool("journalctl")
-    require(os.access(JOURNALD, os.X_OK), f"{JOURNALD} is not installed (systemd-journald)")
+    """A journald of our own, whose directory is the root's /run/systemd/journal."""
+    require_journald()
     daemon = Journald(tmp_path_factory.mktemp("journald"), namespace=f"weakbpfrpm{os.getpid()}")
     JOURNAL["daemon"] = daemon
     yield daemon
@@ -212,7 +211,8 @@ def journald(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journald]:
 
 def rpm(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`rpm --root root --dbpath /var/lib/rpm ARGS`, with the host's interpreter bound in."""
-    env = dict(os.environ, HOST_DIRS=" ".join(HOST_DIRS), JOURNAL_SOCKET=JOURNAL["daemon"].socket)
+    journal_dir = str(JOURNAL["daemon"].runtime_directory)
+    env = dict(os.environ, HOST_DIRS=" ".join(HOST_DIRS), JOURNAL_DIR=journal_dir)
     env.pop("PYTHONPATH", None)
     return run(["unshare", "-m", "sh", "-c", IN_ROOT, "sh", str(root), *args], env=env)
 
@@ -261,43 +261,67 @@ def links_of(root: Path, kver: str) -> set[str]:
     return found
 
 
-def check(root: Path, kernels: set[str], programs: set[str]) -> dict[str, Any]:
-    """Links and reports are those that audit predicts; the kernels and programs are these."""
+def check(root: Path, programs: set[str], runs: dict[str, Run | None]) -> None:
+    """The root's kernels are those of `runs`, its programs `programs`; on each kernel the
+    programs whose VERDICTS are linkable are linked (audit agrees, link by link), and the last
+    `runs[kver].action` for it logged exactly `runs[kver].entries` (None: not checked here)."""
     doc = audit(root)
-    assert set(doc["kernels"]) == kernels
+    assert set(doc["kernels"]) == set(runs)
     assert {p["path"] for p in doc["programs"]} == programs
-    for kver in kernels:
-        expected = {p["path"] for p in doc["programs"] if p["results"][kver]["verdict"] in LINKABLE}
-        assert links_of(root, kver) == expected, kver
-        assert {p["path"] for p in doc["programs"] if p["results"][kver]["linked"]} == expected
+    linkable = {p for p in programs if VERDICTS[p] in LINKABLE}
+    for kver, last_run in runs.items():
+        assert {p["path"]: p["results"][kver]["verdict"] for p in doc["programs"]} == {
+            p: VERDICTS[p] for p in programs
+        }, kver
+        assert {p["path"] for p in doc["programs"] if p["results"][kver]["linked"]} == linkable
+        assert links_of(root, kver) == linkable, kver
         assert (root / "var/lib/weak-bpf-progs/reports" / f"{kver}.json").is_file()
-        check_journal(root, kver)
-    return doc
+        if last_run is not None:
+            check_journal(root, kver, last_run)
 
 
 _BARRIERS = itertools.count(1)
 
 
-def check_journal(root: Path, kver: str) -> None:
-    """The journal's last entries for kver, sent from inside the root by a scriptlet, say what
-    its report file says."""
-    daemon = JOURNAL["daemon"]
+def barrier(daemon: Journald) -> dict[str, Any]:
+    """Send a marker and wait for it; its entry. journald stores what reaches its socket in
+    order: whatever the scriptlets sent before is stored."""
     marker = f"barrier-{os.getpid()}-{next(_BARRIERS)}"
-    assert journal.send_to_journal(
-        Resolution(marker, Action.ADD_KERNEL, False), socket_path=daemon.socket
-    )
-    assert len(daemon.wait_for(1, f"WEAK_BPF_KERNEL={marker}")) == 1
-    doc = report(root, kver)
-    # the tests run one after the other: the last summary for kver is this root's
+    assert daemon.send(Resolution(marker, Action.ADD_KERNEL, False))
+    (entry,) = daemon.wait_for(1, f"WEAK_BPF_KERNEL={marker}")
+    return entry
+
+
+def check_journal(root: Path, kver: str, expected: Run) -> None:
+    """The entries of the last `expected.action` run for kver, sent from inside the root by a
+    scriptlet: one per program that changed or is not linkable, with its verdict, reasons and
+    link (SPEC §6); and the last summary for kver is the report file's."""
+    daemon = JOURNAL["daemon"]
+    barrier(daemon)
+    # the tests run one after the other: the last summaries for kver are this root's
     summaries = daemon.read(f"WEAK_BPF_KERNEL={kver}", f"MESSAGE_ID={journal.MESSAGE_ID_SUMMARY}")
     assert summaries, f"no journal entry for {kver}"
-    last = summaries[-1]
-    assert last["MESSAGE"] == doc["summary"]
-    assert last["WEAK_BPF_ACTION"] == doc["action"]
-    entries = daemon.read(f"_PID={last['_PID']}", f"WEAK_BPF_KERNEL={kver}")
-    logged = {e["WEAK_BPF_PROGRAM"] for e in entries if "WEAK_BPF_PROGRAM" in e}
-    expected = {p["path"] for p in doc["programs"] if p["changed"] or p["state"] == "not-linkable"}
-    assert logged == expected
+    doc = report(root, kver)
+    assert (summaries[-1]["MESSAGE"], summaries[-1]["WEAK_BPF_ACTION"]) == (
+        doc["summary"],
+        doc["action"],
+    )
+    runs = [s for s in summaries if s["WEAK_BPF_ACTION"] == expected.action]
+    assert runs, f"no {expected.action} for {kver}"
+    summary = runs[-1]
+    assert summary["PRIORITY"] == ("4" if expected.not_linkable else "6")
+    entries = daemon.read(f"_PID={summary['_PID']}", f"WEAK_BPF_KERNEL={kver}")
+    logged = {
+        e["WEAK_BPF_PROGRAM"]: (e["WEAK_BPF_VERDICT"], e["WEAK_BPF_LINKED"], e["WEAK_BPF_REASONS"])
+        for e in entries
+        if e["MESSAGE_ID"] != journal.MESSAGE_ID_SUMMARY
+    }
+    assert len(entries) == 1 + len(logged)
+    assert logged == expected.entries, kver
+    for e in entries:
+        assert (e["SYSLOG_IDENTIFIER"], e["WEAK_BPF_ACTION"]) == ("weak-bpf-progs", expected.action)
+        if "WEAK_BPF_PROGRAM" in e:  # warning: not linkable; info: linked, or the object gone
+            assert e["PRIORITY"] == ("4" if not_linkable(e["WEAK_BPF_VERDICT"]) else "6"), e
 
 
 def installed(root: Path) -> set[str]:
@@ -312,8 +336,51 @@ def report(root: Path, kver: str) -> dict[str, Any]:
     return doc
 
 
-V1 = {f"{PROGDIR}/sys_key.bpf.o", f"{PROGDIR}/open_count.bpf.o"}
-V2 = {f"{PROGDIR}/sys_key.bpf.o", f"{PROGDIR}/exec_state.bpf.o"}
+OLD, NEW = "6.1.0-47-cloud-amd64", "6.1.0-56-cloud-amd64"  # the build kernel, and a newer one
+SYS_KEY = f"{PROGDIR}/sys_key.bpf.o"
+OPEN_COUNT = f"{PROGDIR}/open_count.bpf.o"
+EXEC_STATE = f"{PROGDIR}/exec_state.bpf.o"
+BROKEN = "usr/lib/bpf/acme-broken/x.bpf.o"
+V1 = {SYS_KEY, OPEN_COUNT}
+V2 = {SYS_KEY, EXEC_STATE}
+# Each program's verdict, the same on both kernels. sys_key's greylist has its two kfuncs with
+# their CRCs on OLD, and NEW's are the same; a greylisted symbol is off the kABI stablelist where
+# there is none (Debian's kernels): compatible-unstable, linked (link_unstable = yes). open_count's
+# fentry target do_sys_openat2 and exec_state's CO-RE field task_struct.__state are in both
+# kernels, and they use no kfunc: compatible. x.bpf.o is no BPF object: malformed, incompatible.
+VERDICTS = {
+    SYS_KEY: "compatible-unstable",
+    OPEN_COUNT: "compatible",
+    EXEC_STATE: "compatible",
+    BROKEN: "incompatible",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A run for one kernel: its action, and its program entries as
+    {WEAK_BPF_PROGRAM: (WEAK_BPF_VERDICT, WEAK_BPF_LINKED, WEAK_BPF_REASONS)}."""
+
+    action: str
+    entries: dict[str, tuple[str, str, str]]
+
+    @property
+    def not_linkable(self) -> bool:
+        return any(not_linkable(verdict) for verdict, _, _ in self.entries.values())
+
+
+def not_linkable(verdict: str) -> bool:
+    """Of the verdicts these tests meet ("": the object is gone)."""
+    return verdict not in {*LINKABLE, ""}
+
+
+def linked(*programs: str) -> dict[str, tuple[str, str, str]]:
+    return {p: (VERDICTS[p], "1", "") for p in programs}
+
+
+def gone(*programs: str) -> dict[str, tuple[str, str, str]]:
+    """Links removed because the object (or the kernel) goes: no verdict."""
+    return {p: ("", "0", "") for p in programs}
 
 
 # --- the transactions ---------------------------------------------------------------------------
@@ -322,9 +389,9 @@ V2 = {f"{PROGDIR}/sys_key.bpf.o", f"{PROGDIR}/exec_state.bpf.o"}
 def test_program_first_then_kernels_upgrade_erase(
     root: Path, packages: dict[str, Path], debian_kernels: dict[str, Path]
 ) -> None:
-    old, new = sorted(debian_kernels)
+    assert sorted(debian_kernels) == [OLD, NEW]
     rpm(root, "-i", "--nodeps", str(packages["prog-1.0"]))
-    check(root, set(), V1)
+    check(root, V1, {})
     # the macro's greylists: the kfuncs with their CRCs on the build kernel (as tests/progs/
     # greylist.bpf.c has them from `greylist --kernel`), none for a program without kfuncs
     greylist = (root / f"{PROGDIR}/sys_key.bpf.o.greylist").read_text()
@@ -333,57 +400,98 @@ def test_program_first_then_kernels_upgrade_erase(
     open_count = (root / f"{PROGDIR}/open_count.bpf.o.greylist").read_text()
     assert [line for line in open_count.splitlines() if not line.startswith("#")] == []
 
-    rpm(root, "-i", "--nodeps", str(packages[old]))
-    doc = check(root, {old}, V1)
-    assert links_of(root, old), "the build kernel links the programs built for it"
-    assert report(root, old)["action"] == "add-kernel"
+    # a kernel's %posttrans: add-kernel, which links both programs, new to it
+    rpm(root, "-i", "--nodeps", str(packages[OLD]))
+    check(root, V1, {OLD: Run("add-kernel", linked(SYS_KEY, OPEN_COUNT))})
+    assert report(root, OLD)["action"] == "add-kernel"
 
-    rpm(root, "-i", "--nodeps", str(packages[new]))
-    check(root, {old, new}, V1)
-    assert report(root, new)["action"] == "add-kernel"
+    rpm(root, "-i", "--nodeps", str(packages[NEW]))
+    check(
+        root,
+        V1,
+        {
+            NEW: Run("add-kernel", linked(SYS_KEY, OPEN_COUNT)),
+            OLD: Run("add-kernel", linked(SYS_KEY, OPEN_COUNT)),
+        },
+    )
+    assert report(root, NEW)["action"] == "add-kernel"
 
+    # 2.0 drops open_count and adds exec_state (its journal entries: the next test)
     rpm(root, "-U", "--nodeps", str(packages["prog-2.0"]))
-    check(root, {old, new}, V2)
-    assert f"{PROGDIR}/exec_state.bpf.o" in links_of(root, old)
+    check(root, V2, {OLD: None, NEW: None})
 
     rpm(root, "-e", "--nodeps", "acme-example-bpf")
-    doc = check(root, {old, new}, set())
-    assert doc["programs"] == []
+    erase = Run("remove-progs", gone(SYS_KEY, EXEC_STATE))
+    check(root, set(), {OLD: erase, NEW: erase})
+    assert audit(root)["programs"] == []
 
     rpm(root, "-i", "--nodeps", str(packages["prog-1.0"]))
-    check(root, {old, new}, V1)
-    rpm(root, "-e", "--nodeps", f"kernel-test-{old.split('-')[1]}")
-    check(root, {new}, V1)
-    assert links_of(root, old) == set()
-    assert report(root, old)["action"] == "remove-kernel"
+    again = Run("add-progs", linked(SYS_KEY, OPEN_COUNT))
+    check(root, V1, {OLD: again, NEW: again})
+
+    # a kernel's %preun: remove-kernel takes its links away
+    rpm(root, "-e", "--nodeps", f"kernel-test-{OLD.split('-')[1]}")
+    check(root, V1, {NEW: again})
+    assert links_of(root, OLD) == set()
+    assert report(root, OLD)["action"] == "remove-kernel"
+    # its "programs" are the links themselves (docs/messages.md): named as in weak-updates/
+    removed = [p.removeprefix("usr/lib/bpf/") for p in (SYS_KEY, OPEN_COUNT)]
+    check_journal(root, OLD, Run("remove-kernel", gone(*removed)))
     assert installed(root) == {
         "weak-bpf-progs-0.1.0",
         "acme-example-bpf-1.0",
-        f"kernel-test-{new.split('-')[1]}-6.1.0",
+        f"kernel-test-{NEW.split('-')[1]}-6.1.0",
     }
 
 
 def test_kernels_first_then_program(
     root: Path, packages: dict[str, Path], debian_kernels: dict[str, Path]
 ) -> None:
-    old, new = sorted(debian_kernels)
-    rpm(root, "-i", "--nodeps", str(packages[old]), str(packages[new]))
-    check(root, {old, new}, set())
+    assert sorted(debian_kernels) == [OLD, NEW]
+    rpm(root, "-i", "--nodeps", str(packages[OLD]), str(packages[NEW]))
+    nothing = Run("add-kernel", {})
+    check(root, set(), {OLD: nothing, NEW: nothing})
     rpm(root, "-i", "--nodeps", str(packages["prog-1.0"]))
-    check(root, {old, new}, V1)
     # the file trigger, not a scriptlet of the program package, made them
-    assert links_of(root, old) and report(root, old)["action"] == "add-progs"
-    assert report(root, new)["action"] == "add-progs"
+    by_trigger = Run("add-progs", linked(SYS_KEY, OPEN_COUNT))
+    check(root, V1, {OLD: by_trigger, NEW: by_trigger})
+    assert report(root, OLD)["action"] == report(root, NEW)["action"] == "add-progs"
 
 
 def test_corrupt_object_does_not_stop_a_kernel(
     root: Path, packages: dict[str, Path], debian_kernels: dict[str, Path]
 ) -> None:
-    new = max(debian_kernels)
+    assert sorted(debian_kernels) == [OLD, NEW]
     rpm(root, "-i", "--nodeps", str(packages["broken"]), str(packages["prog-1.0"]))
-    rpm(root, "-i", "--nodeps", str(packages[new]))
-    assert f"kernel-test-{new.split('-')[1]}-6.1.0" in installed(root)
-    check(root, {new}, V1 | {"usr/lib/bpf/acme-broken/x.bpf.o"})
-    broken = [p for p in report(root, new)["programs"] if p["path"].endswith("x.bpf.o")]
+    rpm(root, "-i", "--nodeps", str(packages[NEW]))
+    assert f"kernel-test-{NEW.split('-')[1]}-6.1.0" in installed(root)
+    entries = {**linked(SYS_KEY, OPEN_COUNT), BROKEN: ("incompatible", "0", "malformed")}
+    check(root, V1 | {BROKEN}, {NEW: Run("add-kernel", entries)})
+    broken = [p for p in report(root, NEW)["programs"] if p["path"] == BROKEN]
     assert len(broken) == 1 and not broken[0]["linked"]
-    assert "malformed" in {r["code"] for r in broken[0]["reasons"]}
+    assert [r["code"] for r in broken[0]["reasons"]] == ["malformed"]
+
+
+def test_an_upgrade_reports_the_link_it_takes_away(
+    root: Path, packages: dict[str, Path], debian_kernels: dict[str, Path]
+) -> None:
+    """2.0 drops open_count and adds exec_state. Whatever order rpm runs the file triggers in
+    (add-progs, remove-progs), the transaction's entries for the kernel say exec_state was linked
+    and open_count's link removed; sys_key, unchanged, is not logged."""
+    assert sorted(debian_kernels) == [OLD, NEW]
+    rpm(root, "-i", "--nodeps", str(packages["prog-1.0"]))
+    rpm(root, "-i", "--nodeps", str(packages[NEW]))
+    check(root, V1, {NEW: Run("add-kernel", linked(SYS_KEY, OPEN_COUNT))})
+    daemon = JOURNAL["daemon"]
+    cursor = barrier(daemon)["__CURSOR"]
+    rpm(root, "-U", "--nodeps", str(packages["prog-2.0"]))
+    check(root, V2, {NEW: None})
+    barrier(daemon)
+    entries = daemon.read(f"WEAK_BPF_KERNEL={NEW}", after_cursor=cursor)
+    assert {e["WEAK_BPF_ACTION"] for e in entries} == {"add-progs", "remove-progs"}
+    logged = {
+        e["WEAK_BPF_PROGRAM"]: (e["WEAK_BPF_VERDICT"], e["WEAK_BPF_LINKED"], e["WEAK_BPF_REASONS"])
+        for e in entries
+        if e["MESSAGE_ID"] != journal.MESSAGE_ID_SUMMARY
+    }
+    assert logged == {**linked(EXEC_STATE), **gone(OPEN_COUNT)}

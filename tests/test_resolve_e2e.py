@@ -1,10 +1,11 @@
 """End to end: `python3 -m weak_bpf add-kernel` on an example root with the two real Debian
 kernels, its report read back from a real systemd-journald (journalctl -o json) and from
-reports/K.json, and the owning package from a real rpm database built with rpmbuild."""
+reports/K.json, and the owning package from a real rpm database built with rpmbuild. The CLI runs
+in a mount namespace of its own where /run/systemd/journal is the test journald's directory, or
+an empty one: no journald (tests/journald.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -22,8 +23,8 @@ from weak_bpf import journal, rpmdb
 from weak_bpf.resolution import Action, Resolution
 
 import journald as journald_helper
-from conftest import REPO, require, require_root, require_tool
-from journald import Journald
+from conftest import require, require_root, require_tool
+from journald import Journald, Run, run_with_journal_dir
 
 OLD, NEW = "6.1.0-47-cloud-amd64", "6.1.0-56-cloud-amd64"
 REPORT = f"var/lib/weak-bpf-progs/reports/{NEW}.json"
@@ -65,30 +66,23 @@ def journald(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journald]:
     daemon.stop()
 
 
+def no_journal(root: Path) -> Path:
+    """An empty directory, for a /run/systemd/journal without journald."""
+    require_root()
+    require_tool("unshare")
+    empty = root.parent / "no-journal"
+    empty.mkdir(exist_ok=True)
+    return empty
+
+
 # --- helpers ------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-    pid: int  # the entries' _PID: tells this run's journal entries from other runs'
-
-
-def add_kernel(root: Path, socket_path: str, *options: str) -> Run:
-    """`python3 -m weak_bpf add-kernel NEW` in a child process, journal socket `socket_path`."""
-    env = dict(os.environ, **{journal.SOCKET_ENV: socket_path})
-    with subprocess.Popen(
-        [sys.executable, "-m", "weak_bpf", "--root", str(root), *options, "add-kernel", NEW],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as child:
-        out, err = child.communicate(timeout=120)
-    return Run(child.returncode, out, err, child.pid)
+def add_kernel(root: Path, journal_dir: Path, *options: str) -> Run:
+    """`python3 -m weak_bpf add-kernel NEW` in a child process whose /run/systemd/journal is
+    `journal_dir`."""
+    argv = [sys.executable, "-m", "weak_bpf", "--root", str(root), *options, "add-kernel", NEW]
+    return run_with_journal_dir(journal_dir, argv)
 
 
 def entries_of(journald: Journald, run: Run) -> list[dict[str, Any]]:
@@ -101,8 +95,7 @@ def barrier(journald: Journald) -> None:
     """Send a marker of our own and wait for it: journald stores a socket's datagrams in order,
     so whatever was sent before the marker is stored once the marker is."""
     marker = f"barrier-{os.getpid()}-{next(_BARRIERS)}"
-    sent = Resolution(marker, Action.ADD_KERNEL, False)
-    assert journal.send_to_journal(sent, socket_path=journald.socket)
+    assert journald.send(Resolution(marker, Action.ADD_KERNEL, False))
     assert len(journald.wait_for(1, f"WEAK_BPF_KERNEL={marker}")) == 1
 
 
@@ -195,7 +188,7 @@ def check_entries_match_report(
 
 def test_add_kernel_reports_to_the_journal_and_the_file(root: Path, journald: Journald) -> None:
     # First run: every program is new to NEW, so every program is logged.
-    first = add_kernel(root, journald.socket)
+    first = add_kernel(root, journald.runtime_directory)
     assert first.returncode == 0, first.stderr
     doc = report(root)
     logged = check_entries_match_report(entries_of(journald, first), doc, first.pid)
@@ -239,7 +232,7 @@ def test_add_kernel_reports_to_the_journal_and_the_file(root: Path, journald: Jo
     assert summary["WEAK_BPF_CHANGED_COUNT"] == str(len(PROGRAMS)) == "11"
 
     # Second run: nothing changed; only the programs that are not linkable are logged again.
-    second = add_kernel(root, journald.socket)
+    second = add_kernel(root, journald.runtime_directory)
     assert second.returncode == 0, second.stderr
     doc2 = report(root)
     logged2 = check_entries_match_report(entries_of(journald, second), doc2, second.pid)
@@ -256,13 +249,13 @@ def test_add_kernel_reports_to_the_journal_and_the_file(root: Path, journald: Jo
 
 
 def test_dry_run_sends_nothing_and_changes_nothing(root: Path, journald: Journald) -> None:
-    assert add_kernel(root, journald.socket).returncode == 0
+    assert add_kernel(root, journald.runtime_directory).returncode == 0
     # make the dry run have something to do: a link removed by hand comes back
     (root / "usr/lib/modules" / NEW / "bpf/weak-updates/acme-trace/exec_state.bpf.o").unlink()
     barrier(journald)
     before_entries = len(journald.read(f"WEAK_BPF_KERNEL={NEW}"))
     before = tree_hash(root)
-    dry = add_kernel(root, journald.socket, "--dry-run")
+    dry = add_kernel(root, journald.runtime_directory, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "acme-trace/exec_state.bpf.o" in dry.stdout  # the plan is printed
     assert entries_of(journald, dry) == []
@@ -270,21 +263,94 @@ def test_dry_run_sends_nothing_and_changes_nothing(root: Path, journald: Journal
     assert tree_hash(root) == before
 
 
+# The report of the first add-kernel NEW on the example root, as stderr has it without a journal:
+# the summary, then one headline per program (all of them: every program is new to NEW), in path
+# order, each followed by its reasons, as (code and symbol, a phrase of the detail).
+STDERR_SUMMARY = (
+    f"weak-bpf-progs: add-kernel {NEW}: 11 programs: 6 linked (6 new), 4 not linkable, 1 not "
+    "linked (another build is used)"
+)
+STDERR_HEADLINES: list[tuple[str, list[tuple[str, str]]]] = [
+    (
+        f"warning: usr/lib/bpf/acme-fs/buddy_load.bpf.o is not linkable on kernel {NEW}: "
+        "incompatible",
+        [
+            (
+                "core-relo ext4_buddy.bd_bitmap_page (0:2)",
+                f"{NEW} has no field ext4_buddy.bd_bitmap_page",
+            )
+        ],
+    ),
+    (f"info: usr/lib/bpf/acme-net/tcp_retrans.bpf.o linked for kernel {NEW} (compatible)", []),
+    (
+        f"info: usr/lib/bpf/acme-net/xdp_ct.bpf.o: usr/lib/modules/{OLD}/bpf/extra/acme-net/"
+        f"xdp_ct.bpf.o holds the link for kernel {NEW}",
+        [],
+    ),
+    (
+        f"warning: usr/lib/bpf/acme-power/padata_offline.bpf.o is not linkable on kernel {NEW}: "
+        "incompatible",
+        [
+            (  # the enumerator is used by both of its programs
+                "core-relo enum cpuhp_state::CPUHP_PADATA_DEAD = 39",
+                f"{NEW} has no value CPUHP_PADATA_DEAD of enum cpuhp_state",
+            ),
+            (
+                "core-relo enum cpuhp_state::CPUHP_PADATA_DEAD = 39",
+                f"{NEW} has no value CPUHP_PADATA_DEAD of enum cpuhp_state",
+            ),
+        ],
+    ),
+    (
+        f"warning: {TASK_GUARD} is not linkable on kernel {NEW}: incompatible",
+        [
+            ("license", '"Proprietary" is not GPL-compatible'),
+            ("kfunc-missing bpf_task_acquire", f"{NEW} provides no such function"),
+            ("kfunc-missing bpf_task_release", f"{NEW} provides no such function"),
+        ],
+    ),
+    (f"info: {EXEC_STATE} linked for kernel {NEW} (compatible)", []),
+    (f"info: usr/lib/bpf/acme-trace/open_count.bpf.o linked for kernel {NEW} (compatible)", []),
+    (f"info: {CT_KEEPALIVE} linked for kernel {NEW} (compatible-unstable)", []),
+    (
+        f"warning: usr/lib/bpf/globex-obs/epoll_leak.bpf.o is not linkable on kernel {NEW}: "
+        "incompatible",
+        [("attach-target ep_free", f"ep_free is absent from {NEW}")],
+    ),
+    (
+        f"info: usr/lib/bpf/globex-storage/bitmap_release.bpf.o linked for kernel {NEW} "
+        "(compatible)",
+        [],
+    ),
+    (
+        f"info: usr/lib/modules/{OLD}/bpf/extra/acme-net/xdp_ct.bpf.o linked for kernel {NEW} "
+        "(compatible)",
+        [],
+    ),
+]
+
+
 def test_without_a_journal_the_report_goes_to_the_file_and_stderr(root: Path) -> None:
-    missing = root.parent / "no-journal" / "socket"
-    proc = add_kernel(root, str(missing))
+    proc = add_kernel(root, no_journal(root))
     assert proc.returncode == 0, proc.stderr
-    assert not missing.exists()
-    doc = report(root)
-    assert set(by_program(doc)) == PROGRAMS
-    expected = journal.stderr_report(Resolution.from_json(doc))
-    # the report, line by line, on stderr (whatever prefix logging adds)
-    assert expected.splitlines()[0] in proc.stderr, proc.stderr
-    assert f"{TASK_GUARD} is not linkable on kernel {NEW}" in proc.stderr
-    for line in expected.splitlines():
-        assert line.removeprefix("weak-bpf-progs: ") in proc.stderr
-    # and stdout has only the summary
-    assert proc.stdout.strip() == doc["summary"]
+    assert set(by_program(report(root))) == PROGRAMS  # the file is written all the same
+    # stdout has only the summary; stderr the whole report
+    assert proc.stdout == STDERR_SUMMARY.removeprefix("weak-bpf-progs: ") + "\n"
+    lines = proc.stderr.splitlines()
+    assert lines[0] == STDERR_SUMMARY, proc.stderr
+    got: list[tuple[str, list[tuple[str, str]]]] = []
+    for line in lines[1:]:
+        if line.startswith("weak-bpf-progs: "):
+            got.append((line.removeprefix("weak-bpf-progs: "), []))
+        else:
+            assert line.startswith("      ") and got, line  # a reason, indented under its program
+            subject, _, detail = line.strip().partition(": ")
+            got[-1][1].append((subject, detail))
+    assert [headline for headline, _ in got] == [headline for headline, _ in STDERR_HEADLINES]
+    for (headline, reasons), (_, expected) in zip(got, STDERR_HEADLINES):
+        assert [subject for subject, _ in reasons] == [s for s, _ in expected], headline
+        for (_, detail), (_, phrase) in zip(reasons, expected):
+            assert phrase in detail, (headline, detail)
 
 
 # --- the owning rpm package --------------------------------------------------------------------
@@ -355,7 +421,7 @@ def test_the_owning_package_comes_from_the_rpm_database(
     assert owner == PACKAGE
     assert (root / EXEC_STATE).read_bytes() == original
 
-    proc = add_kernel(root, journald.socket)
+    proc = add_kernel(root, journald.runtime_directory)
     assert proc.returncode == 0, proc.stderr
     doc = report(root)
     assert {p: d["package"] for p, d in by_program(doc).items()} == {
@@ -374,7 +440,7 @@ def test_the_owning_package_comes_from_the_rpm_database(
 def test_a_weak_updates_link_removed_by_hand_is_restored(root: Path) -> None:
     """`rm -rf bpf/weak-updates` takes only the link to the current generation away: the kernel
     then sees no links, so the next add-kernel must put them back, not report them as linked."""
-    missing = str(root.parent / "no-journal" / "socket")
+    missing = no_journal(root)
     assert add_kernel(root, missing).returncode == 0
     weak_updates = root / "usr/lib/modules" / NEW / "bpf/weak-updates"
     assert weak_updates.is_symlink()

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from weak_bpf import __version__
+from weak_bpf import __version__, journal
 
 log = logging.getLogger("weak-bpf-progsd")
 
@@ -50,18 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(debug: bool) -> None:
+    """Run by systemd (JOURNAL_STREAM: stderr goes to the journal), log structured entries
+    through systemd.journal, as the reports are sent; else, or where journal.py finds no journal
+    (no python3-systemd, no journald socket), one line per record on stderr."""
     level = logging.DEBUG if debug else logging.INFO
-    if os.environ.get("JOURNAL_STREAM"):  # run by systemd: structured entries
-        try:
-            from systemd.journal import JournalHandler
-
-            logging.basicConfig(
-                level=level, handlers=[JournalHandler(SYSLOG_IDENTIFIER="weak-bpf-progsd")]
-            )
-            return
-        except ImportError:
-            pass
-    logging.basicConfig(level=level, format="weak-bpf-progsd: %(levelname)s: %(message)s")
+    handler = journal.log_handler("weak-bpf-progsd") if os.environ.get("JOURNAL_STREAM") else None
+    if handler is not None:  # PRIORITY and SYSLOG_IDENTIFIER say the rest
+        logging.basicConfig(level=level, handlers=[handler], format="%(message)s")
+    else:
+        logging.basicConfig(level=level, format="weak-bpf-progsd: %(levelname)s: %(message)s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

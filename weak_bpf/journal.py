@@ -14,15 +14,16 @@ PRIORITY: a linked program 6 (info), a program that is not linkable 4 (warning),
 unlinked for no fault of its own (native, superseded by a newer build, removed) 6. The summary is
 6, 4 if any program is not linkable, 3 (err) if the plan could not be applied.
 
-Transport: this module writes journald's native protocol itself, to an AF_UNIX datagram socket
-(one datagram per entry: `KEY=value\\n` lines; a value holding a newline is sent as
-`KEY\\n<u64 LE length><value>\\n`; an entry too big for a datagram goes as a sealed memfd passed
-with SCM_RIGHTS, as sd_journal_sendv does). That needs no python3-systemd, and lets the socket be
-chosen: the `socket_path` argument, else $WEAK_BPF_JOURNAL_SOCKET, else
-/run/systemd/journal/socket. (systemd.journal.send() has no way to pick the socket, and it is
-not installed everywhere the tool runs.) With no journal to talk to (chroot, installer, no
-journald), send_to_journal() returns False and never raises; the caller then prints
-stderr_report().
+Transport: systemd.journal (python3-systemd), whose sendv() is sd_journal_sendv: journald's native
+protocol on /run/systemd/journal/socket, an entry too big for a datagram passed as a sealed memfd.
+sendv(), not send(): send() would add CODE_FILE, CODE_LINE and CODE_FUNC to every entry. The
+module is imported on first use, and only if that socket exists (sd_journal_sendv says nothing
+when it is missing). With no journal to talk to (no python3-systemd, as in an installer or a
+minimal system; no socket, as in a chroot; a socket nobody listens on; journald refusing an
+entry), send_to_journal() returns False and never raises; the caller then prints stderr_report().
+Like every client of journald, sendv() waits while journald's queue is full: a hung journald is
+restarted by its watchdog (WatchdogSec=3min), whose socket keeps the queue. (python3-systemd
+holds the GIL while it waits, so no thread could time it out.)
 
 Dry runs: the entries say "would be linked" and carry WEAK_BPF_DRY_RUN=1. Whether a dry run
 sends them at all is the caller's choice (SPEC §5: a dry run logs nothing that says it did
@@ -31,21 +32,17 @@ something).
 
 from __future__ import annotations
 
-import array
-import errno
-import fcntl
+import logging
 import os
-import socket
-import struct
 from collections.abc import Mapping
+from typing import Any
 
 from weak_bpf.model import Verdict
 from weak_bpf.resolution import ProgramChange, Resolution, State
 
 IDENTIFIER = "weak-bpf-progs"
-DEFAULT_SOCKET = "/run/systemd/journal/socket"
-SOCKET_ENV = "WEAK_BPF_JOURNAL_SOCKET"
-SEND_TIMEOUT = 5.0  # seconds per entry
+# Where sd_journal_sendv sends, fixed in libsystemd: only checked here, never chosen.
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 # Fixed for good: the catalog, and whoever filters on them, depend on these.
 MESSAGE_ID_SUMMARY = "82ebde8e507c4a8697327d454867265c"
@@ -97,6 +94,11 @@ def program_message(resolution: Resolution, program: ProgramChange) -> str:
         head = f"{program.path} is not linkable on kernel {kernel}: {verdict}"
         if program.verdict is Verdict.COMPATIBLE_UNSTABLE:  # not blocked: the configuration
             head += " (it uses symbols off the kABI stablelist, and link_unstable = no)"
+        elif program.verdict is Verdict.COMPATIBLE_PARTIAL:
+            head += (
+                " (some of its programs cannot attach there, and link_partial = no, or it also "
+                "uses symbols off the kABI stablelist and link_unstable = no)"
+            )
         if program.was_linked:
             head += "; its link would be removed" if dry_run else "; its link was removed"
     elif program.verdict is None:
@@ -159,52 +161,47 @@ def entries(resolution: Resolution) -> list[dict[str, str]]:
     return out
 
 
-def encode(entry: Entry) -> bytes:
-    """One entry in journald's native protocol."""
-    out = bytearray()
-    for key, value in entry.items():
-        data = value.encode("utf-8", "replace")
-        if b"\n" in data:
-            out += key.encode("ascii") + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
-        else:
-            out += key.encode("ascii") + b"=" + data + b"\n"
-    return bytes(out)
+def fields(entry: Entry) -> list[bytes]:
+    """`entry` as the FIELD=value items sendv() takes. Bytes, so that a value that is not valid
+    UTF-8 (a path from the disk) is sent with replacement characters, not refused."""
+    return [
+        key.encode("ascii") + b"=" + value.encode("utf-8", "replace")
+        for key, value in entry.items()
+    ]
 
 
-def _send_memfd(sock: socket.socket, path: str, datagram: bytes) -> None:
-    """Too big for one datagram: pass a sealed memfd holding the entry."""
-    fd = os.memfd_create("weak-bpf-progs-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+def _systemd_journal() -> Any | None:
+    """systemd.journal when journald listens and python3-systemd is installed, else None."""
+    if not os.path.exists(JOURNAL_SOCKET):
+        return None
     try:
-        os.write(fd, datagram)
-        seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
-        rights = array.array("i", [fd]).tobytes()
-        sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)], 0, path)
-    finally:
-        os.close(fd)
+        import systemd.journal  # untyped: no stubs
+    except ImportError:  # no python3-systemd, or no libsystemd under it
+        return None
+    return systemd.journal
 
 
-def socket_path_from_env() -> str:
-    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
-
-
-def send_to_journal(resolution: Resolution, *, socket_path: str | None = None) -> bool:
+def send_to_journal(resolution: Resolution) -> bool:
     """Send the entries of `resolution`; True when journald took all of them. Never raises."""
-    path = socket_path or socket_path_from_env()
+    module = _systemd_journal()
+    if module is None:
+        return False
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.settimeout(SEND_TIMEOUT)  # a stuck journald must not hang a kernel hook
-            for entry in entries(resolution):
-                datagram = encode(entry)
-                try:
-                    sock.sendto(datagram, path)
-                except OSError as e:
-                    if e.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
-                        raise
-                    _send_memfd(sock, path, datagram)
-    except (OSError, ValueError):
+        for entry in entries(resolution):
+            module.sendv(*fields(entry))
+    except (OSError, ValueError, TypeError):  # ECONNREFUSED (nobody listens), EPERM, ...
         return False
     return True
+
+
+def log_handler(identifier: str) -> logging.Handler | None:
+    """A logging handler that writes structured journal entries (systemd.journal.JournalHandler),
+    or None where send_to_journal() would find no journal."""
+    module = _systemd_journal()
+    if module is None:
+        return None
+    handler: logging.Handler = module.JournalHandler(SYSLOG_IDENTIFIER=identifier)
+    return handler
 
 
 def stderr_report(resolution: Resolution) -> str:
