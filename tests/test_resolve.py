@@ -228,6 +228,19 @@ def test_a_foreign_file_or_link_on_the_path_of_links_holds_them_back(
     proc = run(root, "add-kernel", NEW)
     assert proc.returncode == 0, proc.stderr
     assert links(root, NEW) == {k: v for k, v in LINKED_ON_NEW.items() if k not in held}
+    # the sentence names the entry that holds the place: the file acme-trace, not the link
+    base = f"usr/lib/modules/{NEW}/bpf/weak-updates"
+    assert (
+        f"not linked: {base}/acme-trace, where the directory of its link "
+        f"{base}/acme-trace/open_count.bpf.o should be, is a file weak-bpf-progs did not create"
+    ) in proc.stderr, proc.stderr
+    doc = json.loads((root / f"var/lib/weak-bpf-progs/reports/{NEW}.json").read_text())
+    holders = {p["link"]: p["blocked_by"] for p in doc["programs"] if p["blocked"]}
+    assert holders == {
+        "acme-trace/exec_state.bpf.o": "acme-trace",
+        "acme-trace/open_count.bpf.o": "acme-trace",
+        "globex-net/ct_keepalive.bpf.o": "globex-net",
+    }
     assert (wu / "acme-trace").read_bytes() == b"admin's notes"
     assert os.readlink(wu / "globex-net") == str(outside)
     assert list(outside.iterdir()) == []
@@ -315,8 +328,14 @@ def test_bad_paths_on_stdin_are_reported_and_the_rest_handled(root: Path) -> Non
         root, "add-progs", stdin="/etc/passwd\n../../x.bpf.o\n/usr/lib/bpf/acme-net/xdp_ct.bpf.o\n"
     )
     assert proc.returncode == 0
-    assert "not a BPF program location" in proc.stderr and "not a plain path" in proc.stderr
     assert "acme-net/xdp_ct.bpf.o" in links(root, NEW)
+    # said once for the run, not once per kernel, and counted in no kernel's report
+    assert proc.stderr.count("/etc/passwd: not a BPF program location") == 1, proc.stderr
+    assert proc.stderr.count("not a plain path") == 1, proc.stderr
+    for kver in (OLD, NEW):
+        report = json.loads((root / f"var/lib/weak-bpf-progs/reports/{kver}.json").read_text())
+        assert report["errors"] == [] and report["counts"]["errors"] == 0, report
+        assert "error" not in report["summary"], report["summary"]
 
 
 def test_a_kernel_with_only_a_boot_image_does_not_stop_the_others(root: Path) -> None:

@@ -178,27 +178,29 @@ def current_links(root: Path, kver: str) -> dict[str, str]:
     return links
 
 
-def blocked_names(root: Path, kver: str, names: Iterable[str]) -> set[str]:
-    """Which of `names` an entry weak-bpf-progs did not make holds in K's current set: the links
-    apply_links would leave out (what a dry run predicts). Reads only."""
+def blocked_names(root: Path, kver: str, names: Iterable[str]) -> dict[str, str]:
+    """Which of `names` an entry weak-bpf-progs did not make holds in K's current set, and the
+    entry (relative to weak-updates/): the links apply_links would leave out (what a dry run
+    predicts). Reads only."""
     current = _current_set(root, kver)
     if current is None:
-        return set()
-    return {name for name in names if _held(root, current, name)}
+        return {}
+    held = {name: _holder(root, current, name) for name in names}
+    return {name: holder for name, holder in held.items() if holder is not None}
 
 
-def _held(root: Path, base: Path, name: str) -> bool:
-    """Whether something weak-bpf-progs did not make holds link `name` under `base`: an entry
-    of that name, or one on its path that is not a plain directory (a file, or a link, which
-    would lead the new link elsewhere)."""
+def _holder(root: Path, base: Path, name: str) -> str | None:
+    """What, not made by weak-bpf-progs, holds link `name` under `base`: an entry of that name,
+    or one on its path that is not a plain directory (a file, or a link, which would lead the new
+    link elsewhere); None if nothing does."""
     path = base / name
     if os.path.lexists(path):
-        return not is_owned_link(root, path)
-    for parent in list(PurePosixPath(name).parents)[:-1]:  # a/b/c.bpf.o: a/b, then a
+        return None if is_owned_link(root, path) else name
+    for parent in reversed(list(PurePosixPath(name).parents)[:-1]):  # a, then a/b
         entry = base / parent
         if os.path.lexists(entry) and (entry.is_symlink() or not entry.is_dir()):
-            return not is_owned_link(root, entry)
-    return False
+            return None if is_owned_link(root, entry) else str(parent)
+    return None
 
 
 def _carry_foreign(root: Path, old: Path, new: Path) -> None:
@@ -256,10 +258,10 @@ def _drop_generation(path: Path) -> None:
         path.rmdir()
 
 
-def apply_links(root: Path, kver: str, links: Mapping[str, str]) -> list[str]:
+def apply_links(root: Path, kver: str, links: Mapping[str, str]) -> dict[str, str]:
     """Make `links` (link name -> target) K's link set, atomically. Foreign entries are kept,
-    and win over a link of the same name. Returns the link names that a foreign entry blocked.
-    Raises ApplyError."""
+    and win over a link of the same name. Returns the link names that a foreign entry blocked,
+    each with that entry (relative to weak-updates/). Raises ApplyError."""
     bpf = bpf_dir(root, kver)
     if not bpf.parent.is_dir():
         raise ApplyError(
@@ -280,11 +282,12 @@ def apply_links(root: Path, kver: str, links: Mapping[str, str]) -> list[str]:
         _step()
         if old is not None:
             _carry_foreign(root, old, new)
-        blocked = []
+        blocked = {}
         for name, target in sorted(links.items()):
             link = new / name
-            if _held(root, new, name):
-                blocked.append(name)
+            holder = _holder(root, new, name)
+            if holder is not None:
+                blocked[name] = holder
                 continue
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(target, link)

@@ -456,7 +456,6 @@ def resolve(
     dry_run: bool = False,
     journal: bool = True,
     gone: Collection[str] = (),
-    errors: Sequence[str] = (),
 ) -> list[KernelRun]:
     """Bring the weak-updates links of `kvers` (default: all installed kernels) in line with
     the installed programs, less the `gone` ones (being removed), atomically and under the lock;
@@ -491,9 +490,7 @@ def resolve(
                 continue
             try:
                 runs.append(
-                    _resolve_kernel(
-                        root, kver, report, packages, config, action, dry_run, errors, gone
-                    )
+                    _resolve_kernel(root, kver, report, packages, config, action, dry_run, gone)
                 )
             except ApplyError as e:  # this kernel is left as the error says; the others go on
                 failed.append(e)
@@ -524,7 +521,6 @@ def _resolve_kernel(  # noqa: PLR0917
     config: Config,
     action: Action,
     dry_run: bool,
-    errors: Sequence[str],
     gone: Collection[str],
 ) -> KernelRun:
     candidates = [
@@ -545,11 +541,11 @@ def _resolve_kernel(  # noqa: PLR0917
         link_unstable=config.link_unstable,
         link_partial=config.link_partial,
     )
-    blocked: set[str] = set()  # link names a file weak-bpf-progs did not create holds
+    blocked: dict[str, str] = {}  # link name -> the entry weak-bpf-progs did not create there
     if dry_run:
         blocked = actions.blocked_names(root, kver, the_plan.links)
     elif the_plan.changes or not actions.in_place(root, kver):
-        blocked = set(actions.apply_links(root, kver, the_plan.links))
+        blocked = actions.apply_links(root, kver, the_plan.links)
     previous = _previous(root, kver)
     changes = []
     for p in report.programs:
@@ -569,23 +565,25 @@ def _resolve_kernel(  # noqa: PLR0917
                 link=name,
                 superseded_by=holder if holder not in (None, p.program.path) else None,
                 blocked=chosen and name in blocked,
+                blocked_by=blocked.get(name) if chosen else None,
             )
         )
-    for name, target in sorted(current.items()):  # the links of objects being removed
+    installed = {p.program.path for p in report.programs}  # less the `gone` ones
+    for name, target in sorted(current.items()):  # links of objects removed or being removed
         base = posixpath.dirname(f"{resolver.WEAK_UPDATES.format(kver=kver)}/{name}")
         path = posixpath.normpath(posixpath.join(base, target))
-        if path in gone:
+        if path not in installed:  # an upgrade deletes the old files before add-progs runs
             changes.append(
                 ProgramChange(
                     path=path,
-                    package=None,  # its package is being removed
+                    package=None,  # its package is gone or being removed
                     verdict=None,
                     was_linked=True,
                     previous_verdict=previous.get(path),
                     link=name,
                 )
             )
-    resolution = Resolution(kver, action, dry_run, tuple(changes), tuple(errors))
+    resolution = Resolution(kver, action, dry_run, tuple(changes))
     return KernelRun(resolution, the_plan)
 
 
@@ -637,14 +635,23 @@ def changed_programs(root: Path, paths: Iterable[str]) -> tuple[list[str], list[
     return good, errors
 
 
+def _ignored(errors: Sequence[str]) -> None:
+    """Bad paths on stdin concern the run, not a kernel: said once, counted in no kernel's
+    report."""
+    for problem in errors:
+        log.warning("%s", problem)
+
+
 def add_progs(root: Path, paths: Iterable[str], **options: Any) -> list[KernelRun]:
     """New or updated objects: every installed kernel is resolved again."""
     _, errors = changed_programs(root, paths)
-    return resolve(root, Action.ADD_PROGS, (), errors=errors, **options)
+    _ignored(errors)
+    return resolve(root, Action.ADD_PROGS, (), **options)
 
 
 def remove_progs(root: Path, paths: Iterable[str], **options: Any) -> list[KernelRun]:
     """Objects being removed (present or already gone): their links go, and the best remaining
     compatible build of the same program takes their place."""
     gone, errors = changed_programs(root, paths)
-    return resolve(root, Action.REMOVE_PROGS, (), gone=gone, errors=errors, **options)
+    _ignored(errors)
+    return resolve(root, Action.REMOVE_PROGS, (), gone=gone, **options)

@@ -18,6 +18,8 @@ Schema, version 1 (keys are always present; `null` where the text says so):
                    "state": "linked" | "not-linkable" | "not-linked",
                    "linked": bool, "was_linked": bool, "changed": bool,
                    "blocked": bool,        # a file weak-bpf-progs did not create holds the link
+                   "blocked_by": str|null, # that entry, below weak-updates/ (the link's own
+                                           # name, or a directory of its path taken by a file)
                    "link": str|null,       # link name below weak-updates/, "<pkg>/<name>.bpf.o"
                    "superseded_by": str|null,  # the build that got the link instead
                    "reasons": [{"code": str, "symbol": str|null, "detail": str}]}],
@@ -69,6 +71,7 @@ class ProgramChange:
     # a file weak-bpf-progs did not create holds the link's place; in the JSON, the report's
     # "errors" say it (Resolution.blocked_error)
     blocked: bool = False
+    blocked_by: str | None = None  # the entry that holds the place, below weak-updates/
 
     @property
     def state(self) -> State:
@@ -98,6 +101,7 @@ class ProgramChange:
             "was_linked": self.was_linked,
             "changed": self.changed,
             "blocked": self.blocked,
+            "blocked_by": self.blocked_by,
             "link": self.link,
             "superseded_by": self.superseded_by,
             "reasons": [r.to_json() for r in self.reasons],
@@ -118,6 +122,7 @@ class ProgramChange:
             link=doc["link"],
             superseded_by=doc["superseded_by"],
             blocked=bool(doc["blocked"]),
+            blocked_by=doc.get("blocked_by"),
         )
 
 
@@ -150,7 +155,11 @@ class Resolution:
     def blocked_error(self, program: ProgramChange) -> str:
         """What a blocked link means, in one sentence (the report's "errors" hold it)."""
         verdict = program.verdict.value if program.verdict is not None else "usable"
-        where = f"usr/lib/modules/{self.kernel}/bpf/weak-updates/{program.link}"
+        base = f"usr/lib/modules/{self.kernel}/bpf/weak-updates"
+        holder = program.blocked_by or program.link
+        where = f"{base}/{holder}"
+        if holder != program.link:  # a directory of the link's path is taken
+            where += f", where the directory of its link {base}/{program.link} should be,"
         return (
             f"{program.path} is {verdict} with kernel {self.kernel} but not linked: {where} is "
             "a file weak-bpf-progs did not create, and it is kept"
