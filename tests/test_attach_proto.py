@@ -20,7 +20,7 @@ from realload import SYSFS_BTF, install_programs, install_running_kernel, load_r
 
 RUNNING = platform.release()
 OLD, NEW = "6.1.0-47-cloud-amd64", "6.1.0-56-cloud-amd64"
-PROTO_PROGRAMS = ("proto_slot_gone", "proto_slot_kept", "proto_scalar")
+PROTO_PROGRAMS = ("proto_slot_gone", "proto_slot_kept", "proto_slot_guarded", "proto_scalar")
 
 
 def ldx_off(dst: int, src: int, off: int, size: int = 0x18) -> Insn:
@@ -125,6 +125,9 @@ def test_prototype_verdicts_on_the_running_kernel(
     assert kept.verdict is Verdict.COMPATIBLE
     passed = [c for c in kept.checks if c.code is None and c.subject.startswith("arguments of")]
     assert passed and "reads argument slots 0, 1" in passed[0].detail
+
+    guarded = running_results["proto_slot_guarded"].results[RUNNING][0]
+    assert guarded.verdict is Verdict.COMPATIBLE, guarded.reasons  # the read cannot run here
 
     gone = running_results["proto_slot_gone"].results[RUNNING][0]
     assert gone.verdict is Verdict.INCOMPATIBLE
