@@ -107,7 +107,7 @@ def example_root(work: Path) -> Path:
 
 def link_sets(root: Path) -> dict[str, dict[str, str] | None]:
     """Every kernel's managed links (None when the set cannot be read)."""
-    from weak_bpf.actions import current_links
+    from weak_bpf.apply.writer import current_links
     from weak_bpf.errors import WeakBpfError
 
     sets: dict[str, dict[str, str] | None] = {}
@@ -170,7 +170,7 @@ class Daemon:
 
     def call(self, method: str, kver: str) -> subprocess.CompletedProcess[str]:
         """AddKernel or RemoveKernel; busctl exits non-zero with the D-Bus error on stderr."""
-        from weak_bpf.dbus_service import BUS_NAME, INTERFACE, OBJECT_PATH
+        from weak_bpf.daemon.service import BUS_NAME, INTERFACE, OBJECT_PATH
 
         return subprocess.run(
             ["busctl", f"--address={self.bus.address}", "--timeout=180", "call", BUS_NAME,

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from weak_bpf.resolution import Resolution
+from weak_bpf.apply.resolution import Resolution
 
 JOURNALD = "/lib/systemd/systemd-journald"
 NAMESPACE = "weakbpftest"
@@ -61,8 +61,8 @@ exec "$@"
 # Sends the Resolution (JSON on stdin) with journal.send_to_journal(); prints what it returned.
 _SEND = """
 import json, sys
-from weak_bpf import journal
-from weak_bpf.resolution import Resolution
+from weak_bpf.apply import journal
+from weak_bpf.apply.resolution import Resolution
 print(journal.send_to_journal(Resolution.from_json(json.load(sys.stdin))))
 """
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ import pytest
 from test_reachability import EXIT, add, function, goto, jmp, ldx, mov, movx
 
 from weak_bpf import ops
-from weak_bpf.ctxaccess import context_use
+from weak_bpf.engine.ctxaccess import context_use
 from weak_bpf.model import Outcome, Verdict
 from weak_bpf.parsers.insn import Insn
 

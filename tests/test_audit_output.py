@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from weak_bpf import bootloader, cli, ops, report
+from weak_bpf import cli, ops, report
+from weak_bpf.kernel import bootloader
 
 import exampleroot
 from conftest import REPO

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import pytest
 
-from weak_bpf.bpf_helpers import (
+from weak_bpf.engine.bpf_helpers import (
     HELPERS,
     TABLE_KERNEL,
     helper_name,

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from weak_bpf.compression import decompress
 from weak_bpf.errors import BTFError
+from weak_bpf.kernel.compression import decompress
 from weak_bpf.parsers import btf as btf_module
 from weak_bpf.parsers.btf import BTF, Kind, Type
 from weak_bpf.parsers.vmlinuz import vmlinux_from_vmlinuz

@@ -13,11 +13,11 @@ from typing import Callable
 
 import pytest
 
-from weak_bpf.btfcompat import Compat, describe, essential_name, func_protos_compatible
-from weak_bpf.kernel_data import load_kernel_object
+from weak_bpf.engine.btfcompat import Compat, describe, essential_name, func_protos_compatible
+from weak_bpf.engine.signature import format_crc, signature_crc, signature_text
+from weak_bpf.kernel.load import load_kernel_object
 from weak_bpf.parsers.bpfobject import BpfObject, read_bpf_object
 from weak_bpf.parsers.btf import BTF, Kind
-from weak_bpf.signature import format_crc, signature_crc, signature_text
 
 import bpfbuild
 from bpfprogs import PROGS_DIR, vmlinux_of

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from weak_bpf.checks import check_object
+from weak_bpf.engine.checks import check_object
 from weak_bpf.model import KernelFacts, Outcome, ReasonCode, Verdict
 from weak_bpf.parsers.bpfobject import BpfObject, read_bpf_object
 from weak_bpf.parsers.btf import Kind

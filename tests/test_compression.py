@@ -1,5 +1,5 @@
-"""weak_bpf.compression: round trips through the real programs, both the module and program paths,
-bounds, trailing data, and corrupt input."""
+"""weak_bpf.kernel.compression: round trips through the real programs, both the module and
+program paths, bounds, trailing data, and corrupt input."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weak_bpf import compression
-from weak_bpf.compression import Format, decompress, detect, maybe_decompress
 from weak_bpf.errors import DecompressError
+from weak_bpf.kernel import compression
+from weak_bpf.kernel.compression import Format, decompress, detect, maybe_decompress
 
 from conftest import require_tool
 

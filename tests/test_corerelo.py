@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from weak_bpf.corerelo import (
+from weak_bpf.engine.corerelo import (
     CoreResolver,
     CoreResult,
     TargetIndex,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from weak_bpf.actions import current_links
+from weak_bpf.apply.writer import current_links
 
 import exampleroot
 from conftest import REPO

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from dbus_bus import PrivateBus, name_owned, start_daemon, stop
 
-from weak_bpf.dbus_service import (
+from weak_bpf.daemon.service import (
     BUS_NAME,
     INTERFACE,
     INTERFACE_XML,

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from weak_bpf.actions import current_links
+from weak_bpf.apply.writer import current_links
 
 from conftest import REPO, require
 
@@ -57,7 +57,7 @@ def test_regression_remove_kernel_killed_midway_leaves_no_partial_set(tmp_path: 
     _current_set then takes for the current set (a mixed state)."""
     old = _linked_root(tmp_path)
     code = (
-        "import sys; from pathlib import Path; from weak_bpf import actions;"
+        "import sys; from pathlib import Path; from weak_bpf.apply import writer as actions;"
         "actions.remove_links(Path(sys.argv[1]), '6.1.0-1-test')"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "WEAK_BPF_FAULT_STEP": "2"}

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from weak_bpf import journal
+from weak_bpf.apply import journal
+from weak_bpf.apply.resolution import Action, ProgramChange, Resolution, State
 from weak_bpf.model import Reason, ReasonCode, Verdict
-from weak_bpf.resolution import Action, ProgramChange, Resolution, State
 
 import journald as journald_helper
 from conftest import REPO, require_root, require_tool

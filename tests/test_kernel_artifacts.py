@@ -18,10 +18,10 @@ from elftools.elf.elffile import ELFFile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weak_bpf import kernel_data
-from weak_bpf.compression import Format, decompress, detect
 from weak_bpf.errors import ELFError, FormatError, KernelNotFound, ParseError
-from weak_bpf.kernel import (
+from weak_bpf.kernel import load as kernel_data
+from weak_bpf.kernel.compression import Format, decompress, detect
+from weak_bpf.kernel.find import (
     BtfSourceKind,
     arch_of,
     find_kernel,
@@ -853,9 +853,9 @@ def test_running_kernel_kfunc_sets_come_from_its_image(
     """The running kernel's BTF comes from sysfs, which has no .BTF_ids. On a kernel without
     bpf_kfunc tags (RHEL 9, Debian 12) the kfunc sets are then read from its installed image,
     when that image's BTF is the sysfs BTF byte for byte; with another image, unknown."""
-    from weak_bpf.cache import Cache
-    from weak_bpf.checks import check_object
-    from weak_bpf.kernelfacts import load_kernel_facts
+    from weak_bpf.engine.checks import check_object
+    from weak_bpf.kernel.cache import Cache
+    from weak_bpf.kernel.facts import load_kernel_facts
     from weak_bpf.model import Verdict
     from weak_bpf.parsers.bpfobject import read_bpf_object
 
@@ -893,8 +893,8 @@ def test_running_kernel_image_that_cannot_be_read_is_not_cached(
     debian_kernels: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A read that fails (no zstd yet, a permission) is tried again on the next run."""
-    from weak_bpf.cache import Cache
-    from weak_bpf.kernelfacts import load_kernel_facts
+    from weak_bpf.kernel.cache import Cache
+    from weak_bpf.kernel.facts import load_kernel_facts
 
     require(debian_kernels, "the Debian kernels")
     old = min(debian_kernels)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from weak_bpf import cli, kernel_data, ops
+from weak_bpf import cli, ops
+from weak_bpf.kernel import load as kernel_data
 from weak_bpf.model import Outcome, Result, Verdict
 
 import exampleroot

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from weak_bpf import ops, report
-from weak_bpf.cache import CACHE_DIR
+from weak_bpf.kernel.cache import CACHE_DIR
 
 import exampleroot
 

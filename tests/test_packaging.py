@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from weak_bpf import journal
-from weak_bpf.resolution import Action, Resolution
+from weak_bpf.apply import journal
+from weak_bpf.apply.resolution import Action, Resolution
 
 import bpfbuild
 from conftest import REPO, require_root, require_tool

@@ -12,6 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from weak_bpf.engine.reachability import (
+    NONZERO,
+    Known,
+    KnownValue,
+    poisoned_reachable,
+    reachability,
+)
 from weak_bpf.parsers.bpfobject import (
     BpfObject,
     CoreReloSite,
@@ -22,7 +29,6 @@ from weak_bpf.parsers.bpfobject import (
 from weak_bpf.parsers.btfext import CoreReloKind
 from weak_bpf.parsers.insn import Insn, JmpOp, decode
 from weak_bpf.parsers.sections import section_info
-from weak_bpf.reachability import NONZERO, Known, KnownValue, poisoned_reachable, reachability
 
 from bpfprogs import bpf_compiler, old_progs, old_vmlinux  # noqa: F401
 from conftest import require_root, require_tool

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from weak_bpf import cli, ops
-from weak_bpf.actions import current_links
+from weak_bpf.apply.writer import current_links
 
 import exampleroot
 from conftest import REPO, require_tool

@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from weak_bpf import journal, rpmdb
-from weak_bpf.resolution import Action, Resolution
+from weak_bpf.apply import journal
+from weak_bpf.apply.resolution import Action, Resolution
+from weak_bpf.program import rpmdb
 
 import journald as journald_helper
 from conftest import require, require_root, require_tool

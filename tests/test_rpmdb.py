@@ -1,4 +1,5 @@
-"""weak_bpf.rpmdb on real rpm databases: packages built by rpmbuild, installed by rpm --root."""
+"""weak_bpf.program.rpmdb on real rpm databases: packages built by rpmbuild, installed by rpm
+--root."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from weak_bpf import rpmdb
+from weak_bpf.program import rpmdb
 
 from conftest import REPO, require, require_root, require_tool
 
@@ -296,7 +297,7 @@ def test_a_locked_database_gives_none_in_bounded_time(
     child = (
         "import logging, sys\n"
         "from pathlib import Path\n"
-        "from weak_bpf import rpmdb\n"
+        "from weak_bpf.program import rpmdb\n"
         "logging.basicConfig(stream=sys.stdout, format='%(message)s')\n"
         "rpmdb.LOCK_TIMEOUT = 0.3\n"
         f"print(rpmdb.owners(Path({str(root_copy)!r}), [{LB!r}]))\n"

@@ -18,14 +18,9 @@ PACKAGE = REPO / "weak_bpf"
 PURE = (
     "weak_bpf.parsers",
     "weak_bpf.versions",
-    "weak_bpf.btfcompat",
-    "weak_bpf.signature",
-    "weak_bpf.corerelo",
-    "weak_bpf.reachability",
-    "weak_bpf.ctxaccess",
-    "weak_bpf.checks",
+    "weak_bpf.engine",
     "weak_bpf.model",
-    "weak_bpf.bpf_helpers",
+    "weak_bpf.apply.plan",
 )
 # Imports a pure module may not make (I/O, processes, logging, the outside world).
 IMPURE_IMPORTS = {
@@ -137,3 +132,43 @@ def test_only_entry_points_import_the_cli() -> None:
     for module, tree in _modules().items():
         if module not in CLI_USERS:
             assert not any(n.startswith("weak_bpf.cli") for n in _imports(tree)), module
+
+
+# The floors of the package, top first: a module imports only from its own floor or below.
+FLOORS = (
+    ("weak_bpf.__main__", "weak_bpf.cli", "weak_bpf.daemon"),
+    ("weak_bpf.report",),
+    ("weak_bpf.ops",),
+    ("weak_bpf.program",),
+    ("weak_bpf.kernel",),
+    ("weak_bpf.engine", "weak_bpf.apply"),
+    ("weak_bpf.config", "weak_bpf.model"),
+    ("weak_bpf.parsers", "weak_bpf.versions", "weak_bpf.errors", "weak_bpf"),
+)
+
+
+def _floor(module: str) -> int:
+    floors = [
+        (i, prefix)
+        for i, names in enumerate(FLOORS)
+        for prefix in names
+        if module == prefix or module.startswith(prefix + ".")
+    ]
+    assert floors, f"{module} is on no floor"
+    return max(floors, key=lambda f: len(f[1]))[0]  # the longest prefix names it
+
+
+@pytest.mark.parametrize("module", sorted(_modules()))
+def test_imports_point_down_the_floors(module: str) -> None:
+    here = _floor(module)
+    names = {n for n in _imports(_modules()[module]) if n.startswith("weak_bpf.")}
+    packages = {n.rsplit(".", 1)[0] if n not in _modules() else n for n in names}
+    upward = sorted(n for n in packages if n in _modules() and _floor(n) < here)
+    assert not upward, f"{module} (floor {here}) imports from above: {upward}"
+
+
+def test_only_the_dbus_service_imports_pydbus_or_gi() -> None:
+    for module, tree in _modules().items():
+        if module != "weak_bpf.daemon.service":
+            bad = {n for n in _imports(tree) if n.split(".")[0] in ("pydbus", "gi", "dasbus")}
+            assert not bad, f"{module} imports {sorted(bad)}"

@@ -298,7 +298,7 @@ def _wants_color(stream: TextIO) -> bool:
 def _running_kernel(root: Path) -> str | None:
     """The running kernel's release when the audited root is this very system, or shows the
     running kernel (its sysfs BTF: a chroot with /sys bound in, a container's root)."""
-    from weak_bpf import kernel
+    from weak_bpf.kernel import find as kernel
 
     shown = kernel.resolve_in_root(root, kernel.SYSFS_BTF) is not None
     return kernel.running_release() if shown or root.resolve() == Path("/") else None
@@ -306,7 +306,8 @@ def _running_kernel(root: Path) -> str | None:
 
 def _kernel_marks(root: Path, kvers: Sequence[str]) -> dict[str, list[str]]:
     """{kver: ["running", "default"]}, as far as they are known, for the audit's headers."""
-    from weak_bpf import bootloader, kernel
+    from weak_bpf.kernel import bootloader
+    from weak_bpf.kernel import find as kernel
 
     running, default = _running_kernel(root), bootloader.default_kernel(root)
     marks: dict[str, list[str]] = {}

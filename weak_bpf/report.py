@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from itertools import zip_longest
 
-from weak_bpf.kernel import BtfSourceKind
+from weak_bpf.kernel.find import BtfSourceKind
 from weak_bpf.model import Area, Outcome, ReasonCode, Result, Verdict
 from weak_bpf.ops import AuditReport, KernelSummary, ProgramAudit
 from weak_bpf.parsers.bpfobject import BpfObject, Extern, ExternKind, Function

@@ -37,8 +37,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from weak_bpf.apply.resolution import ProgramChange, Resolution, State
 from weak_bpf.model import Verdict
-from weak_bpf.resolution import ProgramChange, Resolution, State
 
 IDENTIFIER = "weak-bpf-progs"
 # Where sd_journal_sendv sends, fixed in libsystemd: only checked here, never chosen.

@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from weak_bpf import __version__, journal
+from weak_bpf import __version__
+from weak_bpf.apply import journal
 
 log = logging.getLogger("weak-bpf-progsd")
 
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s: no such directory", root)
         log.error("hint: --root names an installed system")
         return 2
-    from weak_bpf.dbus_service import Service  # pydbus and gi load only here
+    from weak_bpf.daemon.service import Service  # pydbus and gi load only here
 
     service = Service(root, idle_timeout=args.idle_timeout, journal=not args.no_journal)
     return service.run()

@@ -22,8 +22,11 @@ from gi.repository import Gio, GLib
 from pydbus import SystemBus
 from pydbus.generic import signal as dbus_signal
 
-from weak_bpf import actions, kernel, ops, programs, report
+from weak_bpf import ops, report
+from weak_bpf.apply import writer as actions
 from weak_bpf.errors import KernelNotFound, WeakBpfError
+from weak_bpf.kernel import find as kernel
+from weak_bpf.program import installed as programs
 
 log = logging.getLogger("weak-bpf-progsd")
 

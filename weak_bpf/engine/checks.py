@@ -12,15 +12,23 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from weak_bpf.bpf_helpers import helper_name, is_gpl_only, license_is_gpl_compatible
-from weak_bpf.btfcompat import (
+from weak_bpf.engine.bpf_helpers import helper_name, is_gpl_only, license_is_gpl_compatible
+from weak_bpf.engine.btfcompat import (
     describe,
     essential_name,
     func_protos_compatible,
     types_are_compat,
 )
-from weak_bpf.corerelo import ENUMVAL_KINDS, FIELD_KINDS, CoreResolver, CoreResult, target_index
-from weak_bpf.ctxaccess import context_use
+from weak_bpf.engine.corerelo import (
+    ENUMVAL_KINDS,
+    FIELD_KINDS,
+    CoreResolver,
+    CoreResult,
+    target_index,
+)
+from weak_bpf.engine.ctxaccess import context_use
+from weak_bpf.engine.reachability import NONZERO, KnownValue, Slot, reachability
+from weak_bpf.engine.signature import format_crc, signature_crc
 from weak_bpf.model import (
     Area,
     Check,
@@ -38,8 +46,6 @@ from weak_bpf.parsers.greylist import Greylist
 from weak_bpf.parsers.insn import InsnClass
 from weak_bpf.parsers.sections import AttachType, TargetKind
 from weak_bpf.parsers.symvers import SymvEntry
-from weak_bpf.reachability import NONZERO, KnownValue, Slot, reachability
-from weak_bpf.signature import format_crc, signature_crc
 
 MAX_KFUNC_ARGS = 5  # MAX_BPF_FUNC_REG_ARGS
 _UNDECIDED = "undecided"  # a marker: the kernel's data cannot tell

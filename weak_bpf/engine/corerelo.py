@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Protocol
 
-from weak_bpf.btfcompat import essential_name, types_are_compat
+from weak_bpf.engine.btfcompat import essential_name, types_are_compat
 from weak_bpf.errors import BTFError
 from weak_bpf.parsers.btf import BTF, Kind, Type
 from weak_bpf.parsers.btfext import CoreReloKind

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import zlib
 
-from weak_bpf.btfcompat import MAX_DEPTH, MAX_LEVEL
+from weak_bpf.engine.btfcompat import MAX_DEPTH, MAX_LEVEL
 from weak_bpf.parsers.btf import BTF, Kind, Param
 
 _LEAVES = {

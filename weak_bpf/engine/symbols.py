@@ -8,12 +8,12 @@ EXPORT_SYMBOL_BPF_GPL, with `__acquires` / `__releases` where the kfunc set's fl
 
 from __future__ import annotations
 
-from weak_bpf.btfcompat import essential_name
+from weak_bpf.engine.btfcompat import essential_name
+from weak_bpf.engine.signature import signature_crc
 from weak_bpf.model import KernelFacts
 from weak_bpf.parsers.bpfobject import BpfObject, ExternKind
 from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.symvers import ExportType, SymvEntry
-from weak_bpf.signature import signature_crc
 
 _KF_ACQUIRE = 1 << 0
 _KF_RELEASE = 1 << 1

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from weak_bpf import actions
+from weak_bpf.apply import writer as actions
 
 CACHE_DIR = "var/cache/weak-bpf-progs"
 MAX_ENTRY = 256 << 20

@@ -15,10 +15,10 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from weak_bpf import kernel_data
-from weak_bpf.cache import Cache, content_key, file_key, stat_key
 from weak_bpf.errors import WeakBpfError
-from weak_bpf.kernel import BtfSourceKind, KernelArtifacts
+from weak_bpf.kernel import load as kernel_data
+from weak_bpf.kernel.cache import Cache, content_key, file_key, stat_key
+from weak_bpf.kernel.find import BtfSourceKind, KernelArtifacts
 from weak_bpf.model import KernelFacts, ModuleKfunc
 from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.elf import section_bytes, section_headers

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from weak_bpf import compression
 from weak_bpf.errors import BTFError, ParseError, WeakBpfError
-from weak_bpf.kernel import KernelArtifacts, resolve_in_root
+from weak_bpf.kernel import compression
+from weak_bpf.kernel.find import KernelArtifacts, resolve_in_root
 from weak_bpf.parsers.btf import BTF
 from weak_bpf.parsers.elf import Buffer, section_bytes
 from weak_bpf.parsers.elfsyms import symbol_map

@@ -16,22 +16,33 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from weak_bpf import __version__, actions, kernel, kernel_data, resolver, rpmdb, symbols
-from weak_bpf import programs as programs_mod
-from weak_bpf.cache import Cache, content_key, stat_key
-from weak_bpf.checks import check_object, malformed
+from weak_bpf import __version__
+from weak_bpf.apply import plan as resolver
+from weak_bpf.apply import writer as actions
+from weak_bpf.apply.journal import send_to_journal, stderr_report
+from weak_bpf.apply.plan import Candidate
+from weak_bpf.apply.resolution import Action, ProgramChange, Resolution
 from weak_bpf.config import Config, load_config
+from weak_bpf.engine import symbols
+from weak_bpf.engine.checks import check_object, malformed
 from weak_bpf.errors import ApplyError, ParseError, WeakBpfError
-from weak_bpf.journal import send_to_journal, stderr_report
-from weak_bpf.kernel import resolve_in_root
-from weak_bpf.kernelfacts import facts_from_files, load_kernel_facts
+from weak_bpf.kernel import find as kernel
+from weak_bpf.kernel import load as kernel_data
+from weak_bpf.kernel.cache import Cache, content_key, stat_key
+from weak_bpf.kernel.facts import facts_from_files, load_kernel_facts
+from weak_bpf.kernel.find import resolve_in_root
 from weak_bpf.model import KernelFacts, Result, Verdict
 from weak_bpf.parsers.bpfobject import BpfObject, read_bpf_object
 from weak_bpf.parsers.btf import Kind
 from weak_bpf.parsers.greylist import Greylist, render_greylist
-from weak_bpf.programs import InstalledProgram, LoadedProgram, installed_programs, load_program
-from weak_bpf.resolution import Action, ProgramChange, Resolution
-from weak_bpf.resolver import Candidate
+from weak_bpf.program import installed as programs_mod
+from weak_bpf.program import rpmdb
+from weak_bpf.program.installed import (
+    InstalledProgram,
+    LoadedProgram,
+    installed_programs,
+    load_program,
+)
 
 log = logging.getLogger("weak-bpf-progs")
 

@@ -1,0 +1,1 @@
+"""Finding a kernel under a root, reading its artifacts, and the facts the checks need from it."""
