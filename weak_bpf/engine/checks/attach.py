@@ -1,0 +1,254 @@
+"""Attach checks: each program's target on K, and the arguments a tracing program reads from it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from weak_bpf.engine.btfcompat import describe, essential_name
+from weak_bpf.engine.checks.base import CheckerBase
+from weak_bpf.engine.corerelo import FIELD_KINDS
+from weak_bpf.engine.ctxaccess import context_use
+from weak_bpf.engine.reachability import Slot, reachability
+from weak_bpf.model import Area, Check, Outcome, ReasonCode
+from weak_bpf.parsers.bpfobject import Function
+from weak_bpf.parsers.btf import BTF, Kind, Param, Type
+from weak_bpf.parsers.sections import AttachType, TargetKind
+
+
+class AttachChecks(CheckerBase):
+    def _attach_targets(self) -> Iterable[Check]:
+        for program in self.obj.programs:
+            check = self._attach_target(program)
+            if check is not None:
+                yield check
+
+    def _attach_target(self, program: Function) -> Check | None:
+        info = program.info
+        if not info.needs_kernel_target or not info.lookup_name:
+            return None
+        vmlinux = self.k.vmlinux
+        assert vmlinux is not None
+        name = info.lookup_name
+        subject = f"attach target {info.section}"
+
+        kind = info.target_kind
+        # kprobes and (raw) tracepoints load whatever their target: only attaching fails
+        attach_only = kind not in (TargetKind.BTF_FUNC, TargetKind.BTF_TYPEDEF)
+
+        def result(found: bool, where: str, why: str | None = None) -> Check:
+            """`why`: why it cannot attach, when that is not the target's absence."""
+            if found:
+                return self._check(
+                    Area.ATTACH,
+                    Outcome.PASS,
+                    subject,
+                    f"{name} {where}",
+                    symbol=name,
+                    program=program.name,
+                )
+            detail = why or f"{name} is absent from {self.k.kver}"
+            return self._check(
+                Area.ATTACH,
+                Outcome.CANNOT_ATTACH if attach_only else Outcome.FAIL,
+                subject,
+                f"{detail}: the program loads, but cannot attach" if attach_only else detail,
+                code=ReasonCode.ATTACH_TARGET,
+                symbol=name,
+                program=program.name,
+            )
+
+        if kind is TargetKind.BTF_FUNC:
+            found = self._find_func(name, info.module, only=True)
+            if found is not None and found[2]:
+                self.modules.add(found[2])
+            return result(found is not None, "is a function in the kernel's BTF")
+        if kind in (TargetKind.BTF_TYPEDEF, TargetKind.RAW_TP):
+            typedef = name if name.startswith("btf_trace_") else f"btf_trace_{name}"
+            return result(bool(vmlinux.find(typedef, Kind.TYPEDEF)), "is a BTF tracepoint")
+        if kind is TargetKind.TRACEPOINT:
+            event = name.split("/")[-1]
+            if name.startswith("syscalls/"):
+                syscall = (
+                    event.split("_", 2)[-1]
+                    if event.startswith(("sys_enter_", "sys_exit_"))
+                    else event
+                )
+                funcs = (f"__x64_sys_{syscall}", f"__se_sys_{syscall}", f"__do_sys_{syscall}")
+                return result(
+                    any(vmlinux.find(f, Kind.FUNC) for f in funcs), "is a syscall with tracepoints"
+                )
+            return result(bool(vmlinux.find(f"btf_trace_{event}", Kind.TYPEDEF)), "is a tracepoint")
+        if kind in (TargetKind.KSYM, TargetKind.SYSCALL):
+            symbols = (
+                [name] if kind is TargetKind.KSYM else [f"__x64_sys_{name}", f"__se_sys_{name}"]
+            )
+            config = self.k.config
+            if config is not None and config.get("KPROBES") == "n":
+                why = f"{self.k.kver} is built without kprobes (CONFIG_KPROBES is not set)"
+                return result(False, "", why)
+            system_map = self.k.system_map
+            if system_map is not None and any(s in system_map for s in symbols):
+                return result(True, f"is in {self.k.kver}'s symbols")
+            if any(vmlinux.find(s, Kind.FUNC) for s in symbols):
+                return result(True, "is a function in the kernel's BTF")
+            # System.map lists vmlinux alone: a module's function is found in its BTF
+            in_module = next((f for f in map(self._find_func, symbols) if f and f[2]), None)
+            if in_module is not None:
+                self.modules.add(str(in_module[2]))
+                return result(True, f"is a function of module {in_module[2]} (must be loaded)")
+            if system_map is not None:
+                return result(False, "")
+            return self._missing_data(
+                Area.ATTACH,
+                subject,
+                f"{name} is not a BTF function of {self.k.kver}, and whether kprobes can attach "
+                f"there is unknown: {self._no_system_map()}",
+                name,
+            )
+        return None
+
+    # --- tracing prototypes ------------------------------------------------------------------
+
+    def _attach_protos(self) -> Iterable[Check]:
+        for program in self.obj.programs:
+            found = self._target_proto(program)
+            if found is not None:
+                yield from self._attach_proto(program, *found)
+
+    def _target_proto(self, program: Function) -> tuple[BTF, str, tuple[Param, ...], int] | None:
+        """K's prototype of a BTF tracing program's target: (btf, C text, arguments, the last
+        slot the context may be read at); None for other programs or an absent target."""
+        info = program.info
+        name = info.lookup_name
+        vmlinux = self.k.vmlinux
+        assert vmlinux is not None
+        if (
+            info.attach_type is AttachType.TRACE_RAW_TP
+            and info.target_kind is TargetKind.BTF_TYPEDEF
+        ):
+            typedef = name if name.startswith("btf_trace_") else f"btf_trace_{name}"
+            ids = vmlinux.find(typedef, Kind.TYPEDEF)
+            proto = _func_proto(vmlinux, ids[0]) if ids else None
+            if proto is None or not proto.params:
+                return None
+            params = proto.params[1:]  # the first is the tracepoint's `void *__data`
+            shown = typedef[len("btf_trace_") :]
+            return vmlinux, _proto_text(vmlinux, shown, params), params, len(params) - 1
+        tracing = (AttachType.TRACE_FENTRY, AttachType.TRACE_FEXIT, AttachType.MODIFY_RETURN)
+        if info.attach_type not in tracing or info.target_kind is not TargetKind.BTF_FUNC:
+            return None
+        found = self._find_func(name, info.module, only=bool(info.module))
+        if found is None:
+            return None
+        btf, func_id, _module = found
+        proto = _func_proto(btf, func_id)
+        if proto is None:
+            return None
+        # fexit and fmod_ret read the return value in the slot after the last argument
+        last = len(proto.params) - (info.attach_type is AttachType.TRACE_FENTRY)
+        return btf, _proto_text(btf, name, proto.params), proto.params, last
+
+    def _attach_proto(
+        self, program: Function, btf: BTF, shown: str, params: tuple[Param, ...], last: int
+    ) -> Iterable[Check]:
+        subject = f"arguments of {program.info.section}"
+        reach = reachability(self.obj, program, self.known)
+        reachable = None
+        if reach.decided:
+            reachable = {i for s, i in reach.reachable if s == program.section}
+        use = context_use(program, reachable)
+        problems = []
+        for slot, index in use.reads:
+            if slot > last:
+                problems.append(
+                    f"it reads argument slot {slot} (context offset {slot * 8}) at instruction "
+                    f"{index}, but {self.k.kver}'s prototype has {len(params)} argument"
+                    f"{'s' if len(params) != 1 else ''}: {shown}"
+                )
+        for slot, index in use.derefs:
+            if slot >= len(params):
+                continue  # reported above, or the return value of fexit
+            problem = self._deref_problem(btf, params[slot], slot, (program.section, index))
+            if problem is not None:
+                problems.append(f"{problem}; {self.k.kver}'s prototype: {shown}")
+        if not problems:
+            if use.reads:
+                slots = sorted({s for s, _ in use.reads})
+                yield self._check(
+                    Area.ATTACH,
+                    Outcome.PASS,
+                    subject,
+                    f"reads argument slots {', '.join(map(str, slots))}, which {self.k.kver}'s "
+                    f"prototype has: {shown}",
+                    symbol=program.info.lookup_name,
+                    program=program.name,
+                )
+            return
+        undecided = not reach.decided
+        for problem in problems:
+            detail = problem + ": the kernel's verifier would reject the program"
+            if undecided:
+                detail = f"{problem}; whether that code can run is unknown: " + "; ".join(
+                    reach.undecidable
+                )
+            yield self._check(
+                Area.ATTACH,
+                Outcome.UNDECIDED if undecided else Outcome.FAIL,
+                subject,
+                detail,
+                code=ReasonCode.ATTACH_PROTO,
+                symbol=program.info.lookup_name,
+                program=program.name,
+            )
+
+    def _deref_problem(self, btf: BTF, param: Param, slot: int, where: Slot) -> str | None:
+        """Why dereferencing argument `slot` at `where` fails on K, or None."""
+        index = where[1]
+        target_id = btf.resolve(param.type) if param.type else 0
+        named = f"argument {slot}" + (f" ({param.name})" if param.name else "")
+        kernel_type = describe(btf, param.type)
+        if target_id == 0 or btf.kind(target_id) is not Kind.PTR:
+            return (
+                f"it dereferences {named} at instruction {index}, which is {kernel_type} on "
+                f"{self.k.kver}: a scalar, not a pointer"
+            )
+        pointee = btf.resolve(btf.type(target_id).type)
+        if pointee == 0 or btf.kind(pointee) not in (Kind.STRUCT, Kind.UNION):
+            return None
+        expected = self._relo_root(where)
+        actual = essential_name(btf.name(pointee))
+        if expected is not None and expected != actual:
+            return (
+                f"it reads {named} as struct {expected} at instruction {index}, but "
+                f"{self.k.kver} passes {kernel_type}"
+            )
+        return None
+
+    def _relo_root(self, where: Slot) -> str | None:
+        """The struct a CO-RE field relocation at an instruction starts from, if there is one."""
+        own = self.obj.btf
+        for relo in self.obj.core_relos:
+            at = (relo.section, relo.insn_index)
+            if at == where and relo.kind in FIELD_KINDS and own is not None:
+                root = own.resolve(relo.type_id)
+                if own.kind(root) in (Kind.STRUCT, Kind.UNION):
+                    return essential_name(own.name(root))
+        return None
+
+
+def _func_proto(btf: BTF, type_id: int) -> Type | None:
+    """The FUNC_PROTO a FUNC, or a typedef of a pointer to one, stands for."""
+    seen = 0
+    while type_id and seen < 16:
+        t = btf.type(type_id)
+        if t.kind is Kind.FUNC_PROTO:
+            return t
+        if t.kind not in (Kind.FUNC, Kind.TYPEDEF, Kind.PTR, Kind.CONST, Kind.VOLATILE):
+            return None
+        type_id, seen = t.type, seen + 1
+    return None
+
+
+def _proto_text(btf: BTF, name: str, params: tuple[Param, ...]) -> str:
+    args = ", ".join(describe(btf, p.type) + (f" {p.name}" if p.name else "") for p in params)
+    return f"{name}({args or 'void'})"
