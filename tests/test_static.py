@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def _ruff() -> str:
     return found
 
 
+@functools.lru_cache(maxsize=None)
 def _modules() -> dict[str, ast.Module]:
     modules = {}
     for path in sorted(PACKAGE.rglob("*.py")):

@@ -115,7 +115,7 @@ def load_program(root: Path, program: InstalledProgram) -> LoadedProgram:
         obj = read_bpf_object(data, source)
     except ParseError as e:
         return LoadedProgram(program, None, None, str(e.located(source)))
-    greylist_source = f"{program.path}.greylist"
+    greylist_source = sidecar_greylist(program.path)
     try:
         sidecar = resolve_in_root(root, greylist_source)
         if os.path.lexists(root / greylist_source) and (sidecar is None or not sidecar.is_file()):
@@ -141,3 +141,33 @@ def loose_program(path: Path) -> LoadedProgram:
     absolute = path.absolute()
     program = InstalledProgram(str(absolute), path.name, None)
     return load_program(Path("/"), program)
+
+
+def sidecar_greylist(object_path: str) -> str:
+    """Where a package ships an object's greylist: beside it, as OBJECT.greylist (SPEC §2)."""
+    return f"{object_path}.greylist"
+
+
+def object_path(root: Path, path: Path) -> Path:
+    """Where OBJECT is: an absolute path as given; a relative one under the root if it is there,
+    else relative to the current directory."""
+    if path.is_absolute():
+        return path
+    under_root = root / path
+    return under_root if under_root.exists() else path
+
+
+def greylist_beside(root: Path, path: Path) -> str | None:
+    """OBJECT.greylist, the greylist a package ships next to OBJECT, as shown to users; None if
+    there is none. It wins over a .greylist section in the object."""
+    where = object_path(root, path)
+    sidecar = Path(sidecar_greylist(str(where)))
+    try:
+        if not sidecar.is_file():
+            return None
+    except OSError:  # a name too long for the extra suffix, a loop
+        return None
+    try:
+        return str(sidecar.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(sidecar)

@@ -1,0 +1,223 @@
+"""`audit` and `explain`: every installed program (or one object) on every kernel, with results
+kept in the cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import logging
+import os
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+
+from weak_bpf import __version__
+from weak_bpf.config import Config, load_config
+from weak_bpf.engine.checks import check_object, malformed
+from weak_bpf.errors import WeakBpfError
+from weak_bpf.kernel import find as kernel
+from weak_bpf.kernel.cache import Cache, content_key, stat_key
+from weak_bpf.kernel.facts import load_kernel_facts
+from weak_bpf.kernel.find import resolve_in_root
+from weak_bpf.model import KernelFacts, Result, Verdict
+from weak_bpf.parsers.greylist import Greylist
+from weak_bpf.program import installed as programs_mod
+from weak_bpf.program.installed import (
+    InstalledProgram,
+    LoadedProgram,
+    installed_programs,
+    load_program,
+    object_path,
+)
+
+log = logging.getLogger("weak-bpf-progs")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramAudit:
+    program: InstalledProgram
+    build_kernel: str | None
+    results: dict[str, tuple[Result, bool]]  # kver -> (result, linked now)
+    greylist: Greylist | None = None  # when the object was read in this run (not cached)
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditReport:
+    root: Path
+    kernels: tuple[str, ...]
+    programs: tuple[ProgramAudit, ...]
+
+    @property
+    def clean(self) -> bool:
+        """Nothing incompatible or unknown (audit's exit status 0)."""
+        return all(
+            result.verdict not in (Verdict.INCOMPATIBLE, Verdict.UNKNOWN)
+            for p in self.programs
+            for result, _ in p.results.values()
+        )
+
+
+def weak_updates_dir(kver: str) -> str:
+    return f"usr/lib/modules/{kver}/bpf/weak-updates"
+
+
+def is_linked(root: Path, kver: str, program: InstalledProgram) -> bool:
+    """Whether K's weak-updates link for the program's link name points at this object."""
+    link = root / weak_updates_dir(kver) / program.link_name
+    if not link.is_symlink():
+        return False
+    target = resolve_in_root(root, f"{weak_updates_dir(kver)}/{program.link_name}")
+    return target is not None and target == resolve_in_root(root, program.path)
+
+
+def evaluate(loaded: LoadedProgram, facts: KernelFacts) -> Result:
+    if loaded.obj is None or loaded.error is not None:
+        return malformed(loaded.error or "unreadable")
+    native = loaded.program.native_kernel == facts.kver
+    return check_object(loaded.obj, loaded.greylist, facts, native=native)
+
+
+def settings(root: Path) -> Config:
+    """The configuration; a broken one is reported and the defaults are used, so that a typo
+    never stops a kernel installation."""
+    try:
+        return load_config(root)
+    except WeakBpfError as e:
+        log.warning("%s", e)
+        if e.hint:
+            log.warning("hint: %s", e.hint)
+        return Config()
+
+
+def _artifacts(root: Path, kver: str, config: Config) -> kernel.KernelArtifacts:
+    """K's artifacts, with the kABI stablelist the configuration names for K, if any."""
+    artifacts = kernel.find_kernel(root, kver)
+    override = config.kabi_override(kver)
+    if override is not None:
+        path = resolve_in_root(root, override) or root / override
+        artifacts = dataclasses.replace(artifacts, kabi_list=path)
+    return artifacts
+
+
+def kernel_facts(
+    root: Path, kvers: Sequence[str] = (), *, cache: bool = True, config: Config | None = None
+) -> list[KernelFacts]:
+    """Facts of the given (default: every installed kernel, and the running one) kernels,
+    oldest first."""
+    store = Cache(root, writable=cache)
+    config = config or settings(root)
+    wanted = list(kvers) or list(kernel.judged_kernels(root))
+    return [load_kernel_facts(_artifacts(root, k, config), store) for k in wanted]
+
+
+RESULTS_VERSION = "1"
+
+
+def _kernel_key(facts: KernelFacts) -> str:
+    """What a kernel's results depend on: every artifact read, and this tool's version."""
+    a = facts.artifacts
+    files = [a.btf, a.symvers, a.system_map, a.config, a.kabi_list, a.root / "proc/kallsyms"]
+    files += list(a.symbol_files) + list(a.modules)
+    return content_key(RESULTS_VERSION, __version__, a.kver, stat_key([f for f in files if f]))
+
+
+def _program_key(root: Path, program: InstalledProgram) -> str:
+    """What a program's results depend on: its object and greylist, as read inside the root,
+    and the links leading to them."""
+    names = [program.path, f"{program.path}.greylist"]
+    files = [root / n for n in names]
+    files += [resolve_in_root(root, n) or root / f"{n}.absent" for n in names]
+    links = [os.readlink(f) if f.is_symlink() else "" for f in files[:2]]
+    return content_key(program.path, program.native_kernel or "", *links, stat_key(files))
+
+
+def audit(
+    root: Path,
+    kvers: Sequence[str] = (),
+    *,
+    programs: Sequence[str] = (),
+    cache: bool = True,
+    exclude: Collection[str] = (),
+    progress: Callable[[str], None] | None = None,
+    config: Config | None = None,
+) -> AuditReport:
+    """Every installed program (or those whose path matches one of `programs`, fnmatch
+    patterns) against every installed kernel and the running one (or the ones given).
+    `progress`, if given, hears a short line at each kernel and every few programs.
+
+    Results are kept in the cache, per kernel, under keys that change with any file they were
+    computed from, so a warm audit reads no object and no BTF at all."""
+    if not root.is_dir():
+        raise WeakBpfError(f"{root}: no such directory", hint="--root names an installed system")
+    store = Cache(root, writable=cache)
+    config = config or settings(root)  # read once: its errors are reported once
+    facts = []
+    for kver in list(kvers) or list(kernel.judged_kernels(root)):
+        if progress is not None:
+            progress(f"reading kernel {kver}...")
+        facts.extend(kernel_facts(root, [kver], cache=cache, config=config))
+    names = {f.kver: f"results-{_kernel_key(f)}.json" for f in facts}
+    tables = {kver: store.get_json(name) or {} for kver, name in names.items()}
+    changed: set[str] = set()
+    audits = []
+    selected = [
+        p for p in installed_programs(root) if _selected(p, programs) and p.path not in exclude
+    ]
+    if progress is not None:
+        progress(f"checking {len(selected)} programs...")
+    for done, program in enumerate(selected, 1):
+        key = _program_key(root, program)
+        entries = {kver: table.get(key) for kver, table in tables.items()}
+        try:
+            cached = {k: Result.from_json(e["result"]) for k, e in entries.items() if e}
+        except (KeyError, ValueError, TypeError):
+            cached = {}
+        build_kernel = next((e.get("build_kernel") for e in entries.values() if e), None)
+        greylist = None
+        if len(cached) < len(facts):
+            loaded = load_program(root, program)
+            greylist, build_kernel = loaded.greylist, loaded.build_kernel
+            for f in facts:
+                if f.kver not in cached:
+                    cached[f.kver] = evaluate(loaded, f)
+                    tables[f.kver][key] = {
+                        "build_kernel": build_kernel,
+                        "result": cached[f.kver].to_json(),
+                    }
+                    changed.add(f.kver)
+        results = {f.kver: (cached[f.kver], is_linked(root, f.kver, program)) for f in facts}
+        audits.append(ProgramAudit(program, build_kernel, results, greylist))
+        if progress is not None and done % 10 == 0:
+            progress(f"checked {done} of {len(selected)} programs")
+    for kver in changed:
+        store.put(names[kver], json.dumps(tables[kver]).encode())
+    return AuditReport(root, tuple(f.kver for f in facts), tuple(audits))
+
+
+def _selected(program: InstalledProgram, patterns: Sequence[str]) -> bool:
+    if not patterns:
+        return True
+    names = (program.path, program.link_name)
+    return any(fnmatch.fnmatch(name, pat) for pat in patterns for name in names)
+
+
+def explain(root: Path, path: Path, kvers: Sequence[str] = ()) -> ProgramAudit:
+    """Every check of one program (installed or not) on the given or all installed kernels."""
+    program = programs_mod.program_for_path(root, path)
+    if program is not None:
+        loaded = load_program(root, program)
+    else:
+        where = object_path(root, path)
+        if not where.is_file():
+            raise WeakBpfError(
+                f"{path}: no such BPF object",
+                hint="give an installed program as 'weak-bpf-progs audit' lists it "
+                "(usr/lib/bpf/<pkg>/<name>.bpf.o), or the path of a .bpf.o file",
+            )
+        loaded = programs_mod.loose_program(where)
+    facts = kernel_facts(root, kvers)
+    results = {
+        f.kver: (evaluate(loaded, f), program is not None and is_linked(root, f.kver, program))
+        for f in facts
+    }
+    return ProgramAudit(loaded.program, loaded.build_kernel, results, loaded.greylist)
