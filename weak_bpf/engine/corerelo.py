@@ -16,6 +16,8 @@ Outcomes: `resolved` (with a value; existence kinds and type-based kinds give 0 
 matches), `poisoned` (nothing matches: libbpf replaces the instruction with an invalid call, fatal
 only if the verifier reaches it), `ambiguous` and `error` (libbpf refuses the whole object).
 
+Steps 2 and 3 are in `corespec.py`; this module finds the candidates and computes the values.
+
 libbpf prunes a local type's candidate list to the ones that matched, relocation after
 relocation; `CoreResolver` keeps that state per object, so resolve relocations in .BTF.ext order.
 """
@@ -27,62 +29,31 @@ import weakref
 from collections.abc import Sequence
 from typing import Protocol
 
-from weak_bpf.engine.btfcompat import essential_name, types_are_compat
+from weak_bpf.engine.btfcompat import essential_name
+from weak_bpf.engine.corespec import (
+    BTF_ENUMS,
+    ENUMVAL_KINDS,
+    FIELD_KINDS,
+    INT_SIGNED,
+    KIND_NAMES,
+    KIND_STR,
+    TYPE_KINDS,
+    Accessor,
+    LoadRefused,
+    Spec,
+    kinds_compat,
+    match_spec,
+    parse_spec,
+    type_size,
+    types_match,
+)
 from weak_bpf.errors import BTFError
-from weak_bpf.parsers.btf import BTF, Kind, Type
+from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.btfext import CoreReloKind
 
-SPEC_MAX_LEN = 64  # libbpf's BPF_CORE_SPEC_MAX_LEN
-_MAX_DEPTH = 32  # recursion limit of the compatibility checks
-_INT_SIGNED = 1
 POISON_IMM = 0xBAD2310  # the imm of libbpf's poisoned call ("bad relo")
 
-FIELD_KINDS = frozenset(range(0, 6))
-TYPE_KINDS = frozenset({6, 7, 8, 9, 12})
-ENUMVAL_KINDS = frozenset({10, 11})
 EXISTENCE_KINDS = frozenset({2, 8, 10, 12})  # resolve to 0 when nothing matches
-
-KIND_NAMES = {
-    0: "byte_off",
-    1: "byte_sz",
-    2: "field_exists",
-    3: "signed",
-    4: "lshift_u64",
-    5: "rshift_u64",
-    6: "local_type_id",
-    7: "target_type_id",
-    8: "type_exists",
-    9: "type_size",
-    10: "enumval_exists",
-    11: "enumval_value",
-    12: "type_matches",
-}
-
-_KIND_STR = {
-    Kind.UNKN: "void",
-    Kind.INT: "int",
-    Kind.PTR: "ptr",
-    Kind.ARRAY: "array",
-    Kind.STRUCT: "struct",
-    Kind.UNION: "union",
-    Kind.ENUM: "enum",
-    Kind.FWD: "fwd",
-    Kind.TYPEDEF: "typedef",
-    Kind.VOLATILE: "volatile",
-    Kind.CONST: "const",
-    Kind.RESTRICT: "restrict",
-    Kind.FUNC: "func",
-    Kind.FUNC_PROTO: "func_proto",
-    Kind.VAR: "var",
-    Kind.DATASEC: "datasec",
-    Kind.FLOAT: "float",
-    Kind.DECL_TAG: "decl_tag",
-    Kind.TYPE_TAG: "type_tag",
-    Kind.ENUM64: "enum64",
-}
-
-_ENUMS = (Kind.ENUM, Kind.ENUM64)
-_COMPOSITES = (Kind.STRUCT, Kind.UNION)
 
 
 class ReloLike(Protocol):
@@ -96,346 +67,16 @@ class ReloLike(Protocol):
     def access(self) -> str: ...
 
 
-class _Fail(Exception):
-    """libbpf returns a negative error: the object does not load."""
-
-
 # --- names -----------------------------------------------------------------------------------
-
-
-def _names_match(local: str, target: str) -> bool:
-    if not target:
-        return not local
-    return essential_name(local) == essential_name(target)
-
-
-def _kind_compat(a: Kind, b: Kind) -> bool:
-    return a == b or (a in _ENUMS and b in _ENUMS)
 
 
 # --- specs -----------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Accessor:
-    type_id: int  # the composite (named access) or element type (index access), mods skipped
-    idx: int
-    name: str | None  # member or enumerator name; None for an index access
-
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    """A parsed access: high-level accessors, the raw access indexes and the bit offset."""
-
-    btf: BTF
-    root_type_id: int
-    kind: int
-    accessors: tuple[Accessor, ...]
-    raw: tuple[int, ...]
-    bit_offset: int
-
-    def format(self) -> str:
-        """As libbpf's bpf_core_format_spec prints it, e.g.
-        `<byte_off> [7] struct task_struct.__state (0:1 @ offset 24)`."""
-        return f"<{KIND_NAMES.get(self.kind, 'unknown')}> {self.describe(with_id=True)}"
-
-    def describe(self, *, with_id: bool = True, with_offset: bool = True) -> str:
-        root = self.btf.type(self.root_type_id)
-        text = f"{_KIND_STR.get(root.kind, 'unknown')} {root.name or '<anon>'}"
-        if with_id:
-            text = f"[{self.root_type_id}] {text}"
-        if self.kind in TYPE_KINDS:
-            return text
-        if self.kind in ENUMVAL_KINDS:
-            enum = self.btf.type(self.btf.resolve(self.root_type_id))
-            value = enum.values[self.raw[0]]
-            return f"{text}::{value.name} = {value.value}"
-        for i, acc in enumerate(self.accessors):
-            if acc.name is not None:
-                text += f".{acc.name}"
-            elif i > 0 or acc.idx > 0:
-                text += f"[{acc.idx}]"
-        raw = ":".join(str(i) for i in self.raw)
-        if not with_offset:
-            return f"{text} ({raw})"
-        byte, bit = divmod(self.bit_offset, 8)
-        at = f"{byte}.{bit}" if bit else f"{byte}"
-        return f"{text} ({raw} @ offset {at})"
-
-
-def _size(btf: BTF, type_id: int) -> int:
-    try:
-        return btf.type_size(type_id)
-    except BTFError as err:
-        raise _Fail(f"cannot size type [{type_id}]: {err.message}") from None
-
-
-def _is_flex_array(btf: BTF, prev: Accessor, array: Type) -> bool:
-    """A zero-length array that is the last member of its struct."""
-    if prev.name is None or array.nelems > 0:
-        return False
-    return prev.idx == btf.type(prev.type_id).vlen - 1
-
-
-def parse_spec(btf: BTF, type_id: int, access: str, kind: int) -> Spec:
-    """The local spec of a relocation (bpf_core_parse_spec). Raises _Fail where libbpf fails."""
-    if not access or access.startswith(":"):
-        raise _Fail(f"bad access string {access!r}")
-    if kind in TYPE_KINDS:
-        if access != "0":
-            raise _Fail(f"type relocation with access string {access!r}")
-        return Spec(btf, type_id, kind, (), (), 0)
-    try:
-        raw = tuple(int(part) for part in access.split(":"))
-    except ValueError:
-        raise _Fail(f"bad access string {access!r}") from None
-    if any(i < 0 for i in raw):
-        raise _Fail(f"negative index in access string {access!r}")
-    if len(raw) > SPEC_MAX_LEN:
-        raise _Fail("access string too long")
-    tid = btf.resolve(type_id)
-    t = btf.type(tid)
-    if kind in ENUMVAL_KINDS:
-        if t.kind not in _ENUMS or len(raw) > 1 or raw[0] >= t.vlen:
-            raise _Fail(f"enum value relocation {access!r} on {_KIND_STR.get(t.kind)} [{tid}]")
-        return Spec(btf, type_id, kind, (Accessor(tid, raw[0], t.values[raw[0]].name),), raw, 0)
-    if kind not in FIELD_KINDS:
-        raise _Fail(f"unknown relocation kind {kind}")
-    accs = [Accessor(tid, raw[0], None)]
-    bit_offset = raw[0] * _size(btf, tid) * 8
-    for idx in raw[1:]:
-        tid = btf.resolve(tid)
-        t = btf.type(tid)
-        if t.kind in _COMPOSITES:
-            if idx >= t.vlen:
-                raise _Fail(f"member #{idx} of [{tid}] does not exist")
-            member = t.members[idx]
-            bit_offset += member.bit_offset
-            if member.name:
-                accs.append(Accessor(tid, idx, member.name))
-            tid = member.type
-        elif t.kind == Kind.ARRAY:
-            tid = btf.resolve(t.elem_type)
-            if not _is_flex_array(btf, accs[-1], t) and idx >= t.nelems:
-                raise _Fail(f"index {idx} out of bounds of array [{t.id}]")
-            accs.append(Accessor(tid, idx, None))
-            bit_offset += idx * _size(btf, tid) * 8
-        else:
-            raise _Fail(f"access {access!r} reaches type [{tid}] of kind {t.kind.name}")
-    return Spec(btf, type_id, kind, tuple(accs), raw, bit_offset)
-
-
 # --- compatibility ---------------------------------------------------------------------------
 
 
-def _fields_are_compat(local: BTF, local_id: int, target: BTF, targ_id: int) -> bool:
-    while True:
-        lt = local.type(local.resolve(local_id))
-        tt = target.type(target.resolve(targ_id))
-        if lt.kind in _COMPOSITES and tt.kind in _COMPOSITES:
-            return True
-        if not _kind_compat(lt.kind, tt.kind):
-            return False
-        if lt.kind in (Kind.PTR, Kind.FLOAT):
-            return True
-        if lt.kind in (Kind.FWD, Kind.ENUM, Kind.ENUM64):
-            ln, tn = essential_name(lt.name), essential_name(tt.name)
-            return not ln or not tn or ln == tn
-        if lt.kind == Kind.INT:
-            return lt.int_offset == 0 and tt.int_offset == 0
-        if lt.kind != Kind.ARRAY:
-            return False
-        local_id, targ_id = lt.elem_type, tt.elem_type
-
-
-def _enums_match(local: BTF, lt: Type, target: BTF, tt: Type) -> int:
-    if lt.size != tt.size or lt.vlen > tt.vlen:
-        return 0
-    for value in lt.values:
-        if not any(_names_match(value.name, tv.name) for tv in tt.values):
-            return 0
-    return 1
-
-
-def types_match(
-    local: BTF,
-    local_id: int,
-    target: BTF,
-    targ_id: int,
-    *,
-    behind_ptr: bool = False,
-    level: int = 32,
-) -> int:
-    """bpf_core_types_match (TYPE_MATCHES): 1 match, 0 not, <0 error (too deep)."""
-    if level <= 0:
-        return -1
-    for _ in range(_MAX_DEPTH):
-        lt = local.type(local.resolve(local_id))
-        tt = target.type(target.resolve(targ_id))
-        if not _names_match(lt.name, tt.name):
-            return 0
-        lk, tk = lt.kind, tt.kind
-        if lk == Kind.UNKN:
-            return int(lk == tk)
-        if lk == Kind.FWD:
-            if behind_ptr and lk != tk:
-                return int(
-                    (tk == Kind.STRUCT and not lt.kind_flag) or (tk == Kind.UNION and lt.kind_flag)
-                )
-            return int(lk == tk and lt.kind_flag == tt.kind_flag)
-        if lk in _ENUMS:
-            return _enums_match(local, lt, target, tt) if tk in _ENUMS else 0
-        if lk in _COMPOSITES:
-            if behind_ptr:
-                if lk == tk:
-                    return 1
-                return int(tk == Kind.FWD and (lk == Kind.UNION) == tt.kind_flag)
-            if lk != tk:
-                return 0
-            return _composites_match(local, lt, target, tt, behind_ptr=behind_ptr, level=level)
-        if lk == Kind.INT:
-            return int(
-                lk == tk
-                and lt.size == tt.size
-                and (lt.int_encoding & _INT_SIGNED) == (tt.int_encoding & _INT_SIGNED)
-            )
-        if lk != tk:
-            return 0
-        if lk == Kind.PTR:
-            behind_ptr = True
-            local_id, targ_id = lt.type, tt.type
-        elif lk == Kind.ARRAY:
-            if lt.nelems != tt.nelems:
-                return 0
-            local_id, targ_id = lt.elem_type, tt.elem_type
-        elif lk == Kind.FUNC_PROTO:
-            if lt.vlen != tt.vlen:
-                return 0
-            for lp, tp in zip(lt.params, tt.params):
-                res = types_match(
-                    local, lp.type, target, tp.type, behind_ptr=behind_ptr, level=level - 1
-                )
-                if res <= 0:
-                    return res
-            local_id, targ_id = lt.type, tt.type
-        else:
-            return 0
-    return -1
-
-
-def _composites_match(
-    local: BTF, lt: Type, target: BTF, tt: Type, *, behind_ptr: bool, level: int
-) -> int:
-    if lt.vlen > tt.vlen:
-        return 0
-    for lm in lt.members:
-        for tm in tt.members:
-            if not _names_match(lm.name, tm.name):
-                continue
-            res = types_match(
-                local, lm.type, target, tm.type, behind_ptr=behind_ptr, level=level - 1
-            )
-            if res < 0:
-                return res
-            if res > 0:
-                break
-        else:
-            return 0
-    return 1
-
-
 # --- matching a candidate --------------------------------------------------------------------
-
-
-class _TargetSpec:
-    """A target spec under construction (mutable, as libbpf's speculative matching needs)."""
-
-    def __init__(self, btf: BTF, root: int, kind: int) -> None:
-        self.btf, self.root, self.kind = btf, root, kind
-        self.accs: list[Accessor] = []
-        self.raw: list[int] = []
-        self.bit_offset = 0
-
-    def freeze(self) -> Spec:
-        return Spec(
-            self.btf, self.root, self.kind, tuple(self.accs), tuple(self.raw), self.bit_offset
-        )
-
-
-def _match_member(
-    local: BTF, local_acc: Accessor, target: BTF, targ_id: int, spec: _TargetSpec
-) -> tuple[bool, int]:
-    """Find the local accessor's member in target composite `targ_id`, descending into
-    anonymous members. Returns (found, the member's type id)."""
-    targ_id = target.resolve(targ_id)
-    tt = target.type(targ_id)
-    if tt.kind not in _COMPOSITES:
-        return False, 0
-    local_member = local.type(local_acc.type_id).members[local_acc.idx]
-    for i, member in enumerate(tt.members):
-        if len(spec.raw) >= SPEC_MAX_LEN:
-            raise _Fail("struct/union/array nesting too deep")
-        spec.bit_offset += member.bit_offset
-        spec.raw.append(i)
-        if not member.name:
-            found, next_id = _match_member(local, local_acc, target, member.type, spec)
-            if found:
-                return True, next_id
-        elif member.name == local_member.name:
-            if not _fields_are_compat(local, local_member.type, target, member.type):
-                return False, 0
-            spec.accs.append(Accessor(targ_id, i, member.name))
-            return True, member.type
-        spec.bit_offset -= member.bit_offset
-        spec.raw.pop()
-    return False, 0
-
-
-def match_spec(local_spec: Spec, target: BTF, targ_id: int) -> Spec | None:
-    """bpf_core_spec_match: the target spec if candidate `targ_id` matches, else None."""
-    kind = local_spec.kind
-    spec = _TargetSpec(target, targ_id, kind)
-    if kind in TYPE_KINDS:
-        if kind == CoreReloKind.TYPE_MATCHES:
-            res = types_match(local_spec.btf, local_spec.root_type_id, target, targ_id)
-        else:
-            res = types_are_compat(local_spec.btf, local_spec.root_type_id, target, targ_id)
-        if res < 0:
-            raise _Fail(f"type [{targ_id}] nests too deep to compare")
-        return spec.freeze() if res else None
-    if kind in ENUMVAL_KINDS:
-        targ_id = target.resolve(targ_id)
-        tt = target.type(targ_id)
-        if tt.kind not in _ENUMS:
-            return None
-        wanted = essential_name(local_spec.accessors[0].name or "")
-        for i, value in enumerate(tt.values):
-            if essential_name(value.name) == wanted:
-                spec.accs.append(Accessor(targ_id, i, value.name))
-                spec.raw.append(i)
-                return spec.freeze()
-        return None
-    for i, local_acc in enumerate(local_spec.accessors):
-        targ_id = target.resolve(targ_id)
-        tt = target.type(targ_id)
-        if local_acc.name is not None:
-            found, targ_id = _match_member(local_spec.btf, local_acc, target, targ_id, spec)
-            if not found:
-                return None
-            continue
-        if i > 0:
-            if tt.kind != Kind.ARRAY:
-                return None
-            flex = _is_flex_array(target, spec.accs[-1], tt)
-            if not flex and local_acc.idx >= tt.nelems:
-                return None
-            targ_id = target.resolve(tt.elem_type)
-        if len(spec.raw) >= SPEC_MAX_LEN:
-            raise _Fail("struct/union/array nesting too deep")
-        spec.accs.append(Accessor(targ_id, local_acc.idx, None))
-        spec.raw.append(local_acc.idx)
-        spec.bit_offset += local_acc.idx * _size(target, targ_id) * 8
-    return spec.freeze()
 
 
 # --- values ----------------------------------------------------------------------------------
@@ -452,7 +93,7 @@ def _elem_size(btf: BTF, type_id: int) -> int:
     tid = btf.resolve(type_id)
     while btf.kind(tid) == Kind.ARRAY:
         tid = btf.resolve(btf.type(tid).elem_type)
-    return _size(btf, tid)
+    return type_size(btf, tid)
 
 
 def _field_value(kind: int, spec: Spec, big_endian: bool) -> _Value:
@@ -462,8 +103,8 @@ def _field_value(kind: int, spec: Spec, big_endian: bool) -> _Value:
         if kind == CoreReloKind.FIELD_BYTE_OFFSET:
             return _Value(spec.bit_offset // 8, _elem_size(btf, acc.type_id), acc.type_id)
         if kind == CoreReloKind.FIELD_BYTE_SIZE:
-            return _Value(_size(btf, acc.type_id))
-        raise _Fail(f"{KIND_NAMES[kind]} cannot apply to an array element")
+            return _Value(type_size(btf, acc.type_id))
+        raise LoadRefused(f"{KIND_NAMES[kind]} cannot apply to an array element")
     member = btf.type(acc.type_id).members[acc.idx]
     field_id = btf.resolve(member.type)
     field = btf.type(field_id)
@@ -474,11 +115,11 @@ def _field_value(kind: int, spec: Spec, big_endian: bool) -> _Value:
         byte_off = bit_off // 8 // byte_sz * byte_sz
         while bit_off + bit_sz - byte_off * 8 > byte_sz * 8:
             if byte_sz >= 8:
-                raise _Fail("bitfield cannot be read with one 64-bit load")
+                raise LoadRefused("bitfield cannot be read with one 64-bit load")
             byte_sz *= 2
             byte_off = bit_off // 8 // byte_sz * byte_sz
     else:
-        byte_sz = _size(btf, field_id)
+        byte_sz = type_size(btf, field_id)
         byte_off = bit_off // 8
         bit_sz = byte_sz * 8
     if kind == CoreReloKind.FIELD_BYTE_OFFSET:
@@ -488,8 +129,8 @@ def _field_value(kind: int, spec: Spec, big_endian: bool) -> _Value:
     if kind == CoreReloKind.FIELD_BYTE_SIZE:
         return _Value(byte_sz)
     if kind == CoreReloKind.FIELD_SIGNED:
-        signed = (field.kind in _ENUMS and field.kind_flag) or (
-            field.kind == Kind.INT and bool(field.int_encoding & _INT_SIGNED)
+        signed = (field.kind in BTF_ENUMS and field.kind_flag) or (
+            field.kind == Kind.INT and bool(field.int_encoding & INT_SIGNED)
         )
         return _Value(int(signed))
     if kind == CoreReloKind.FIELD_LSHIFT_U64:
@@ -498,7 +139,7 @@ def _field_value(kind: int, spec: Spec, big_endian: bool) -> _Value:
         return _Value(64 - (bit_off + bit_sz - byte_off * 8))
     if kind == CoreReloKind.FIELD_RSHIFT_U64:
         return _Value(64 - bit_sz)
-    raise _Fail(f"unsupported field relocation kind {kind}")
+    raise LoadRefused(f"unsupported field relocation kind {kind}")
 
 
 def _value(kind: int, spec: Spec | None, big_endian: bool) -> _Value | None:
@@ -513,8 +154,8 @@ def _value(kind: int, spec: Spec | None, big_endian: bool) -> _Value | None:
         if kind in (CoreReloKind.TYPE_EXISTS, CoreReloKind.TYPE_MATCHES):
             return _Value(1)
         if kind == CoreReloKind.TYPE_SIZE:
-            return _Value(_size(spec.btf, spec.root_type_id))
-        raise _Fail(f"unsupported type relocation kind {kind}")
+            return _Value(type_size(spec.btf, spec.root_type_id))
+        raise LoadRefused(f"unsupported type relocation kind {kind}")
     if spec is None:
         return None
     if kind == CoreReloKind.ENUMVAL_VALUE:
@@ -537,7 +178,7 @@ def _size_change_fails(local: Spec, orig: _Value, target: Spec, new: _Value) -> 
     if lt.kind == Kind.PTR and tt.kind == Kind.PTR:
         return False
     if lt.kind == Kind.INT and tt.kind == Kind.INT:
-        return _INT_SIGNED in (lt.int_encoding, tt.int_encoding)
+        return INT_SIGNED in (lt.int_encoding, tt.int_encoding)
     return True
 
 
@@ -641,13 +282,13 @@ class TargetIndex:
         ids: set[int] = set()
         for name in names:
             for tid in btf.find(name):
-                if tid >= own_start and _kind_compat(btf.kind(tid), kind):
+                if tid >= own_start and kinds_compat(btf.kind(tid), kind):
                     ids.add(tid)
         return [Candidate(btf, tid, btf_name) for tid in sorted(ids)]
 
     def candidates(self, local_name: str, local_kind: Kind) -> tuple[Candidate, ...]:
         essential = essential_name(local_name)
-        family = Kind.ENUM if local_kind in _ENUMS else local_kind
+        family = Kind.ENUM if local_kind in BTF_ENUMS else local_kind
         key = (essential, int(family))
         found = self._cache.get(key)
         if found is None:
@@ -684,7 +325,7 @@ class CoreResolver:
     def resolve(self, kind: int, type_id: int, access: str) -> CoreResult:
         try:
             return self._resolve(int(kind), type_id, access)
-        except _Fail as err:
+        except LoadRefused as err:
             return self._failed(int(kind), type_id, access, "error", str(err))
         except BTFError as err:
             return self._failed(int(kind), type_id, access, "error", f"bad BTF: {err.message}")
@@ -700,9 +341,9 @@ class CoreResolver:
     def _resolve(self, kind: int, type_id: int, access: str) -> CoreResult:
         local = self.local
         if kind not in KIND_NAMES:
-            raise _Fail(f"unknown CO-RE relocation kind {kind}")
+            raise LoadRefused(f"unknown CO-RE relocation kind {kind}")
         if not 0 < type_id < local.nr_types:
-            raise _Fail(f"local type id {type_id} is out of range")
+            raise LoadRefused(f"local type id {type_id} is out of range")
         local_spec = parse_spec(local, type_id, access, kind)
         name = _short_name(local, type_id, access, kind, local_spec)
         local_text = local_spec.format()
@@ -713,7 +354,7 @@ class CoreResolver:
             )
         local_type = local.type(type_id)
         if not local_type.name:
-            raise _Fail("CO-RE relocations on anonymous types are not supported")
+            raise LoadRefused("CO-RE relocations on anonymous types are not supported")
         cands = self._cands.get(type_id)
         if cands is None:
             cands = self.target.candidates(local_type.name, local_type.kind)
@@ -777,7 +418,7 @@ class CoreResolver:
         self._cands[type_id] = cands
         new = _value(kind, None, big_endian)
         why = (
-            f"no candidate for {_KIND_STR.get(local_type.kind)} {essential_name(local_type.name)}"
+            f"no candidate for {KIND_STR.get(local_type.kind)} {essential_name(local_type.name)}"
             if not cands
             else f"no matching field in {len(cands)} candidate(s)"
             if kind in FIELD_KINDS
