@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from weak_bpf.errors import BTFError, ELFError
-from weak_bpf.parsers.bpfobject import BpfObject, ExternKind, read_bpf_object
+from weak_bpf.parsers.bpfobject import read_bpf_object
 from weak_bpf.parsers.btfext import CoreReloKind, parse_btf_ext
 from weak_bpf.parsers.insn import (
     Insn,
@@ -26,6 +26,7 @@ from weak_bpf.parsers.insn import (
     jump_target,
     ld_imm64_value,
 )
+from weak_bpf.parsers.objvalues import BpfObject, ExternKind
 from weak_bpf.parsers.sections import AttachType, ProgType, TargetKind, section_info
 
 from conftest import require_tool

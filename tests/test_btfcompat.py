@@ -16,8 +16,9 @@ import pytest
 from weak_bpf.engine.btfcompat import Compat, describe, essential_name, func_protos_compatible
 from weak_bpf.engine.signature import format_crc, signature_crc, signature_text
 from weak_bpf.kernel.load import load_kernel_object
-from weak_bpf.parsers.bpfobject import BpfObject, read_bpf_object
+from weak_bpf.parsers.bpfobject import read_bpf_object
 from weak_bpf.parsers.btf import BTF, Kind
+from weak_bpf.parsers.objvalues import BpfObject
 
 import bpfbuild
 from bpfprogs import PROGS_DIR, vmlinux_of

@@ -9,10 +9,11 @@ import pytest
 
 from weak_bpf.engine.checks import check_object
 from weak_bpf.model import KernelFacts, Outcome, ReasonCode, Verdict
-from weak_bpf.parsers.bpfobject import BpfObject, read_bpf_object
+from weak_bpf.parsers.bpfobject import read_bpf_object
 from weak_bpf.parsers.btf import Kind
 from weak_bpf.parsers.greylist import parse_greylist
 from weak_bpf.parsers.kabi import parse_kabi_list
+from weak_bpf.parsers.objvalues import BpfObject
 from weak_bpf.parsers.symvers import parse_symvers
 
 from btfbuilder import Builder

@@ -26,9 +26,10 @@ from weak_bpf.engine.corerelo import (
     essential_name,
     resolve_all,
 )
-from weak_bpf.parsers.bpfobject import BpfObject, read_bpf_object
+from weak_bpf.parsers.bpfobject import read_bpf_object
 from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.btfext import CoreReloKind
+from weak_bpf.parsers.objvalues import BpfObject
 
 import bpfbuild
 from conftest import REPO, require, require_root, require_tool

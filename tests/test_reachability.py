@@ -19,15 +19,10 @@ from weak_bpf.engine.reachability import (
     poisoned_reachable,
     reachability,
 )
-from weak_bpf.parsers.bpfobject import (
-    BpfObject,
-    CoreReloSite,
-    Function,
-    SubprogCall,
-    read_bpf_object,
-)
+from weak_bpf.parsers.bpfobject import read_bpf_object
 from weak_bpf.parsers.btfext import CoreReloKind
 from weak_bpf.parsers.insn import Insn, JmpOp, decode
+from weak_bpf.parsers.objvalues import BpfObject, CoreReloSite, Function, SubprogCall
 from weak_bpf.parsers.sections import section_info
 
 from bpfprogs import bpf_compiler, old_progs, old_vmlinux  # noqa: F401

@@ -64,7 +64,7 @@ def _ruff() -> str:
     return found
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _modules() -> dict[str, ast.Module]:
     modules = {}
     for path in sorted(PACKAGE.rglob("*.py")):

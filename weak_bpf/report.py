@@ -9,8 +9,8 @@ from itertools import zip_longest
 from weak_bpf.kernel.find import BtfSourceKind
 from weak_bpf.model import Area, Outcome, ReasonCode, Result, Verdict
 from weak_bpf.ops import AuditReport, KernelSummary, ProgramAudit
-from weak_bpf.parsers.bpfobject import BpfObject, Extern, ExternKind, Function
 from weak_bpf.parsers.btfext import CoreReloKind
+from weak_bpf.parsers.objvalues import BpfObject, Extern, ExternKind, Function
 
 _BTF_SOURCE = {
     BtfSourceKind.SYSFS: "the running kernel",

@@ -20,8 +20,8 @@ import dataclasses
 from collections.abc import Collection, Mapping
 from typing import Optional, Union
 
-from weak_bpf.parsers.bpfobject import Function
 from weak_bpf.parsers.insn import Insn, InsnClass, jump_target
+from weak_bpf.parsers.objvalues import Function
 
 _MOV = 0xB0
 _ADD = 0x00

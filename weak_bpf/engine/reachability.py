@@ -15,7 +15,6 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Union
 
-from weak_bpf.parsers.bpfobject import BpfObject, Function
 from weak_bpf.parsers.insn import (
     Insn,
     InsnClass,
@@ -25,6 +24,7 @@ from weak_bpf.parsers.insn import (
     jump_target,
     ld_imm64_value,
 )
+from weak_bpf.parsers.objvalues import BpfObject, Function
 
 NONZERO = "nonzero"  # a known value: non-zero, exact value unknown (a present ksym's address)
 

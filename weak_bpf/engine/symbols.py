@@ -11,8 +11,8 @@ from __future__ import annotations
 from weak_bpf.engine.btfcompat import essential_name
 from weak_bpf.engine.signature import signature_crc
 from weak_bpf.model import KernelFacts
-from weak_bpf.parsers.bpfobject import BpfObject, ExternKind
 from weak_bpf.parsers.btf import BTF, Kind
+from weak_bpf.parsers.objvalues import BpfObject, ExternKind
 from weak_bpf.parsers.symvers import ExportType, SymvEntry
 
 _KF_ACQUIRE = 1 << 0

@@ -16,8 +16,9 @@ from pathlib import Path
 from weak_bpf.errors import ParseError
 from weak_bpf.kernel import load as kernel_data
 from weak_bpf.kernel.find import module_dirs, resolve_in_root
-from weak_bpf.parsers.bpfobject import BpfObject, read_bpf_object
+from weak_bpf.parsers.bpfobject import read_bpf_object
 from weak_bpf.parsers.greylist import Greylist, parse_greylist
+from weak_bpf.parsers.objvalues import BpfObject
 from weak_bpf.versions import kernel_sort_key
 
 SUFFIX = ".bpf.o"

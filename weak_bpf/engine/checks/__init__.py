@@ -29,8 +29,8 @@ from weak_bpf.model import (
     Verdict,
     verdict_of,
 )
-from weak_bpf.parsers.bpfobject import BpfObject
 from weak_bpf.parsers.greylist import Greylist
+from weak_bpf.parsers.objvalues import BpfObject
 
 __all__ = ["check_object", "malformed"]
 

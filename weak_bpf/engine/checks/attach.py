@@ -10,8 +10,8 @@ from weak_bpf.engine.corerelo import FIELD_KINDS
 from weak_bpf.engine.ctxaccess import context_use
 from weak_bpf.engine.reachability import Slot, reachability
 from weak_bpf.model import Area, Check, Outcome, ReasonCode
-from weak_bpf.parsers.bpfobject import Function
 from weak_bpf.parsers.btf import BTF, Kind, Param, Type
+from weak_bpf.parsers.objvalues import Function
 from weak_bpf.parsers.sections import AttachType, TargetKind
 
 

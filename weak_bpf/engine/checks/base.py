@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from weak_bpf.engine.reachability import KnownValue, Slot
 from weak_bpf.model import Area, Check, KernelFacts, Outcome, ReasonCode
-from weak_bpf.parsers.bpfobject import BpfObject, Extern, Function
 from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.greylist import Greylist
 from weak_bpf.parsers.insn import InsnClass
+from weak_bpf.parsers.objvalues import BpfObject, Extern, Function
 
 MAX_KFUNC_ARGS = 5  # MAX_BPF_FUNC_REG_ARGS
 UNDECIDED = "undecided"  # a marker: the kernel's data cannot tell

@@ -9,8 +9,8 @@ from weak_bpf.engine.btfcompat import essential_name, func_protos_compatible
 from weak_bpf.engine.checks.base import MAX_KFUNC_ARGS, UNDECIDED, CheckerBase
 from weak_bpf.engine.reachability import NONZERO
 from weak_bpf.model import Area, Check, Outcome, ReasonCode
-from weak_bpf.parsers.bpfobject import Extern, ExternKind
 from weak_bpf.parsers.btf import BTF
+from weak_bpf.parsers.objvalues import Extern, ExternKind
 
 
 class KfuncChecks(CheckerBase):

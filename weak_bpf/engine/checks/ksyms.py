@@ -8,8 +8,8 @@ from weak_bpf.engine.btfcompat import types_are_compat
 from weak_bpf.engine.checks.base import TEXT_SYMBOL_TYPES, CheckerBase
 from weak_bpf.engine.reachability import NONZERO
 from weak_bpf.model import Area, Check, Outcome, ReasonCode
-from weak_bpf.parsers.bpfobject import Extern, ExternKind
 from weak_bpf.parsers.btf import Kind
+from weak_bpf.parsers.objvalues import Extern, ExternKind
 
 
 class KsymChecks(CheckerBase):

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from weak_bpf.engine.bpf_helpers import helper_name, is_gpl_only, license_is_gpl_compatible
 from weak_bpf.engine.checks.base import CheckerBase
 from weak_bpf.model import Area, Check, Outcome, ReasonCode
-from weak_bpf.parsers.bpfobject import ExternKind
+from weak_bpf.parsers.objvalues import ExternKind
 
 
 class LicenseChecks(CheckerBase):
