@@ -36,7 +36,7 @@ from weak_bpf.parsers.objvalues import (
     Relocation,
     SubprogCall,
     Symbol,
-    function_at,
+    function_containing,
 )
 from weak_bpf.parsers.sections import SectionInfo, section_info
 
@@ -463,7 +463,7 @@ class _Reader:
         out = []
         for relo in btf_ext.core_relos:
             index = relo.insn_index
-            func = function_at(programs + subprograms, relo.section, index)
+            func = function_containing(programs + subprograms, relo.section, index)
             out.append(
                 CoreReloSite(
                     kind=relo.kind,

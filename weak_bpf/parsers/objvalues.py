@@ -190,7 +190,7 @@ class BpfObject:
         raise KeyError(name)
 
     def function_at(self, section: str, insn_index: int) -> Function | None:
-        return function_at(self.programs + self.subprograms, section, insn_index)
+        return function_containing(self.programs + self.subprograms, section, insn_index)
 
     def reachable_functions(self, program: Function) -> tuple[Function, ...]:
         """The program and every subprogram it may call (call graph, not control flow)."""
@@ -206,7 +206,7 @@ class BpfObject:
         return tuple(seen)
 
 
-def function_at(functions: Iterable[Function], section: str, index: int) -> Function | None:
+def function_containing(functions: Iterable[Function], section: str, index: int) -> Function | None:
     for func in functions:
         if func.contains(section, index):
             return func
