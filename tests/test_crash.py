@@ -1,6 +1,6 @@
 """Kill -9 during add-kernel, at every filesystem step it takes: afterwards the kernel's link set
 is the old one or the new one, never a mix, and a rerun completes. The kill is injected with
-WEAK_BPF_FAULT_STEP=N (weak_bpf/actions.py): the process SIGKILLs itself at its Nth step."""
+WEAK_BPF_FAULT_STEP=N (weak_bpf/apply/writer.py): the process SIGKILLs itself at its Nth step."""
 
 from __future__ import annotations
 

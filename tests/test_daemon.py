@@ -41,7 +41,7 @@ ERROR = f"{INTERFACE}.Error."
 BROKEN = "usr/lib/bpf/broken/garbage.bpf.o"
 KERNELS = ["6.1.0-47-cloud-amd64", "6.1.0-56-cloud-amd64"]
 # What scripts/exampleroot.py installs, plus BROKEN: CO-RE programs by path, then the native
-# build for the older kernel (the order of weak_bpf.programs.installed_programs).
+# build for the older kernel (the order of weak_bpf.program.installed.installed_programs).
 PROGRAMS = [
     "usr/lib/bpf/acme-fs/buddy_load.bpf.o",
     "usr/lib/bpf/acme-net/tcp_retrans.bpf.o",

@@ -2,7 +2,7 @@
 
 Entries are named by a hash of what they were made from, so a stale entry is never used: it is
 simply not found. Reading never fails (a bad entry counts as absent); writing goes through
-weak_bpf.actions and is skipped in a dry run.
+weak_bpf.apply.writer and is skipped in a dry run.
 """
 
 from __future__ import annotations
