@@ -40,12 +40,12 @@ def _load_vmlinux_btf(
     cached, with its ids: unpacking costs seconds. Other forms are read in place."""
     assert artifacts.btf is not None
     source = str(artifacts.btf)
+    if artifacts.btf_source_kind is BtfSourceKind.SYSFS:  # raw BTF, compared with the image's
+        raw = kernel_data.read_file(artifacts.btf)
+        return BTF.from_bytes(raw, source=source), _image_btf_ids(artifacts, raw, cache)
     if artifacts.btf_source_kind is not BtfSourceKind.VMLINUZ:
         found = kernel_data.load_kernel_btf(artifacts.btf)
-        ids = found.btf_ids
-        if ids is None and artifacts.btf_source_kind is BtfSourceKind.SYSFS:
-            ids = _image_btf_ids(artifacts, found.btf.to_bytes(), cache)
-        return found.btf, ids
+        return found.btf, found.btf_ids
     key = file_key(artifacts.btf)
     btf_name, ids_name = f"btf-{key}.btf", f"btfids-{key}.json"
     cached, cached_ids = cache.get(btf_name), cache.get_json(ids_name)

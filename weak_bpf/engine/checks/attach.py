@@ -91,12 +91,13 @@ class AttachChecks(CheckerBase):
                 return result(True, f"is in {self.k.kver}'s symbols")
             if any(vmlinux.find(s, Kind.FUNC) for s in symbols):
                 return result(True, "is a function in the kernel's BTF")
-            # System.map lists vmlinux alone: a module's function is found in its BTF
-            in_module = next((f for f in map(self._find_func, symbols) if f and f[2]), None)
-            if in_module is not None:
-                self.modules.add(str(in_module[2]))
-                return result(True, f"is a function of module {in_module[2]} (must be loaded)")
             if system_map is not None:
+                # System.map lists vmlinux alone: a module's function is found in its BTF (the
+                # index of every module's functions is built once, on this first need)
+                in_module = next((f for f in map(self._find_func, symbols) if f and f[2]), None)
+                if in_module is not None:
+                    self.modules.add(str(in_module[2]))
+                    return result(True, f"is a function of module {in_module[2]} (must be loaded)")
                 return result(False, "")
             return self._missing_data(
                 Area.ATTACH,
