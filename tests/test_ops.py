@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -138,3 +139,40 @@ def test_a_damaged_cache_is_ignored(root: Path) -> None:
 def test_without_cache_nothing_is_written(root: Path) -> None:
     _doc(root, cache=False)
     assert not (root / CACHE_DIR).exists()
+
+
+def test_identical_objects_are_judged_once_per_kernel(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same object in three places (another package, another name) is checked once per
+    kernel; a copy with a greylist of its own is checked apart."""
+    audit_mod = importlib.import_module("weak_bpf.ops.audit")  # ops.audit is the function
+
+    source = root / "usr/lib/bpf/acme-trace/exec_state.bpf.o"
+    copies = ["vendor-a/exec_state.bpf.o", "vendor-b/exec_state.bpf.o", "vendor-b/other.bpf.o"]
+    for copy in copies:
+        (root / "usr/lib/bpf" / copy).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, root / "usr/lib/bpf" / copy)
+    greylisted = root / "usr/lib/bpf/vendor-c/exec_state.bpf.o"
+    greylisted.parent.mkdir()
+    shutil.copyfile(source, greylisted)
+    (root / "usr/lib/bpf/vendor-c/exec_state.bpf.o.greylist").write_text("# no symbols\n")
+    judged: list[str] = []
+    real = audit_mod.evaluate
+
+    def counting(loaded: Any, facts: Any) -> Any:
+        judged.append(loaded.program.path)
+        return real(loaded, facts)
+
+    monkeypatch.setattr(audit_mod, "evaluate", counting)
+    report = ops.audit(root, cache=False)
+    same = ["usr/lib/bpf/acme-trace/exec_state.bpf.o"] + [f"usr/lib/bpf/{c}" for c in copies]
+    kernels = len(report.kernels)
+    assert kernels == 2
+    assert sum(judged.count(p) for p in same) == kernels  # one of the four, once per kernel
+    assert judged.count("usr/lib/bpf/vendor-c/exec_state.bpf.o") == kernels
+    results = {p.program.path: p.results for p in report.programs}
+    for path in same:
+        assert {k: r[0] for k, r in results[path].items()} == {
+            k: r[0] for k, r in results[same[0]].items()
+        }

@@ -146,7 +146,8 @@ def audit(
     `progress`, if given, hears a short line at each kernel and every few programs.
 
     Results are kept in the cache, per kernel, under keys that change with any file they were
-    computed from, so a warm audit reads no object and no BTF at all."""
+    computed from, so a warm audit reads no object and no BTF at all. Identical objects (the same
+    bytes and greylist, under other paths or in other packages) are judged once per kernel."""
     if not root.is_dir():
         raise WeakBpfError(f"{root}: no such directory", hint="--root names an installed system")
     store = Cache(root, writable=cache)
@@ -159,6 +160,7 @@ def audit(
     names = {f.kver: f"results-{_kernel_key(f)}.json" for f in facts}
     tables = {kver: store.get_json(name) or {} for kver, name in names.items()}
     changed: set[str] = set()
+    shared: dict[tuple[str, str], Result] = {}  # (object digest, kver) -> result, in this run
     audits = []
     selected = [
         p for p in installed_programs(root) if _selected(p, programs) and p.path not in exclude
@@ -179,7 +181,13 @@ def audit(
             greylist, build_kernel = loaded.greylist, loaded.build_kernel
             for f in facts:
                 if f.kver not in cached:
-                    cached[f.kver] = evaluate(loaded, f)
+                    same = (loaded.digest, f.kver) if loaded.digest else None
+                    if same is not None and same in shared:
+                        cached[f.kver] = shared[same]  # an identical object was judged already
+                    else:
+                        cached[f.kver] = evaluate(loaded, f)
+                        if same is not None:
+                            shared[same] = cached[f.kver]
                     tables[f.kver][key] = {
                         "build_kernel": build_kernel,
                         "result": cached[f.kver].to_json(),

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,9 @@ class LoadedProgram:
     obj: BpfObject | None
     greylist: Greylist | None
     error: str | None = None  # set when the object or its greylist is malformed
+    # a hash of what its verdicts depend on (object and greylist bytes, the kernel it was built
+    # for): identical objects under other paths or packages share their results
+    digest: str | None = None
 
     @property
     def build_kernel(self) -> str | None:
@@ -114,6 +118,8 @@ def load_program(root: Path, program: InstalledProgram) -> LoadedProgram:
             raise ParseError(why, source=source)
         data = kernel_data.read_file(target, max_size=MAX_OBJECT_SIZE)
         obj = read_bpf_object(data, source)
+        digest = hashlib.sha256(data)
+        digest.update(b"\0" + (program.native_kernel or "").encode("utf-8", "surrogateescape"))
     except ParseError as e:
         return LoadedProgram(program, None, None, str(e.located(source)))
     greylist_source = sidecar_greylist(program.path)
@@ -127,6 +133,7 @@ def load_program(root: Path, program: InstalledProgram) -> LoadedProgram:
             )
         if sidecar is not None:
             raw = kernel_data.read_file(sidecar, max_size=MAX_GREYLIST_SIZE)
+            digest.update(b"\0greylist\0" + raw)
             greylist = parse_greylist(raw, greylist_source)
         elif obj.greylist is not None:
             greylist = parse_greylist(obj.greylist, f"{source} (.greylist section)")
@@ -134,7 +141,7 @@ def load_program(root: Path, program: InstalledProgram) -> LoadedProgram:
             greylist = None
     except ParseError as e:
         return LoadedProgram(program, obj, None, str(e))
-    return LoadedProgram(program, obj, greylist)
+    return LoadedProgram(program, obj, greylist, digest=digest.hexdigest())
 
 
 def loose_program(path: Path) -> LoadedProgram:
