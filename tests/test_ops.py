@@ -146,7 +146,7 @@ def test_identical_objects_are_judged_once_per_kernel(
 ) -> None:
     """The same object in three places (another package, another name) is checked once per
     kernel; a copy with a greylist of its own is checked apart."""
-    audit_mod = importlib.import_module("weak_bpf.ops.audit")  # ops.audit is the function
+    audit_mod = importlib.import_module("weak_bpf.ops.verdicts")  # ops.audit is the function
 
     source = root / "usr/lib/bpf/acme-trace/exec_state.bpf.o"
     copies = ["vendor-a/exec_state.bpf.o", "vendor-b/exec_state.bpf.o", "vendor-b/other.bpf.o"]

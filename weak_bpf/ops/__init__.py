@@ -3,14 +3,12 @@ never print. Writing goes through weak_bpf.apply.writer.
 
 - `kernels`: the kernels and their artifacts;
 - `objects`: one object before any kernel (`inspect`), and what a packager ships with it;
-- `audit`: every program on every kernel (`audit`, `explain`), with the results cache;
-- `resolve`: the links of kernels, under the lock, and their reports.
+- `verdicts`: every program on every kernel (`audit`, `explain`), with the results cache;
+- `links`: resolving the links of kernels, under the lock, and their reports.
 """
 
-from weak_bpf.ops.audit import AuditReport, ProgramAudit, audit, explain, kernel_facts, settings
 from weak_bpf.ops.kernels import KernelSummary, list_kernels
-from weak_bpf.ops.objects import GreylistResult, bpf_symvers, greylist, inspect_object
-from weak_bpf.ops.resolve import (
+from weak_bpf.ops.links import (
     KernelRun,
     KernelsFailed,
     add_kernel,
@@ -19,6 +17,8 @@ from weak_bpf.ops.resolve import (
     remove_progs,
     resolve,
 )
+from weak_bpf.ops.objects import GreylistResult, bpf_symvers, greylist, inspect_object
+from weak_bpf.ops.verdicts import AuditReport, ProgramAudit, audit, explain, kernel_facts, settings
 from weak_bpf.program.installed import greylist_beside, object_path
 
 __all__ = [

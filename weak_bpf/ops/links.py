@@ -23,7 +23,7 @@ from weak_bpf.config import Config
 from weak_bpf.errors import ApplyError, WeakBpfError
 from weak_bpf.kernel import find as kernel
 from weak_bpf.model import Verdict
-from weak_bpf.ops.audit import AuditReport, audit, settings
+from weak_bpf.ops.verdicts import AuditReport, audit, settings
 from weak_bpf.program import rpmdb
 
 log = logging.getLogger("weak-bpf-progs")

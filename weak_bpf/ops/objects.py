@@ -10,7 +10,7 @@ from weak_bpf.engine import symbols
 from weak_bpf.errors import ParseError, WeakBpfError
 from weak_bpf.kernel import load as kernel_data
 from weak_bpf.kernel.facts import facts_from_files
-from weak_bpf.ops.audit import kernel_facts
+from weak_bpf.ops.verdicts import kernel_facts
 from weak_bpf.parsers.bpfobject import read_bpf_object
 from weak_bpf.parsers.greylist import render_greylist
 from weak_bpf.parsers.objvalues import BpfObject
