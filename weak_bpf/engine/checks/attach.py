@@ -180,7 +180,10 @@ class AttachChecks(CheckerBase):
                     Outcome.PASS,
                     subject,
                     f"reads argument slots {', '.join(map(str, slots))}, which {self.k.kver}'s "
-                    f"prototype has: {shown}",
+                    f"prototype has: {shown}"
+                    + (
+                        f" (slot {len(params)} is its return value)" if len(params) in slots else ""
+                    ),
                     symbol=program.info.lookup_name,
                     program=program.name,
                 )
