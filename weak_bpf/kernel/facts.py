@@ -22,7 +22,6 @@ from weak_bpf.kernel.find import BtfSourceKind, KernelArtifacts
 from weak_bpf.model import KernelFacts, ModuleKfunc
 from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.elf import section_bytes, section_headers
-from weak_bpf.parsers.kmod import read_kernel_object
 from weak_bpf.parsers.sysmap import SystemMap
 
 INDEX_VERSION = "1"
@@ -93,6 +92,8 @@ def _scan_module_kfuncs(
             data = kernel_data.read_file(path)
             if not any(s.name == ".BTF_ids" for s in section_headers(data, str(path))):
                 continue
+            from weak_bpf.parsers.kmod import read_kernel_object  # pyelftools, on a cache miss
+
             ko = read_kernel_object(data, str(path))
             if ko.btf is None:
                 continue

@@ -10,7 +10,7 @@ import mmap
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from weak_bpf.errors import BTFError, ParseError, WeakBpfError
 from weak_bpf.kernel import compression
@@ -20,10 +20,12 @@ from weak_bpf.parsers.elf import Buffer, section_bytes
 from weak_bpf.parsers.elfsyms import symbol_map
 from weak_bpf.parsers.kabi import KabiList, parse_kabi_list
 from weak_bpf.parsers.kconfig import KernelConfig, parse_kconfig
-from weak_bpf.parsers.kmod import KernelObject, read_kernel_object
 from weak_bpf.parsers.symvers import Symvers, parse_symvers
 from weak_bpf.parsers.sysmap import SystemMap, parse_system_map
 from weak_bpf.parsers.vmlinuz import vmlinux_from_vmlinuz
+
+if TYPE_CHECKING:
+    from weak_bpf.parsers.kmod import KernelObject
 
 T = TypeVar("T")
 BTF_MAGICS = (b"\x9f\xeb", b"\xeb\x9f")  # raw BTF, little and big endian
@@ -74,6 +76,8 @@ def load_kabi_list(path: Path) -> KabiList:
 
 def load_kernel_object(path: Path) -> KernelObject:
     """A module (.ko, .ko.xz, .ko.zst, .ko.gz) or a vmlinux ELF."""
+    from weak_bpf.parsers.kmod import read_kernel_object  # pyelftools: only when a module is read
+
     return _load(path, read_kernel_object, max_size=MAX_MODULE_SIZE)
 
 

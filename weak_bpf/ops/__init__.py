@@ -7,6 +7,9 @@ never print. Writing goes through weak_bpf.apply.writer.
 - `links`: resolving the links of kernels, under the lock, and their reports.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from weak_bpf.ops.kernels import KernelSummary, list_kernels
 from weak_bpf.ops.links import (
     KernelRun,
@@ -18,8 +21,62 @@ from weak_bpf.ops.links import (
     resolve,
 )
 from weak_bpf.ops.objects import GreylistResult, bpf_symvers, greylist, inspect_object
-from weak_bpf.ops.verdicts import AuditReport, ProgramAudit, audit, explain, kernel_facts, settings
-from weak_bpf.program.installed import greylist_beside, object_path
+
+if TYPE_CHECKING:
+    from weak_bpf.ops.kernels import KernelSummary, list_kernels
+    from weak_bpf.ops.links import (
+        KernelRun,
+        KernelsFailed,
+        add_kernel,
+        add_progs,
+        remove_kernel,
+        remove_progs,
+        resolve,
+    )
+    from weak_bpf.ops.objects import GreylistResult, bpf_symvers, greylist, inspect_object
+    from weak_bpf.ops.verdicts import (
+        AuditReport,
+        ProgramAudit,
+        audit,
+        explain,
+        kernel_facts,
+        settings,
+    )
+    from weak_bpf.program.installed import greylist_beside, object_path
+
+# where each name lives: a command imports only the modules it uses (start-up time is most of a
+# run served by the cache)
+_HOME = {
+    **dict.fromkeys(("KernelSummary", "list_kernels"), "weak_bpf.ops.kernels"),
+    **dict.fromkeys(
+        (
+            "KernelRun",
+            "KernelsFailed",
+            "add_kernel",
+            "add_progs",
+            "remove_kernel",
+            "remove_progs",
+            "resolve",
+        ),
+        "weak_bpf.ops.links",
+    ),
+    **dict.fromkeys(
+        ("GreylistResult", "bpf_symvers", "greylist", "inspect_object"), "weak_bpf.ops.objects"
+    ),
+    **dict.fromkeys(
+        ("AuditReport", "ProgramAudit", "audit", "explain", "kernel_facts", "settings"),
+        "weak_bpf.ops.verdicts",
+    ),
+    **dict.fromkeys(("greylist_beside", "object_path"), "weak_bpf.program.installed"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)
+
 
 __all__ = [
     "AuditReport",

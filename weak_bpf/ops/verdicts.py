@@ -13,7 +13,6 @@ from pathlib import Path
 
 from weak_bpf import __version__
 from weak_bpf.config import Config, load_config
-from weak_bpf.engine.checks import check_object, malformed
 from weak_bpf.errors import WeakBpfError
 from weak_bpf.kernel import find as kernel
 from weak_bpf.kernel.cache import Cache, content_key, stat_key
@@ -72,8 +71,12 @@ def is_linked(root: Path, kver: str, program: InstalledProgram) -> bool:
 
 def evaluate(loaded: LoadedProgram, facts: KernelFacts) -> Result:
     if loaded.obj is None or loaded.error is not None:
+        from weak_bpf.engine.checks import malformed  # not imported by a run served by the cache
+
         return malformed(loaded.error or "unreadable")
     native = loaded.program.native_kernel == facts.kver
+    from weak_bpf.engine.checks import check_object
+
     return check_object(loaded.obj, loaded.greylist, facts, native=native)
 
 
