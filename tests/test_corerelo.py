@@ -519,6 +519,9 @@ def test_type_matches() -> None:
     assert resolver.resolve(CoreReloKind.TYPE_MATCHES, lt, "0").value == 1
     assert resolver.resolve(CoreReloKind.TYPE_MATCHES, lother, "0").value == 0  # int size
     assert resolver.resolve(CoreReloKind.TYPE_MATCHES, lextra, "0").value == 0  # extra member
+    # no match is an answer, never a poisoned instruction: there is nothing to guard
+    no_match = resolver.resolve(CoreReloKind.TYPE_MATCHES, lextra, "0")
+    assert (no_match.status, no_match.ok) == ("resolved", True)
     # while the looser type compatibility accepts them
     assert resolver.resolve(CoreReloKind.TYPE_EXISTS, lother, "0").value == 1
     assert resolver.resolve(CoreReloKind.TYPE_SIZE, lother, "0").value == 24

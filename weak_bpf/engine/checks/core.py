@@ -14,7 +14,6 @@ from weak_bpf.engine.corerelo import (
     target_index,
 )
 from weak_bpf.model import Area, Check, Outcome, ReasonCode
-from weak_bpf.parsers.btfext import CoreReloKind
 
 
 class CoreChecks(CheckerBase):
@@ -66,8 +65,8 @@ class CoreChecks(CheckerBase):
             return f"{k} has no {result.wanted}", "bpf_core_enum_value_exists()"
         if result.kind in FIELD_KINDS:
             return f"{k} has no {result.wanted} of a compatible type", "bpf_core_field_exists()"
-        if result.kind is CoreReloKind.TYPE_MATCHES:
-            return f"{k} has no {result.wanted}", "bpf_core_type_matches()"
+        # type_exists and type_matches resolve to 0 when nothing matches, as enumval_exists and
+        # field_exists do: only type sizes and ids are poisoned
         return f"{k} has no {result.wanted}", "bpf_core_type_exists()"
 
     def _size_change_poisons(self, section: str, index: int, result: CoreResult) -> bool:
