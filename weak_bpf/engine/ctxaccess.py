@@ -42,9 +42,15 @@ class Arg:
     slot: int  # the value read from context slot `slot`
 
 
-Value = Optional[Union[Ctx, Arg]]
+@dataclasses.dataclass(frozen=True)
+class Fp:
+    offset: int  # the frame pointer, moved on by `offset` bytes: a pointer into the stack
+
+
+Known = Union[Ctx, Arg, Fp]
+Value = Optional[Known]
 # registers r0..r10, then the 8-byte stack slots that hold a value: ((fp offset, value), ...)
-State = tuple[tuple[Value, ...], tuple[tuple[int, Union[Ctx, Arg]], ...]]
+State = tuple[tuple[Value, ...], tuple[tuple[int, Known], ...]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +86,7 @@ class _Analysis:
     def run(self) -> ContextUse:
         entry: list[Value] = [None] * 11
         entry[1] = Ctx(0)
+        entry[_FP] = Fp(0)
         self._flow(self.func.insn_start, (tuple(entry), ()))
         while self.todo:
             index = self.todo.pop()
@@ -109,6 +116,8 @@ class _Analysis:
             regs[insn.dst] = None
             nxt = index + 2
         elif cls == InsnClass.LD or insn.is_call:  # legacy packet loads and calls clobber r0-r5
+            if any(isinstance(r, Fp) for r in regs[1:6]):
+                stack.clear()  # a helper (or subprogram) may write where it was pointed
             regs[0:6] = [None] * 6
         elif cls == InsnClass.LDX:
             regs[insn.dst] = self._load(index, insn, regs, stack)
@@ -127,13 +136,11 @@ class _Analysis:
             self._flow(index + 1 + insn.jump_offset, (tuple(regs), _stack(stack)))
         self._flow(nxt, (tuple(regs), _stack(stack)))
 
-    def _load(
-        self, index: int, insn: Insn, regs: list[Value], stack: dict[int, Ctx | Arg]
-    ) -> Value:
-        base, off, code = insn.src, insn.off, insn.code
-        where = regs[base]
-        if base == _FP:
-            return stack.get(off) if code & 0x18 == _SIZE_DW else None
+    def _load(self, index: int, insn: Insn, regs: list[Value], stack: dict[int, Known]) -> Value:
+        off, code = insn.off, insn.code
+        where = regs[insn.src]
+        if isinstance(where, Fp):
+            return stack.get(where.offset + off) if code & 0x18 == _SIZE_DW else None
         if isinstance(where, Ctx):
             at = where.offset + off
             self.reads.add((at // 8, index))
@@ -143,33 +150,37 @@ class _Analysis:
             self.derefs.add((where.slot, index))
         return None
 
-    def _store(
-        self, index: int, insn: Insn, regs: list[Value], stack: dict[int, Ctx | Arg]
-    ) -> None:
+    def _store(self, index: int, insn: Insn, regs: list[Value], stack: dict[int, Known]) -> None:
         where = regs[insn.dst]
         if isinstance(where, Arg):
             self.derefs.add((where.slot, index))
         mode = insn.code & 0xE0
-        if insn.dst == _FP:
-            for at in [a for a in stack if a - 7 <= insn.off < a + 8]:
+        if isinstance(where, Fp):
+            to = where.offset + insn.off
+            for at in [a for a in stack if a - 7 <= to < a + 8]:
                 del stack[at]  # any overlapping store ends what the slot held
             spilled = regs[insn.src] if insn.code & 0x07 == InsnClass.STX else None
             if mode == _MODE_MEM and insn.code & 0x18 == _SIZE_DW and spilled is not None:
-                stack[insn.off] = spilled
-        if mode == _MODE_ATOMIC:  # may write src (fetch) or r0 (cmpxchg)
+                stack[to] = spilled
+        if mode == _MODE_ATOMIC:  # may write src (fetch), r0 (cmpxchg) or dst (load-acquire)
             regs[insn.src] = None
             regs[0] = None
+            regs[insn.dst] = None
 
     def _alu(self, insn: Insn, regs: list[Value], wide: bool) -> Value:
         op = insn.code & 0xF0
         from_reg = insn.uses_reg_source
-        if op == _MOV and wide and from_reg:
+        if op == _MOV and wide and from_reg and insn.off == 0:  # off != 0: a sign-extending move
             return regs[insn.src]
         current = regs[insn.dst]
-        if wide and not from_reg and isinstance(current, Ctx) and op in (_ADD, _SUB):
-            return Ctx(current.offset + (insn.imm if op == _ADD else -insn.imm))
+        if wide and not from_reg and op in (_ADD, _SUB):
+            moved = insn.imm if op == _ADD else -insn.imm
+            if isinstance(current, Ctx):
+                return Ctx(current.offset + moved)
+            if isinstance(current, Fp):
+                return Fp(current.offset + moved)
         return None
 
 
-def _stack(stack: Mapping[int, Value]) -> tuple[tuple[int, Ctx | Arg], ...]:
+def _stack(stack: Mapping[int, Value]) -> tuple[tuple[int, Known], ...]:
     return tuple(sorted(((k, v) for k, v in stack.items() if v is not None), key=lambda kv: kv[0]))

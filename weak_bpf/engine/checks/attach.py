@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from weak_bpf.engine.btfcompat import describe, essential_name
@@ -57,6 +58,18 @@ class AttachChecks(CheckerBase):
                 program=program.name,
             )
 
+        config = self.k.config
+        if attach_only and config is not None and config.get("BPF_EVENTS") == "n":
+            return self._check(
+                Area.ATTACH,
+                Outcome.FAIL,
+                subject,
+                f"{self.k.kver} is built without CONFIG_BPF_EVENTS: it has no kprobe or "
+                "tracepoint programs, so the program cannot load",
+                code=ReasonCode.ATTACH_TARGET,
+                symbol=name,
+                program=program.name,
+            )
         if kind is TargetKind.BTF_FUNC:
             found = self._find_func(name, info.module, only=True)
             if found is not None and found[2]:
@@ -82,16 +95,13 @@ class AttachChecks(CheckerBase):
             symbols = (
                 [name] if kind is TargetKind.KSYM else [f"__x64_sys_{name}", f"__se_sys_{name}"]
             )
-            config = self.k.config
             if config is not None and config.get("KPROBES") == "n":
                 why = f"{self.k.kver} is built without kprobes (CONFIG_KPROBES is not set)"
                 return result(False, "", why)
             system_map = self.k.system_map
-            if system_map is not None and any(s in system_map for s in symbols):
-                return result(True, f"is in {self.k.kver}'s symbols")
-            if any(vmlinux.find(s, Kind.FUNC) for s in symbols):
-                return result(True, "is a function in the kernel's BTF")
-            if system_map is not None:
+            if system_map is not None:  # where kprobes look: a BTF FUNC may be a clone's name
+                if any(s in system_map for s in symbols):
+                    return result(True, f"is in {self.k.kver}'s symbols")
                 # System.map lists vmlinux alone: a module's function is found in its BTF (the
                 # index of every module's functions is built once, on this first need)
                 in_module = next((f for f in map(self._find_func, symbols) if f and f[2]), None)
@@ -99,6 +109,8 @@ class AttachChecks(CheckerBase):
                     self.modules.add(str(in_module[2]))
                     return result(True, f"is a function of module {in_module[2]} (must be loaded)")
                 return result(False, "")
+            if any(vmlinux.find(s, Kind.FUNC) for s in symbols):
+                return result(True, "is a function in the kernel's BTF")
             return self._missing_data(
                 Area.ATTACH,
                 subject,
@@ -114,11 +126,11 @@ class AttachChecks(CheckerBase):
         for program in self.obj.programs:
             found = self._target_proto(program)
             if found is not None:
-                yield from self._attach_proto(program, *found)
+                yield from self._attach_proto(program, found)
 
-    def _target_proto(self, program: Function) -> tuple[BTF, str, tuple[Param, ...], int] | None:
-        """K's prototype of a BTF tracing program's target: (btf, C text, arguments, the last
-        slot the context may be read at); None for other programs or an absent target."""
+    def _target_proto(self, program: Function) -> TargetProto | None:
+        """K's prototype of a BTF tracing program's target; None for other programs or an
+        absent target."""
         info = program.info
         name = info.lookup_name
         vmlinux = self.k.vmlinux
@@ -133,8 +145,7 @@ class AttachChecks(CheckerBase):
             if proto is None or not proto.params:
                 return None
             params = proto.params[1:]  # the first is the tracepoint's `void *__data`
-            shown = typedef[len("btf_trace_") :]
-            return vmlinux, _proto_text(vmlinux, shown, params), params, len(params) - 1
+            return TargetProto.of(vmlinux, typedef[len("btf_trace_") :], params, None)
         tracing = (AttachType.TRACE_FENTRY, AttachType.TRACE_FEXIT, AttachType.MODIFY_RETURN)
         if info.attach_type not in tracing or info.target_kind is not TargetKind.BTF_FUNC:
             return None
@@ -146,44 +157,42 @@ class AttachChecks(CheckerBase):
         if proto is None:
             return None
         # fexit and fmod_ret read the return value in the slot after the last argument
-        last = len(proto.params) - (info.attach_type is AttachType.TRACE_FENTRY)
-        return btf, _proto_text(btf, name, proto.params), proto.params, last
+        returns = info.attach_type is not AttachType.TRACE_FENTRY
+        ret = Param("the return value", proto.type) if returns else None
+        return TargetProto.of(btf, name, proto.params, ret)
 
-    def _attach_proto(
-        self, program: Function, btf: BTF, shown: str, params: tuple[Param, ...], last: int
-    ) -> Iterable[Check]:
+    def _attach_proto(self, program: Function, proto: TargetProto) -> Iterable[Check]:
         subject = f"arguments of {program.info.section}"
         reach = reachability(self.obj, program, self.known)
         reachable = None
         if reach.decided:
             reachable = {i for s, i in reach.reachable if s == program.section}
         use = context_use(program, reachable)
+        k = self.k.kver
         problems = []
         for slot, index in use.reads:
-            if slot > last:
+            if proto.holds(slot) is None:
                 problems.append(
                     f"it reads argument slot {slot} (context offset {slot * 8}) at instruction "
-                    f"{index}, but {self.k.kver}'s prototype has {len(params)} argument"
-                    f"{'s' if len(params) != 1 else ''}: {shown}"
+                    f"{index}, but {k}'s prototype has {proto.count()}: {proto.shown}"
                 )
         for slot, index in use.derefs:
-            if slot >= len(params):
-                continue  # reported above, or the return value of fexit
-            problem = self._deref_problem(btf, params[slot], slot, (program.section, index))
-            if problem is not None:
-                problems.append(f"{problem}; {self.k.kver}'s prototype: {shown}")
+            param = proto.holds(slot)
+            if param is not None:
+                problem = self._deref_problem(proto, param, slot, (program.section, index))
+                if problem is not None:
+                    problems.append(f"{problem}; {k}'s prototype: {proto.shown}")
         if not problems:
             if use.reads:
                 slots = sorted({s for s, _ in use.reads})
+                ret = len(proto.slots) if proto.ret is not None else None
                 yield self._check(
                     Area.ATTACH,
                     Outcome.PASS,
                     subject,
-                    f"reads argument slots {', '.join(map(str, slots))}, which {self.k.kver}'s "
-                    f"prototype has: {shown}"
-                    + (
-                        f" (slot {len(params)} is its return value)" if len(params) in slots else ""
-                    ),
+                    f"reads argument slots {', '.join(map(str, slots))}, which {k}'s "
+                    f"prototype has: {proto.shown}"
+                    + (f" (slot {ret} is its return value)" if ret in slots else ""),
                     symbol=program.info.lookup_name,
                     program=program.name,
                 )
@@ -205,11 +214,15 @@ class AttachChecks(CheckerBase):
                 program=program.name,
             )
 
-    def _deref_problem(self, btf: BTF, param: Param, slot: int, where: Slot) -> str | None:
-        """Why dereferencing argument `slot` at `where` fails on K, or None."""
-        index = where[1]
+    def _deref_problem(
+        self, proto: TargetProto, param: Param, slot: int, where: Slot
+    ) -> str | None:
+        """Why dereferencing what slot `slot` holds (`param`) at `where` fails on K, or None."""
+        btf, index = proto.btf, where[1]
         target_id = btf.resolve(param.type) if param.type else 0
-        named = f"argument {slot}" + (f" ({param.name})" if param.name else "")
+        named = param.name if param.name == "the return value" else f"argument slot {slot}"
+        if param.name and param.name != "the return value":
+            named += f" ({param.name})"
         kernel_type = describe(btf, param.type)
         if target_id == 0 or btf.kind(target_id) is not Kind.PTR:
             return (
@@ -218,7 +231,13 @@ class AttachChecks(CheckerBase):
             )
         pointee = btf.resolve(btf.type(target_id).type)
         if pointee == 0 or btf.kind(pointee) not in (Kind.STRUCT, Kind.UNION):
-            return None
+            # the verifier gives tracing programs pointers to structs only: a pointer to void
+            # or to an integer is a scalar, any other is refused
+            return (
+                f"it dereferences {named} at instruction {index}, which is {kernel_type} on "
+                f"{self.k.kver}: not a pointer to a struct, which the verifier does not let a "
+                "tracing program dereference"
+            )
         expected = self._relo_root(where)
         actual = essential_name(btf.name(pointee))
         if expected is not None and expected != actual:
@@ -238,6 +257,41 @@ class AttachChecks(CheckerBase):
                 if own.kind(root) in (Kind.STRUCT, Kind.UNION):
                     return essential_name(own.name(root))
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetProto:
+    """K's prototype of a tracing program's target, as the program's context lays it out: one
+    8-byte slot per argument, two for a struct of 9 to 16 bytes passed by value, then (fexit,
+    fmod_ret) the return value."""
+
+    btf: BTF
+    shown: str  # in C, for messages
+    slots: tuple[Param, ...]  # the argument each slot holds
+    params: int
+    ret: Param | None
+
+    @classmethod
+    def of(cls, btf: BTF, name: str, params: tuple[Param, ...], ret: Param | None) -> TargetProto:
+        slots: list[Param] = []
+        for param in params:
+            resolved = btf.resolve(param.type) if param.type else 0
+            wide = resolved and btf.kind(resolved) in (Kind.STRUCT, Kind.UNION)
+            slots += [param] * (2 if wide and btf.type_size(resolved) > 8 else 1)
+        return cls(btf, _proto_text(btf, name, params), tuple(slots), len(params), ret)
+
+    def holds(self, slot: int) -> Param | None:
+        """What the context holds at `slot`; None past the end (the verifier refuses it)."""
+        if 0 <= slot < len(self.slots):
+            return self.slots[slot]
+        return self.ret if slot == len(self.slots) else None
+
+    def count(self) -> str:
+        n = self.params
+        text = f"{n} argument{'s' if n != 1 else ''}"
+        if len(self.slots) != n:
+            text += f" in {len(self.slots)} slots"
+        return text + (" and a return value" if self.ret is not None else "")
 
 
 def _func_proto(btf: BTF, type_id: int) -> Type | None:
