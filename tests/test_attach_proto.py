@@ -230,3 +230,25 @@ def test_the_context_layout_of_a_prototype() -> None:
     assert fexit.count() == "2 arguments in 3 slots and a return value"
     fentry = TargetProto.of(btf, "f", params, None)
     assert fentry.holds(3) is None and fentry.count() == "2 arguments in 3 slots"
+
+
+@pytest.mark.parametrize(
+    ("arch", "expected"),
+    [
+        ("x86_64", ["__x64_sys_getpid", "__se_sys_getpid"]),
+        ("aarch64", ["__arm64_sys_getpid", "__se_sys_getpid"]),
+        (None, ["__x64_sys_getpid", "__arm64_sys_getpid", "__s390x_sys_getpid",
+                "__powerpc_sys_getpid", "__riscv_sys_getpid", "__se_sys_getpid"]),
+    ],
+)  # fmt: skip
+def test_syscall_symbols_follow_the_architecture(arch: str | None, expected: list[str]) -> None:
+    """Found by review: syscall targets were looked up under x86's names on every kernel."""
+    import types
+
+    from weak_bpf.engine.checks.attach import AttachChecks
+    from weak_bpf.model import KernelFacts
+
+    facts = KernelFacts("K", types.SimpleNamespace(arch=arch) if arch else None)
+    checker = AttachChecks.__new__(AttachChecks)
+    checker.k = facts
+    assert checker._syscall_symbols("getpid") == expected

@@ -86,15 +86,13 @@ class AttachChecks(CheckerBase):
                     if event.startswith(("sys_enter_", "sys_exit_"))
                     else event
                 )
-                funcs = (f"__x64_sys_{syscall}", f"__se_sys_{syscall}", f"__do_sys_{syscall}")
+                funcs = (*self._syscall_symbols(syscall), f"__do_sys_{syscall}")
                 return result(
                     any(vmlinux.find(f, Kind.FUNC) for f in funcs), "is a syscall with tracepoints"
                 )
             return result(bool(vmlinux.find(f"btf_trace_{event}", Kind.TYPEDEF)), "is a tracepoint")
         if kind in (TargetKind.KSYM, TargetKind.SYSCALL):
-            symbols = (
-                [name] if kind is TargetKind.KSYM else [f"__x64_sys_{name}", f"__se_sys_{name}"]
-            )
+            symbols = [name] if kind is TargetKind.KSYM else self._syscall_symbols(name)
             if config is not None and config.get("KPROBES") == "n":
                 why = f"{self.k.kver} is built without kprobes (CONFIG_KPROBES is not set)"
                 return result(False, "", why)
@@ -119,6 +117,14 @@ class AttachChecks(CheckerBase):
                 name,
             )
         return None
+
+    def _syscall_symbols(self, syscall: str) -> list[str]:
+        """The kernel symbols of a syscall: the arch's wrapper (as libbpf names it for
+        ksyscall), then the generic one. An unknown arch tries every wrapper."""
+        arch = getattr(self.k.artifacts, "arch", None)
+        every = tuple(prefix for prefixes in _SYSCALL_PREFIXES.values() for prefix in prefixes)
+        prefixes = _SYSCALL_PREFIXES.get(arch or "", every)
+        return [f"__{prefix}_sys_{syscall}" for prefix in prefixes] + [f"__se_sys_{syscall}"]
 
     # --- tracing prototypes ------------------------------------------------------------------
 
@@ -257,6 +263,16 @@ class AttachChecks(CheckerBase):
                 if own.kind(root) in (Kind.STRUCT, Kind.UNION):
                     return essential_name(own.name(root))
         return None
+
+
+# the syscall wrappers' prefixes by RPM architecture (libbpf's arch_specific_syscall_pfx)
+_SYSCALL_PREFIXES = {
+    "x86_64": ("x64",),
+    "aarch64": ("arm64",),
+    "s390x": ("s390x",),
+    "ppc64le": ("powerpc",),
+    "riscv64": ("riscv",),
+}
 
 
 @dataclasses.dataclass(frozen=True)
