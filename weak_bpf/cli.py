@@ -300,8 +300,9 @@ def _running_kernel(root: Path) -> str | None:
     running kernel (its sysfs BTF: a chroot with /sys bound in, a container's root)."""
     from weak_bpf.kernel import find as kernel
 
-    shown = kernel.resolve_in_root(root, kernel.SYSFS_BTF) is not None
-    return kernel.running_release() if shown or root.resolve() == Path("/") else None
+    if root.resolve() == Path("/"):
+        return kernel.running_release()
+    return kernel.running_kernel(root)
 
 
 def _kernel_marks(root: Path, kvers: Sequence[str]) -> dict[str, list[str]]:

@@ -182,10 +182,8 @@ def find_kernel(
     root = _absolute(root)
     if "/" in kver or kver in ("", ".", ".."):
         raise KernelNotFound(f"not a kernel release: {kver!r}", hint=RELEASE_HINT)
-    if running is None:
-        running = running_release()
     installed = is_installed(root, kver)
-    is_running = kver == running and _file(root, SYSFS_BTF) is not None
+    is_running = kver == running_kernel(root, running=running)
     if require and not (installed or is_running):
         raise KernelNotFound(
             f"kernel {kver} is not installed under {root}",
@@ -251,10 +249,19 @@ def judged_kernels(root: Path, *, running: str | None = None) -> tuple[str, ...]
     installed or not: a container or a microVM runs a kernel it does not have. Oldest first."""
     root = _absolute(root)
     found = set(installed_kernels(root))
-    release = running_release() if running is None else running
-    if release and "/" not in release and _file(root, SYSFS_BTF) is not None:
+    release = running_kernel(root, running=running)
+    if release is not None:
         found.add(release)
     return tuple(sorted(found, key=kernel_sort_key))
+
+
+def running_kernel(root: Path, *, running: str | None = None) -> str | None:
+    """The release of the running kernel (`running`; None: ask uname, "" for none) when the root
+    shows it, by its sysfs BTF (the root is this system, or has /sys bound in); else None."""
+    release = running_release() if running is None else running
+    if not release or "/" in release or _file(_absolute(root), SYSFS_BTF) is None:
+        return None
+    return release
 
 
 def _vmlinux_files(root: Path, kver: str, trees: list[str]) -> list[tuple[Path, BtfSourceKind]]:

@@ -10,7 +10,7 @@ import mmap
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Callable, TypeVar
 
 from weak_bpf.errors import BTFError, ParseError, WeakBpfError
 from weak_bpf.kernel import compression
@@ -39,14 +39,20 @@ def read_file(path: Path, *, max_size: int = MAX_FILE_SIZE) -> bytes:
     """The bytes of `path`, unpacked when compressed. Unreadable files are ParseErrors."""
     try:
         with open(path, "rb") as f:
-            data = f.read(max_size + 1)
+            data = _read_at_most(f, path, max_size)
     except OSError as e:
         raise ParseError(f"cannot read: {e.strerror or e}", source=str(path)) from None
+    return compression.maybe_decompress(data, str(path), max_size=max_size)
+
+
+def _read_at_most(f: BinaryIO, path: Path, max_size: int) -> bytes:
+    """An open file's bytes, or a ParseError when it holds more than `max_size`."""
+    data = f.read(max_size + 1)
     if len(data) > max_size:
         raise ParseError(
             f"larger than {compression.size_text(max_size)}, the most it reads", source=str(path)
         )
-    return compression.maybe_decompress(data, str(path), max_size=max_size)
+    return data
 
 
 def _load(
@@ -104,14 +110,9 @@ def mapped(path: Path, *, max_size: int = MAX_FILE_SIZE) -> Iterator[Buffer]:
             view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         if view is None:
             try:
-                data = f.read(max_size + 1)
+                data = _read_at_most(f, path, max_size)
             except OSError as e:
                 raise ParseError(f"cannot read: {e.strerror or e}", source=str(path)) from None
-            if len(data) > max_size:
-                raise ParseError(
-                    f"larger than {compression.size_text(max_size)}, the most it reads",
-                    source=str(path),
-                )
             yield data
             return
         shown = memoryview(view)

@@ -76,8 +76,8 @@ class AttachChecks(CheckerBase):
                 self.modules.add(found[2])
             return result(found is not None, "is a function in the kernel's BTF")
         if kind in (TargetKind.BTF_TYPEDEF, TargetKind.RAW_TP):
-            typedef = name if name.startswith("btf_trace_") else f"btf_trace_{name}"
-            return result(bool(vmlinux.find(typedef, Kind.TYPEDEF)), "is a BTF tracepoint")
+            found_tp = vmlinux.find(_tp_typedef(name), Kind.TYPEDEF)
+            return result(bool(found_tp), "is a BTF tracepoint")
         if kind is TargetKind.TRACEPOINT:
             event = name.split("/")[-1]
             if name.startswith("syscalls/"):
@@ -122,9 +122,9 @@ class AttachChecks(CheckerBase):
         """The kernel symbols of a syscall: the arch's wrapper (as libbpf names it for
         ksyscall), then the generic one. An unknown arch tries every wrapper."""
         arch = getattr(self.k.artifacts, "arch", None)
-        every = tuple(prefix for prefixes in _SYSCALL_PREFIXES.values() for prefix in prefixes)
-        prefixes = _SYSCALL_PREFIXES.get(arch or "", every)
-        return [f"__{prefix}_sys_{syscall}" for prefix in prefixes] + [f"__se_sys_{syscall}"]
+        prefix = _SYSCALL_PREFIXES.get(arch or "")
+        prefixes = (prefix,) if prefix else tuple(_SYSCALL_PREFIXES.values())
+        return [f"__{p}_sys_{syscall}" for p in prefixes] + [f"__se_sys_{syscall}"]
 
     # --- tracing prototypes ------------------------------------------------------------------
 
@@ -145,7 +145,7 @@ class AttachChecks(CheckerBase):
             info.attach_type is AttachType.TRACE_RAW_TP
             and info.target_kind is TargetKind.BTF_TYPEDEF
         ):
-            typedef = name if name.startswith("btf_trace_") else f"btf_trace_{name}"
+            typedef = _tp_typedef(name)
             ids = vmlinux.find(typedef, Kind.TYPEDEF)
             proto = _func_proto(vmlinux, ids[0]) if ids else None
             if proto is None or not proto.params:
@@ -267,11 +267,11 @@ class AttachChecks(CheckerBase):
 
 # the syscall wrappers' prefixes by RPM architecture (libbpf's arch_specific_syscall_pfx)
 _SYSCALL_PREFIXES = {
-    "x86_64": ("x64",),
-    "aarch64": ("arm64",),
-    "s390x": ("s390x",),
-    "ppc64le": ("powerpc",),
-    "riscv64": ("riscv",),
+    "x86_64": "x64",
+    "aarch64": "arm64",
+    "s390x": "s390x",
+    "ppc64le": "powerpc",
+    "riscv64": "riscv",
 }
 
 
@@ -308,6 +308,11 @@ class TargetProto:
         if len(self.slots) != n:
             text += f" in {len(self.slots)} slots"
         return text + (" and a return value" if self.ret is not None else "")
+
+
+def _tp_typedef(name: str) -> str:
+    """The BTF typedef of a raw tracepoint: btf_trace_<name>."""
+    return name if name.startswith("btf_trace_") else f"btf_trace_{name}"
 
 
 def _func_proto(btf: BTF, type_id: int) -> Type | None:
