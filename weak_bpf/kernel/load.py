@@ -181,6 +181,7 @@ class KernelSymbols:
     source: Path | None = None
     is_kallsyms: bool = False  # the running kernel's kallsyms: exactly what libbpf reads
     problems: tuple[str, ...] = ()
+    system_map_stub: bool = False  # K's System.map is Debian's placeholder, which lists nothing
 
 
 def load_symbols(kernel: KernelArtifacts) -> KernelSymbols:
@@ -188,6 +189,7 @@ def load_symbols(kernel: KernelArtifacts) -> KernelSymbols:
     real System.map or vmlinux `.symtab` of a debuginfo package, else the running kernel's
     kallsyms. Unreadable sources are recorded in `problems` and passed over."""
     problems = []
+    stub = False
     for path in ((kernel.system_map,) if kernel.system_map else ()) + kernel.symbol_files:
         what = "System.map" if path == kernel.system_map else str(kernel.relative(path))
         try:
@@ -195,15 +197,18 @@ def load_symbols(kernel: KernelArtifacts) -> KernelSymbols:
         except WeakBpfError as e:
             problems.append(f"{what}: {e}")
             continue
-        if found is not None and not found.placeholder:
-            return KernelSymbols(found, path, False, tuple(problems))
+        if found is not None and found.placeholder:
+            stub = stub or path == kernel.system_map
+        elif found is not None:
+            return KernelSymbols(found, path, False, tuple(problems), stub)
     kallsyms = resolve_in_root(kernel.root, "proc/kallsyms") if kernel.running else None
     if kallsyms is not None:
         try:
-            return KernelSymbols(load_system_map(kallsyms), kallsyms, True, tuple(problems))
+            symbols = load_system_map(kallsyms)
+            return KernelSymbols(symbols, kallsyms, True, tuple(problems), stub)
         except WeakBpfError as e:
             problems.append(f"kallsyms: {e}")
-    return KernelSymbols(None, None, False, tuple(problems))
+    return KernelSymbols(None, None, False, tuple(problems), stub)
 
 
 def _symbols_in(path: Path) -> SystemMap | None:

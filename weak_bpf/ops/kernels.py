@@ -48,15 +48,13 @@ def _summarise(artifacts: kernel.KernelArtifacts) -> KernelSummary:
             symvers_entries = len(kernel_data.load_symvers(artifacts.symvers))
         except WeakBpfError as e:
             problems.append(str(e))
+    symbols = kernel_data.load_symbols(artifacts)  # System.map first: it is read once
+    problems.extend(symbols.problems)
     system_map_symbols = None
-    if artifacts.system_map is not None:
-        try:
-            system_map = kernel_data.load_system_map(artifacts.system_map)
-            system_map_symbols = 0 if system_map.placeholder else len(system_map)
-        except WeakBpfError as e:
-            problems.append(str(e))
-    symbols = kernel_data.load_symbols(artifacts)
-    problems.extend(p for p in symbols.problems if not p.startswith("System.map: "))
+    if symbols.source is not None and symbols.source == artifacts.system_map:
+        system_map_symbols = len(symbols.symbols or ())
+    elif symbols.system_map_stub:
+        system_map_symbols = 0
     elsewhere = symbols.source is not None and symbols.source != artifacts.system_map
     return KernelSummary(
         artifacts,
