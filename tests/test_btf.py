@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from weak_bpf.errors import BTFError
 from weak_bpf.kernel.compression import decompress
 from weak_bpf.parsers import btf as btf_module
+from weak_bpf.parsers import btftypes
 from weak_bpf.parsers.btf import BTF, Kind, Type
 from weak_bpf.parsers.vmlinuz import vmlinux_from_vmlinuz
 
@@ -339,19 +340,19 @@ def test_name_index_decodes_no_type(
     data, _ = sysfs_btf
     decoded: list[int] = []
     constructed: list[int] = []
-    real_decode = BTF._decode
-    real_type = btf_module.Type
+    real_decode = btf_module.decode_record
+    real_type = btftypes.Type
 
-    def spy_decode(self: BTF, tid: int, at: int) -> Type:
+    def spy_decode(words: Any, at: int, tid: int, string: Any) -> Type:
         decoded.append(tid)
-        return real_decode(self, tid, at)
+        return real_decode(words, at, tid, string)
 
     def spy_type(*args: Any, **kwargs: Any) -> Type:
         constructed.append(1)
         return real_type(*args, **kwargs)
 
-    monkeypatch.setattr(BTF, "_decode", spy_decode)
-    monkeypatch.setattr(btf_module, "Type", spy_type)
+    monkeypatch.setattr(btf_module, "decode_record", spy_decode)
+    monkeypatch.setattr(btftypes, "Type", spy_type)
     btf = BTF.from_bytes(data, source=str(SYSFS_VMLINUX))
     assert btf.nr_types > 95_000
     (task,) = btf.find("task_struct", Kind.STRUCT)

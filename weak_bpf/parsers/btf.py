@@ -1,14 +1,10 @@
 """BTF reader: raw blobs and ELF `.BTF` sections, both byte orders, split BTF on a base.
 
 Layout of a blob (include/uapi/linux/btf.h): a header, then, at offsets relative to the header's
-end, the type section (u32 words), an optional layout section and the string section.
-
-Header: hdr_len 24 is the classic header; 32 adds layout_off/layout_len (kernel 7.1+), whose
-layout section gives each kind's record sizes (struct btf_layout: u8 info_sz, u8 elem_sz, u16
-flags), so that kinds unknown here (> 19) can be skipped; they decode as Kind.UNKN. A hdr_len
-between 24 and 32 is read as 24; fields past 32 are ignored (forward compatible, as libbpf).
-The info word is read with the 7.1 masks (vlen 24 bits, kind 7 bits): older BTF kept those
-bits zero.
+end, the type section (u32 words), an optional layout section and the string section. The
+header, the sections' bounds and the ELF `.BTF` section are read in btfblob.py; the records and
+their decoding are in btftypes.py. Kinds unknown here (> 19) are skipped by the layout section's
+sizes and decode as Kind.UNKN.
 
 Speed: `from_bytes` validates the header and walks the type section once, keeping each type's word
 offset and name offset; nothing is decoded. `type(id)` decodes one type and caches it. The
@@ -18,43 +14,33 @@ bisect), never by decoding types.
 
 from __future__ import annotations
 
-import struct
 import sys
 from array import array
 from collections.abc import Iterator, Sequence
 from operator import itemgetter
 
 from weak_bpf.errors import BTFError
+from weak_bpf.parsers import btfblob
 from weak_bpf.parsers.btfnames import NameIndex
 from weak_bpf.parsers.btftypes import (
-    EnumValue,
+    KIND_MASK,
+    KIND_OF,
+    KNOWN_FIXED,
+    KNOWN_PER_VLEN,
+    NR_KINDS,
+    VLEN_MASK,
     Kind,
     KindLayout,
-    Member,
     Param,
     Type,
-    VarSecInfo,
+    decode_record,
 )
-from weak_bpf.parsers.elf import SHF_COMPRESSED, SHT_NOBITS, Buffer, section_headers
+from weak_bpf.parsers.elf import Buffer
 
-MAGIC = 0xEB9F
-VERSION = 1
-HEADER_LEN = 24  # magic..str_len
-HEADER_LEN_LAYOUT = 32  # + layout_off, layout_len (kernel 7.1+)
-ELF_MAGIC = b"\x7fELF"
+__all__ = ["BTF", "Kind", "KindLayout", "Param", "Type"]
 
-# The info word: bits 0-23 vlen, 24-30 kind, 31 kind_flag. Before kernel 7.1 vlen had 16 bits
-# and kind 5; the bits in between were required to be zero, so the wide masks read old BTF too.
-_VLEN_MASK = 0xFFFFFF
-_KIND_MASK = 0x7F
-_NR_KINDS = _KIND_MASK + 1
-
-# Words a type takes: header (3) + a fixed part, plus some words per vlen item.
-_KNOWN_FIXED = (3, 4, 3, 6, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 4, 3, 3, 4, 3, 3)
-_KNOWN_PER_VLEN = (0, 0, 0, 0, 3, 3, 2, 0, 0, 0, 0, 0, 0, 2, 0, 3, 0, 0, 0, 3)
 # A step that ends the walk: marks a kind whose size is unknown (checked after the loop).
 _UNSIZED = 1 << 40
-_KIND_OF = tuple(Kind(k) if k < len(_KNOWN_FIXED) else Kind.UNKN for k in range(_NR_KINDS))
 
 _WORD = "I" if array("I").itemsize == 4 else "L"
 _NATIVE = sys.byteorder
@@ -66,10 +52,6 @@ _WITH_SIZE = frozenset(
 _MODIFIERS = frozenset({Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG})
 _SIZE_THROUGH = _MODIFIERS | {Kind.VAR, Kind.DECL_TAG}
 _LONG_NAMES = ("long", "long int", "unsigned long", "long unsigned int")
-
-
-def _s32(value: int) -> int:
-    return value - (1 << 32) if value & 0x80000000 else value
 
 
 def _gather(words: array, indexes: Sequence[int]) -> tuple[int, ...]:
@@ -89,7 +71,7 @@ class _Steps(dict[int, int]):
 
     def __missing__(self, info: int) -> int:
         top = info >> 24
-        step = self._fixed[top] + self._per_vlen[top] * (info & _VLEN_MASK)
+        step = self._fixed[top] + self._per_vlen[top] * (info & VLEN_MASK)
         self[info] = step
         return step
 
@@ -122,8 +104,8 @@ class BTF(NameIndex):
         if view.ndim != 1 or view.itemsize != 1:
             view = view.cast("B")
         blob_at = 0
-        if view[:4] == ELF_MAGIC:
-            blob_at, size = _elf_btf_section(view, source)
+        if view[:4] == btfblob.ELF_MAGIC:
+            blob_at, size = btfblob.elf_btf_section(view, source)
             view = view[blob_at : blob_at + size]
         btf = cls.__new__(cls)
         btf._parse(view, base, source, blob_at)
@@ -141,77 +123,18 @@ class BTF(NameIndex):
         self.source = source
         self.base = base
         self._at = at
-        size = len(view)
-        if size < HEADER_LEN:
-            raise self._error(f"{size} bytes are too few for a BTF header", 0)
-        magic_le = view[0] | view[1] << 8
-        if magic_le == MAGIC:
-            self.byteorder, order = "little", "<"
-        elif magic_le == 0x9FEB:
-            self.byteorder, order = "big", ">"
-        else:
-            raise self._error(
-                f"bad BTF magic {bytes(view[:2]).hex()}",
-                0,
-                hint="expected eb9f (little-endian) or 9feb (big-endian) BTF, or an ELF file",
-            )
-        self.version, self.flags = view[2], view[3]
-        if self.version != VERSION:
-            raise self._error(f"unsupported BTF version {self.version}", 2)
-        hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(order + "5I", view, 4)
-        if hdr_len < HEADER_LEN:
-            raise self._error(f"BTF header length {hdr_len} is below {HEADER_LEN}", 4)
-        if hdr_len > size:
-            raise self._error(f"BTF header length {hdr_len} exceeds the data ({size} bytes)", 4)
-        # hdr_len 32 adds the layout section. Lengths between 24 and 32 carry no complete
-        # layout fields and are read as 24; bytes past 32 are fields this reader does not know,
-        # ignored as libbpf does (forward compatible).
-        layout_off = layout_len = 0
-        if hdr_len >= HEADER_LEN_LAYOUT:
-            layout_off, layout_len = struct.unpack_from(order + "2I", view, HEADER_LEN)
-        self.hdr_len = hdr_len
-        body = size - hdr_len
-        if str_off + str_len > body:
-            raise self._error(
-                f"string section {str_off}+{str_len} runs past the data ({body} bytes)", 16
-            )
-        if type_off + type_len > str_off:
-            raise self._error(
-                f"type section {type_off}+{type_len} overlaps the strings at {str_off}", 8
-            )
-        if type_off % 4 or type_len % 4:
-            raise self._error(f"type section {type_off}+{type_len} is not 4-byte aligned", 8)
-        if layout_len:
-            if layout_off % 4 or layout_len % 4:
-                raise self._error(
-                    f"layout section {layout_off}+{layout_len} is not 4-byte aligned", 24
-                )
-            if layout_off < type_off + type_len or layout_off + layout_len > str_off:
-                raise self._error(
-                    f"layout section {layout_off}+{layout_len} is not between the type section "
-                    f"and the strings",
-                    24,
-                )
-        self.type_offset = hdr_len + type_off  # where the type section starts in the blob
-        strings = bytes(view[hdr_len + str_off : hdr_len + str_off + str_len])
-        if strings:
-            if strings[-1] != 0:
-                raise self._error("the string section does not end with NUL", hdr_len + str_off)
-            if base is None and strings[0] != 0:
-                raise self._error(
-                    "the string section does not start with an empty string",
-                    hdr_len + str_off,
-                    hint="this looks like split BTF (module BTF): give its vmlinux as the base",
-                )
-        elif base is None:
-            raise self._error("empty string section", 16)
+        header = btfblob.read_header(view, self._error)
+        self.byteorder = header.byteorder
+        self.version, self.flags, self.hdr_len = header.version, header.flags, header.hdr_len
+        self.type_offset = header.type_start  # where the type section starts in the blob
+        strings = btfblob.read_strings(view, header, split=base is not None, error=self._error)
         self._strings = strings
         self._str_start = base._str_end if base is not None else 0
         self._str_end = self._str_start + len(strings)
-        self._layout = self._read_layout(view, order, hdr_len + layout_off, layout_len)
+        self._layout = btfblob.read_layout(view, header)
         self.start_id = base.nr_types if base is not None else 1
         words = array(_WORD)
-        words.frombytes(view[self.type_offset : self.type_offset + type_len])
+        words.frombytes(view[self.type_offset : self.type_offset + header.type_len])
         if self.byteorder != _NATIVE:
             words.byteswap()
         self._words = words
@@ -235,24 +158,15 @@ class BTF(NameIndex):
         self._tags: dict[int, list[int]] | None = None
         self._ptr_size: int | None = None
 
-    def _read_layout(
-        self, view: memoryview, order: str, at: int, length: int
-    ) -> tuple[KindLayout, ...]:
-        entries = []
-        for pos in range(at, at + length, 4):
-            info_size, elem_size, flags = struct.unpack_from(order + "BBH", view, pos)
-            entries.append(KindLayout(info_size, elem_size, flags))
-        return tuple(entries)
-
     def _kind_tables(self) -> tuple[list[int], list[int]]:
         """Words per kind (fixed, per vlen item), completed from the layout section."""
-        fixed = list(_KNOWN_FIXED) + [_UNSIZED] * (_NR_KINDS - len(_KNOWN_FIXED))
-        per_vlen = list(_KNOWN_PER_VLEN) + [0] * (_NR_KINDS - len(_KNOWN_PER_VLEN))
+        fixed = list(KNOWN_FIXED) + [_UNSIZED] * (NR_KINDS - len(KNOWN_FIXED))
+        per_vlen = list(KNOWN_PER_VLEN) + [0] * (NR_KINDS - len(KNOWN_PER_VLEN))
         fixed[Kind.UNKN] = _UNSIZED
         layout = self._layout
         if not layout and self.base is not None:
             layout = self.base.layout  # a split BTF shares its base's layout, as in libbpf
-        for kind, entry in enumerate(layout[:_NR_KINDS]):
+        for kind, entry in enumerate(layout[:NR_KINDS]):
             if fixed[kind] != _UNSIZED:
                 continue  # known kinds keep their fixed encoding
             if entry.info_size % 4 == 0 and entry.elem_size % 4 == 0:
@@ -288,7 +202,7 @@ class BTF(NameIndex):
             if not offs:
                 tid, last = self.start_id, at
             elif last + 2 < end:
-                kind = words[last + 1] >> 24 & _KIND_MASK
+                kind = words[last + 1] >> 24 & KIND_MASK
                 if fixed[kind] == _UNSIZED:
                     raise self._error(
                         f"type [{tid}] has kind {kind}, unknown to this reader and not described "
@@ -304,6 +218,7 @@ class BTF(NameIndex):
         return self.type_offset + 4 * word
 
     def _error(self, message: str, offset: int, hint: str | None = None) -> BTFError:
+        """An error at `offset` in the blob (which may start inside an ELF file)."""
         return BTFError(message, source=self.source, offset=self._at + offset, hint=hint)
 
     # --- properties of the blob ----------------------------------------------------------
@@ -339,11 +254,11 @@ class BTF(NameIndex):
         if 0 < type_id < self.start_id and self.base is not None:
             return self.base.raw_kind(type_id)
         off = self._offs[self._own_index(type_id)]
-        return self._words[off + 1] >> 24 & _KIND_MASK
+        return self._words[off + 1] >> 24 & KIND_MASK
 
     def kind(self, type_id: int) -> Kind:
         """The kind of a type, without decoding it."""
-        return _KIND_OF[self.raw_kind(type_id)]
+        return KIND_OF[self.raw_kind(type_id)]
 
     def name(self, type_id: int) -> str:
         """The name of a type, without decoding it ("" for anonymous types and void)."""
@@ -382,85 +297,12 @@ class BTF(NameIndex):
             return self.base.type(type_id)
         at = self._offs[self._own_index(type_id)]
         try:
-            decoded = self._decode(type_id, at)
+            decoded = decode_record(self._words, at, type_id, self.string)
         except BTFError as err:
             err.offset = self._at + self._word_at(at)
             raise
         self._types[type_id] = decoded
         return decoded
-
-    def _decode(self, tid: int, at: int) -> Type:
-        w = self._words
-        name_off, info, size_or_type = w[at], w[at + 1], w[at + 2]
-        raw_kind = info >> 24 & _KIND_MASK
-        kind = _KIND_OF[raw_kind]
-        vlen = info & _VLEN_MASK
-        kflag = bool(info >> 31)
-        name = self.string(name_off)
-        s = self.string
-        x = at + 3  # first word after the header
-        if kind == Kind.UNKN:
-            return Type(tid, kind, name, kflag, vlen, size=size_or_type)
-        if kind == Kind.INT:
-            enc = w[x]
-            return Type(
-                tid,
-                kind,
-                name,
-                kflag,
-                vlen,
-                size=size_or_type,
-                int_encoding=enc >> 24 & 0x0F,
-                int_offset=enc >> 16 & 0xFF,
-                int_bits=enc & 0xFF,
-            )
-        if kind in (Kind.STRUCT, Kind.UNION):
-            if kflag:
-                members = tuple(
-                    Member(s(w[i]), w[i + 1], w[i + 2] & 0xFFFFFF, w[i + 2] >> 24)
-                    for i in range(x, x + 3 * vlen, 3)
-                )
-            else:
-                members = tuple(
-                    Member(s(w[i]), w[i + 1], w[i + 2]) for i in range(x, x + 3 * vlen, 3)
-                )
-            return Type(tid, kind, name, kflag, vlen, size=size_or_type, members=members)
-        if kind == Kind.ENUM:
-            values = tuple(
-                EnumValue(s(w[i]), _s32(w[i + 1]) if kflag else w[i + 1])
-                for i in range(x, x + 2 * vlen, 2)
-            )
-            return Type(tid, kind, name, kflag, vlen, size=size_or_type, values=values)
-        if kind == Kind.ENUM64:
-            values64 = []
-            for i in range(x, x + 3 * vlen, 3):
-                value = w[i + 2] << 32 | w[i + 1]
-                if kflag and value >> 63:
-                    value -= 1 << 64
-                values64.append(EnumValue(s(w[i]), value))
-            return Type(tid, kind, name, kflag, vlen, size=size_or_type, values=tuple(values64))
-        if kind == Kind.ARRAY:
-            return Type(
-                tid, kind, name, kflag, vlen, elem_type=w[x], index_type=w[x + 1], nelems=w[x + 2]
-            )
-        if kind == Kind.FUNC_PROTO:
-            params = tuple(Param(s(w[i]), w[i + 1]) for i in range(x, x + 2 * vlen, 2))
-            return Type(tid, kind, name, kflag, vlen, type=size_or_type, params=params)
-        if kind == Kind.DATASEC:
-            secinfos = tuple(
-                VarSecInfo(w[i], w[i + 1], w[i + 2]) for i in range(x, x + 3 * vlen, 3)
-            )
-            return Type(tid, kind, name, kflag, vlen, size=size_or_type, secinfos=secinfos)
-        if kind == Kind.FUNC:
-            return Type(tid, kind, name, kflag, vlen, type=size_or_type, linkage=vlen)
-        if kind == Kind.VAR:
-            return Type(tid, kind, name, kflag, vlen, type=size_or_type, linkage=w[x])
-        if kind == Kind.DECL_TAG:
-            return Type(tid, kind, name, kflag, vlen, type=size_or_type, component_idx=_s32(w[x]))
-        if kind == Kind.FLOAT:
-            return Type(tid, kind, name, kflag, vlen, size=size_or_type)
-        # PTR FWD TYPEDEF VOLATILE CONST RESTRICT TYPE_TAG
-        return Type(tid, kind, name, kflag, vlen, type=size_or_type)
 
     def __iter__(self) -> Iterator[Type]:
         """Decode every own type, in id order."""
@@ -474,7 +316,7 @@ class BTF(NameIndex):
             by_kind: dict[int, list[int]] = {}
             start = self.start_id
             for index, info in enumerate(infos):
-                raw = info >> 24 & _KIND_MASK
+                raw = info >> 24 & KIND_MASK
                 ids = by_kind.get(raw)
                 if ids is None:
                     by_kind[raw] = [start + index]
@@ -569,53 +411,15 @@ class BTF(NameIndex):
         byteorder = byteorder or self.byteorder
         if byteorder not in ("little", "big"):
             raise ValueError(f"byteorder must be 'little' or 'big', not {byteorder!r}")
-        order = "<" if byteorder == "little" else ">"
         words = array(_WORD, self._words)
         if byteorder != _NATIVE:
             words.byteswap()
-        types = words.tobytes()
-        layout = b"".join(
-            struct.pack(order + "BBH", e.info_size, e.elem_size, e.flags) for e in self._layout
+        return btfblob.pack(
+            byteorder,
+            version=self.version,
+            flags=self.flags,
+            with_layout_fields=self.hdr_len >= btfblob.HEADER_LEN_LAYOUT,
+            types=words.tobytes(),
+            layout=self._layout,
+            strings=self._strings,
         )
-        hdr_len = HEADER_LEN_LAYOUT if self._layout or self.hdr_len >= 32 else HEADER_LEN
-        header = struct.pack(
-            order + "HBBIIIII",
-            MAGIC,
-            self.version,
-            self.flags,
-            hdr_len,
-            0,
-            len(types),
-            len(types) + len(layout),
-            len(self._strings),
-        )
-        if hdr_len == HEADER_LEN_LAYOUT:
-            header += struct.pack(order + "II", len(types) if layout else 0, len(layout))
-        return header + types + layout + self._strings
-
-
-# --- ELF -----------------------------------------------------------------------------------
-
-
-def _elf_btf_section(view: memoryview, source: str | None) -> tuple[int, int]:
-    """Offset and size of the `.BTF` section of an ELF file (either class, either byte order)."""
-    for sec in section_headers(view, source, error=BTFError):
-        if sec.name != ".BTF":
-            continue
-        if sec.type == SHT_NOBITS:
-            raise BTFError(
-                "the .BTF section has no data (NOBITS)", source=source, offset=sec.header_offset
-            )
-        if sec.flags & SHF_COMPRESSED:
-            raise BTFError(
-                "the .BTF section is compressed, which this reader does not support",
-                source=source,
-                offset=sec.header_offset,
-            )
-        return sec.offset, sec.size
-    raise BTFError(
-        "ELF file has no .BTF section",
-        source=source,
-        offset=0,
-        hint="build the kernel or module with CONFIG_DEBUG_INFO_BTF, or pass a raw BTF file",
-    )
