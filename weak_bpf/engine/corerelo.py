@@ -313,14 +313,25 @@ def target_index(vmlinux: BTF, modules: Sequence[tuple[str, BTF]] = ()) -> Targe
     return index
 
 
+LocalKey = tuple[int, str, int]  # (local type id, access string, relocation kind)
+LocalSpec = tuple[Spec, str, str]  # the parsed access, its short name, its text
+
+
 class CoreResolver:
     """Resolves one object's relocations against one target, in order, keeping libbpf's pruned
     candidate list per local type."""
 
-    def __init__(self, local: BTF, target: TargetIndex | BTF) -> None:
+    def __init__(
+        self,
+        local: BTF,
+        target: TargetIndex | BTF,
+        local_specs: dict[LocalKey, LocalSpec] | None = None,
+    ) -> None:
         self.local = local
         self.target = target if isinstance(target, TargetIndex) else target_index(target)
         self._cands: dict[int, tuple[Candidate, ...]] = {}
+        # parsed local accesses, which depend on the object alone: share them between kernels
+        self._local_specs = local_specs if local_specs is not None else {}
 
     def resolve(self, kind: int, type_id: int, access: str) -> CoreResult:
         try:
@@ -344,9 +355,12 @@ class CoreResolver:
             raise LoadRefused(f"unknown CO-RE relocation kind {kind}")
         if not 0 < type_id < local.nr_types:
             raise LoadRefused(f"local type id {type_id} is out of range")
-        local_spec = parse_spec(local, type_id, access, kind)
-        name = _short_name(local, type_id, access, kind, local_spec)
-        local_text = local_spec.format()
+        parsed = self._local_specs.get((type_id, access, kind))
+        if parsed is None:
+            ls = parse_spec(local, type_id, access, kind)
+            parsed = (ls, _short_name(local, type_id, access, kind, ls), ls.format())
+            self._local_specs[(type_id, access, kind)] = parsed
+        local_spec, name, local_text = parsed
         big_endian = self.target.vmlinux.byteorder == "big"
         if kind == CoreReloKind.TYPE_ID_LOCAL:
             return CoreResult(

@@ -18,7 +18,7 @@ from weak_bpf.engine.checks.greylist import GreylistChecks
 from weak_bpf.engine.checks.kfuncs import KfuncChecks
 from weak_bpf.engine.checks.ksyms import KsymChecks
 from weak_bpf.engine.checks.license import LicenseChecks
-from weak_bpf.engine.reachability import reachability
+from weak_bpf.engine.checks.memo import ObjectMemo
 from weak_bpf.model import (
     Area,
     Check,
@@ -32,7 +32,7 @@ from weak_bpf.model import (
 from weak_bpf.parsers.greylist import Greylist
 from weak_bpf.parsers.objvalues import BpfObject
 
-__all__ = ["check_object", "malformed"]
+__all__ = ["ObjectMemo", "check_object", "malformed"]
 
 
 def malformed(detail: str) -> Result:
@@ -42,10 +42,16 @@ def malformed(detail: str) -> Result:
 
 
 def check_object(
-    obj: BpfObject, greylist: Greylist | None, kernel: KernelFacts, *, native: bool = False
+    obj: BpfObject,
+    greylist: Greylist | None,
+    kernel: KernelFacts,
+    *,
+    native: bool = False,
+    memo: ObjectMemo | None = None,
 ) -> Result:
-    """Every check of `obj` on `kernel`; `native` when the object was built for this kernel."""
-    checker = _Checker(obj, greylist, kernel)
+    """Every check of `obj` on `kernel`; `native` when the object was built for this kernel.
+    Give the same `memo` when judging one object on several kernels: it keeps what they share."""
+    checker = _Checker(obj, greylist, kernel, memo)
     checks = _nothing_attaches(obj, tuple(checker.run()))
     modules = tuple(sorted(checker.modules))
     verdict = Verdict.NATIVE if native else verdict_of(checks)
@@ -106,7 +112,7 @@ class _Checker(LicenseChecks, GreylistChecks, KfuncChecks, KsymChecks, CoreCheck
             }
             if not in_program:
                 continue
-            reach = reachability(self.obj, program, self.known)
+            reach = self.memo.reachability(program, self.known)
             for slot, (code, subject, why, guard) in sorted(in_program.items()):
                 area = Area.CORE if code is ReasonCode.CORE_RELO else Area.KFUNC
                 symbol = subject.split(" ", 1)[-1]

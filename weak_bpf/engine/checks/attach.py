@@ -8,8 +8,7 @@ from collections.abc import Iterable
 from weak_bpf.engine.btfcompat import describe, essential_name
 from weak_bpf.engine.checks.base import CheckerBase
 from weak_bpf.engine.corerelo import FIELD_KINDS
-from weak_bpf.engine.ctxaccess import context_use
-from weak_bpf.engine.reachability import Slot, reachability
+from weak_bpf.engine.reachability import Slot
 from weak_bpf.model import Area, Check, Outcome, ReasonCode
 from weak_bpf.parsers.btf import BTF, Kind, Param, Type
 from weak_bpf.parsers.objvalues import Function
@@ -169,11 +168,11 @@ class AttachChecks(CheckerBase):
 
     def _attach_proto(self, program: Function, proto: TargetProto) -> Iterable[Check]:
         subject = f"arguments of {program.info.section}"
-        reach = reachability(self.obj, program, self.known)
+        reach = self.memo.reachability(program, self.known)
         reachable = None
         if reach.decided:
             reachable = {i for s, i in reach.reachable if s == program.section}
-        use = context_use(program, reachable)
+        use = self.memo.context_use(program, reachable)
         k = self.k.kver
         problems = []
         for slot, index in use.reads:

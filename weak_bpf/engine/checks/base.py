@@ -3,6 +3,7 @@ K resolves (for the reachability analysis), and the helpers that word a check.""
 
 from __future__ import annotations
 
+from weak_bpf.engine.checks.memo import ObjectMemo
 from weak_bpf.engine.reachability import KnownValue, Slot
 from weak_bpf.model import Area, Check, KernelFacts, Outcome, ReasonCode
 from weak_bpf.parsers.btf import BTF, Kind
@@ -19,8 +20,15 @@ TEXT_SYMBOL_TYPES = frozenset("tTwW")
 class CheckerBase:
     """The state one object's checks share; each kind of check is a mixin of it."""
 
-    def __init__(self, obj: BpfObject, greylist: Greylist | None, kernel: KernelFacts) -> None:
+    def __init__(
+        self,
+        obj: BpfObject,
+        greylist: Greylist | None,
+        kernel: KernelFacts,
+        memo: ObjectMemo | None = None,
+    ) -> None:
         self.obj = obj
+        self.memo = memo if memo is not None and memo.obj is obj else ObjectMemo(obj)
         self.greylist = greylist
         self.k = kernel
         self.modules: set[str] = set()

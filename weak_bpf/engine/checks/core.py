@@ -21,7 +21,7 @@ class CoreChecks(CheckerBase):
         if not self.obj.core_relos or self.obj.btf is None:
             return
         assert self.k.vmlinux is not None
-        resolver = CoreResolver(self.obj.btf, target_index(self.k.vmlinux))
+        resolver = CoreResolver(self.obj.btf, target_index(self.k.vmlinux), self.memo.local_specs)
         for site in self.obj.core_relos:
             result = resolver.resolve_relo(site)
             slot = (site.section, site.insn_index)
