@@ -13,13 +13,14 @@ Instruction indexes are slots in the code section (byte offset / 8), as in reloc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import struct
 
 from weak_bpf.errors import BTFError, ELFError, ParseError
 from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.btfext import BtfExt, parse_btf_ext
-from weak_bpf.parsers.elf import elf_header, section_headers
+from weak_bpf.parsers.elf import Buffer, elf_header, section_headers
 from weak_bpf.parsers.insn import Insn, LdImm64Src, decode
 from weak_bpf.parsers.objvalues import (
     SHN_UNDEF,
@@ -43,6 +44,7 @@ from weak_bpf.parsers.sections import SectionInfo, section_info
 EM_BPF = 247
 ET_REL = 1
 _DEBUG = re.compile(r"\.(rel|rela)?\.?debug_")
+_EHDR64_SIZE = 64  # the ELF header of a 64-bit object
 SHT_PROGBITS = 1
 SHT_SYMTAB = 2
 SHT_NOBITS = 8
@@ -64,8 +66,9 @@ GREYLIST = ".greylist"
 _DATA_PREFIXES = (".data", ".rodata", ".bss")
 
 
-def read_bpf_object(data: bytes, source: str | None = None) -> BpfObject:
-    """Read a BPF ELF object. Raises ELFError (or BTFError for bad BTF) on bad input."""
+def read_bpf_object(data: Buffer, source: str | None = None) -> BpfObject:
+    """Read a BPF ELF object (bytes, or a mapped file: its DWARF is never touched). Raises
+    ELFError (or BTFError for bad BTF) on bad input."""
     try:
         return _Reader(data, source).read()
     except ParseError as err:
@@ -95,14 +98,14 @@ class _Section:
 
 
 class _Reader:
-    def __init__(self, data: bytes, source: str | None) -> None:
-        self.raw = bytes(data)
+    def __init__(self, data: Buffer, source: str | None) -> None:
+        self.raw = data if isinstance(data, bytes) else memoryview(data).cast("B")
         self.source = source
 
     # --- ELF structure -------------------------------------------------------------------------
 
     def read(self) -> BpfObject:
-        if self.raw[:4] != b"\x7fELF":
+        if bytes(self.raw[:4]) != b"\x7fELF":
             raise ELFError("not an ELF file (bad magic)", offset=0)
         self.sections = self._elf_layout()
         self.by_name = {sec.name: sec for sec in self.sections}
@@ -139,6 +142,7 @@ class _Reader:
             btf=btf,
             btf_ext=btf_ext,
             greylist=self._section_bytes(GREYLIST),
+            digest=self.digest,
         )
 
     def _elf_layout(self) -> list[_Section]:
@@ -156,7 +160,7 @@ class _Reader:
             raise ELFError("BPF objects are 64-bit ELF", offset=4)
         self.byteorder = header.byteorder
         self.endian = "<" if header.byteorder == "little" else ">"
-        return [
+        sections = [
             _Section(
                 h.index,
                 h.name,
@@ -169,10 +173,17 @@ class _Reader:
                 # DWARF is most of an object's bytes and nothing here reads it
                 b""
                 if h.type in (SHT_NOBITS, 0) or _DEBUG.match(h.name)
-                else self.raw[h.offset : h.offset + h.size],
+                else bytes(self.raw[h.offset : h.offset + h.size]),
             )
             for h in section_headers(self.raw, self.source)
         ]
+        digest = hashlib.sha256(bytes(self.raw[:_EHDR64_SIZE]))
+        for sec in sections:
+            fields = (sec.name, sec.type, sec.flags, sec.size, sec.link, sec.info)
+            digest.update(repr(fields).encode("utf-8", "surrogateescape"))
+            digest.update(sec.data)
+        self.digest = digest.hexdigest()
+        return sections
 
     def _symbols(self) -> list[Symbol]:
         symtabs = [sec for sec in self.sections if sec.type == SHT_SYMTAB]

@@ -178,6 +178,9 @@ class BpfObject:
     btf: BTF | None = dataclasses.field(compare=False, repr=False)
     btf_ext: BtfExt | None = dataclasses.field(compare=False, repr=False)
     greylist: bytes | None
+    # a hash of every byte the reader used (the ELF header, and each section but DWARF, with
+    # its header): objects with equal digests are equal for every check
+    digest: str = dataclasses.field(default="", compare=False, repr=False)
 
     @property
     def externs(self) -> tuple[Extern, ...]:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from weak_bpf.errors import ParseError
+from weak_bpf.kernel import compression
 from weak_bpf.kernel import load as kernel_data
 from weak_bpf.kernel.find import module_dirs, resolve_in_root
 from weak_bpf.parsers.bpfobject import read_bpf_object
@@ -63,16 +64,26 @@ def _objects_below(root: Path, top: str) -> Iterator[str]:
     base = resolve_in_root(root, top)
     if base is None or not base.is_dir():
         return
-    found = []
-    for directory, subdirs, files in os.walk(base):  # never descends into linked directories
-        subdirs.sort()
-        for name in files:
-            if not name.endswith(SUFFIX):
+    found: list[str] = []
+    pending = [""]
+    while pending:  # never descends into linked directories
+        rel_dir = pending.pop()
+        try:
+            entries = list(os.scandir(os.path.join(base, rel_dir)))
+        except OSError:
+            continue
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(rel)
+            elif not entry.name.endswith(SUFFIX):
                 continue
-            rel = os.path.relpath(os.path.join(directory, name), base)
-            target = resolve_in_root(root, f"{top}/{rel}")
-            if target is not None and target.is_file():
+            elif entry.is_file(follow_symlinks=False):
                 found.append(rel)
+            elif entry.is_symlink():
+                target = resolve_in_root(root, f"{top}/{rel}")
+                if target is not None and target.is_file():
+                    found.append(rel)
     yield from sorted(found)
 
 
@@ -116,9 +127,8 @@ def load_program(root: Path, program: InstalledProgram) -> LoadedProgram:
                 "a link leads out of the root" if os.path.lexists(root / source) else "no such file"
             )
             raise ParseError(why, source=source)
-        data = kernel_data.read_file(target, max_size=MAX_OBJECT_SIZE)
-        obj = read_bpf_object(data, source)
-        digest = hashlib.sha256(data)
+        obj = _read_object(target, source)
+        digest = hashlib.sha256(obj.digest.encode())
         digest.update(b"\0" + (program.native_kernel or "").encode("utf-8", "surrogateescape"))
     except ParseError as e:
         return LoadedProgram(program, None, None, str(e.located(source)))
@@ -142,6 +152,22 @@ def load_program(root: Path, program: InstalledProgram) -> LoadedProgram:
     except ParseError as e:
         return LoadedProgram(program, obj, None, str(e))
     return LoadedProgram(program, obj, greylist, digest=digest.hexdigest())
+
+
+def _read_object(path: Path, source: str) -> BpfObject:
+    """The object at `path`, mapped so that its DWARF (most of its bytes) is never read; a
+    compressed one is unpacked first."""
+    with kernel_data.mapped(path, max_size=MAX_OBJECT_SIZE) as mapped:
+        head = bytes(mapped[:16])  # enough for every compression magic
+        if compression.detect(head) is not None:
+            data = compression.maybe_decompress(bytes(mapped), str(path), max_size=MAX_OBJECT_SIZE)
+            return read_bpf_object(data, source)
+        if len(mapped) > MAX_OBJECT_SIZE:
+            raise ParseError(
+                f"larger than {compression.size_text(MAX_OBJECT_SIZE)}, the most it reads",
+                source=str(path),
+            )
+        return read_bpf_object(mapped, source)
 
 
 def loose_program(path: Path) -> LoadedProgram:
