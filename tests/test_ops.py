@@ -13,6 +13,7 @@ import pytest
 
 from weak_bpf import ops, report
 from weak_bpf.kernel.cache import CACHE_DIR
+from weak_bpf.program.installed import InstalledProgram
 
 import exampleroot
 
@@ -141,12 +142,24 @@ def test_without_cache_nothing_is_written(root: Path) -> None:
     assert not (root / CACHE_DIR).exists()
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def _two_chunks(tasks: Any) -> list[list[int]]:
+    """Two chunks that keep objects of one size together, as judging._chunks does."""
+    sizes = sorted({t.size for t in tasks})
+    first = set(sizes[: len(sizes) // 2])
+    chunks = [[i for i, t in enumerate(tasks) if (t.size in first) == side] for side in (1, 0)]
+    assert all(chunks), "the root has objects of too few sizes for two chunks"
+    return chunks
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
 def test_identical_objects_are_judged_once_per_kernel(
-    root: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int
 ) -> None:
     """The same object in three places (another package, another name) is checked once per
-    kernel; a copy with a greylist of its own is checked apart."""
-    audit_mod = importlib.import_module("weak_bpf.ops.verdicts")  # ops.audit is the function
+    kernel; a copy with a greylist of its own is checked apart. With two jobs, the checks run
+    in two worker processes, and the sharing holds across them."""
+    judging = importlib.import_module("weak_bpf.ops.judging")
 
     source = root / "usr/lib/bpf/acme-trace/exec_state.bpf.o"
     copies = ["vendor-a/exec_state.bpf.o", "vendor-b/exec_state.bpf.o", "vendor-b/other.bpf.o"]
@@ -157,15 +170,23 @@ def test_identical_objects_are_judged_once_per_kernel(
     greylisted.parent.mkdir()
     shutil.copyfile(source, greylisted)
     (root / "usr/lib/bpf/vendor-c/exec_state.bpf.o.greylist").write_text("# no symbols\n")
-    judged: list[str] = []
-    real = audit_mod.evaluate
+    log = tmp_path / "judged"  # one line per check run, from whichever process ran it
+    real = judging.evaluate
 
-    def counting(loaded: Any, facts: Any) -> Any:
-        judged.append(loaded.program.path)
-        return real(loaded, facts)
+    def counting(loaded: Any, facts: Any, memo: Any = None) -> Any:
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {loaded.program.path}\n")
+        return real(loaded, facts, memo)
 
-    monkeypatch.setattr(audit_mod, "evaluate", counting)
-    report = ops.audit(root, cache=False)
+    monkeypatch.setattr(judging, "evaluate", counting)
+    monkeypatch.setattr(judging, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(judging, "_chunks", lambda tasks, jobs: _two_chunks(tasks))
+    report = ops.audit(root, cache=False, jobs=jobs)
+    lines = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    judged = [path for _, path in lines]
+    workers = {pid for pid, _ in lines}
+    assert (os.getpid() in map(int, workers)) == (jobs == 1)
+    assert len(workers) == jobs
     same = ["usr/lib/bpf/acme-trace/exec_state.bpf.o"] + [f"usr/lib/bpf/{c}" for c in copies]
     kernels = len(report.kernels)
     assert kernels == 2
@@ -176,3 +197,30 @@ def test_identical_objects_are_judged_once_per_kernel(
         assert {k: r[0] for k, r in results[path].items()} == {
             k: r[0] for k, r in results[same[0]].items()
         }
+
+
+def test_workers_give_the_verdicts_of_one_process(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An audit spread over worker processes reports what one process reports, to the byte."""
+    judging = importlib.import_module("weak_bpf.ops.judging")
+    monkeypatch.setattr(judging, "PARALLEL_FROM", 1)
+    alone = report.audit_json(ops.audit(root, cache=False, jobs=1))
+    spread = report.audit_json(ops.audit(root, cache=False, jobs=3))
+    assert alone == spread
+    assert len(spread["programs"]) >= 8  # type: ignore[arg-type]
+
+
+def test_chunks_keep_objects_of_one_size_together() -> None:
+    """Identical objects have one size: a chunk holds all objects of a size, so the worker
+    that judges one judges the others, and shares its results with them."""
+    judging = importlib.import_module("weak_bpf.ops.judging")
+    program = InstalledProgram("usr/lib/bpf/p/x.bpf.o", "p/x.bpf.o", None)
+    tasks = [judging.Task(program, ("k",), size) for size in [5, 7, 5, 9, 7, 5] * 40]
+    chunks = judging._chunks(tasks, 2)
+    assert len(chunks) > 1
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(len(tasks)))
+    for chunk in chunks:
+        sizes = {tasks[i].size for i in chunk}
+        for size in sizes:
+            assert sum(t.size == size for t in tasks) == sum(tasks[i].size == size for i in chunk)

@@ -99,6 +99,13 @@ class Reason:
         return {"code": self.code.value, "symbol": self.symbol, "detail": self.detail}
 
 
+# value -> member, for reading results back fast (a KeyError for an unknown value)
+_AREAS = {a.value: a for a in Area}
+_OUTCOMES = {o.value: o for o in Outcome}
+_CODES = {c.value: c for c in ReasonCode}
+_VERDICTS = {v.value: v for v in Verdict}
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
     """The verdict on one program object for one kernel, with every check behind it."""
@@ -152,11 +159,11 @@ class Result:
         """Raises KeyError, ValueError or TypeError on a document to_json did not write."""
         checks = tuple(
             Check(
-                Area(a), Outcome(o), subject, detail, ReasonCode(code) if code else None, sym, prog
+                _AREAS[a], _OUTCOMES[o], subject, detail, _CODES[code] if code else None, sym, prog
             )
             for a, o, subject, detail, code, sym, prog in doc["checks"]
         )
-        return cls(Verdict(doc["verdict"]), checks, tuple(doc["modules"]))
+        return cls(_VERDICTS[doc["verdict"]], checks, tuple(doc["modules"]))
 
     @property
     def unstable_symbols(self) -> tuple[str, ...]:
@@ -217,6 +224,15 @@ class KernelFacts:
             loader = self._lazy.pop(name, None)
             self._values[name] = loader() if loader is not None else None
         return self._values[name]
+
+    def read_all(self) -> None:
+        """Read every fact now, modules' symbols included: before worker processes fork, so
+        that they share what was read instead of each reading it again."""
+        for name in list(self._lazy):
+            self._fact(name)
+        if self.vmlinux is not None:
+            self.vmlinux.build_index()
+            self.module_of_symbol("")  # the first lookup reads every module's symbols
 
     def defer(self, name: str, loader: Callable[[], Any]) -> None:
         """Read fact `name` with `loader` when it is first asked for."""

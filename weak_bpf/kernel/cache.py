@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def file_key(path: Path) -> str:
     return h.hexdigest()[:32]
 
 
-def stat_key(paths: list[Path]) -> str:
+def stat_key(paths: Sequence[str | Path]) -> str:
     """A hash of many files' names, inodes, sizes and modification times: cheap. Package managers
     replace a file by renaming a new one over it (a new inode). The change time is left out: a
     new hard link to a file changes it, and test roots hard-link their kernels."""

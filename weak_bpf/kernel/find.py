@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -79,6 +80,12 @@ class KernelArtifacts:
 def resolve_in_root(root: Path, relative: str) -> Path | None:
     """`root/relative` with symlinks resolved inside the root; None if absent or if a link leads
     out of the root (or loops)."""
+    found = resolved_path(str(root), relative)
+    return None if found is None else Path(found)
+
+
+def resolved_path(top: str, relative: str) -> str | None:
+    """resolve_in_root on strings, for the paths of many programs."""
     parts = [p for p in relative.split("/") if p not in ("", ".")]
     parts.reverse()  # a stack: the next component is last
     done: list[str] = []
@@ -90,10 +97,12 @@ def resolve_in_root(root: Path, relative: str) -> Path | None:
                 return None  # above the root
             done.pop()
             continue
-        here = root.joinpath(*done, part)
-        if not here.is_symlink():
-            if not os.path.lexists(here):
-                return None
+        here = os.path.join(top, *done, part)
+        try:
+            mode = os.lstat(here).st_mode
+        except (OSError, ValueError):
+            return None
+        if not stat.S_ISLNK(mode):
             done.append(part)
             continue
         links += 1
@@ -103,7 +112,7 @@ def resolve_in_root(root: Path, relative: str) -> Path | None:
         if target.startswith("/"):
             done = []  # chroot semantics: absolute targets start at the root
         parts.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
-    return root.joinpath(*done)
+    return os.path.join(top, *done)
 
 
 def _file(root: Path, relative: str) -> Path | None:

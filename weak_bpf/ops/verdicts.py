@@ -17,13 +17,13 @@ from weak_bpf.errors import WeakBpfError
 from weak_bpf.kernel import find as kernel
 from weak_bpf.kernel.cache import Cache, content_key, stat_key
 from weak_bpf.kernel.facts import load_kernel_facts
-from weak_bpf.kernel.find import resolve_in_root
+from weak_bpf.kernel.find import resolve_in_root, resolved_path
 from weak_bpf.model import KernelFacts, Result, Verdict
+from weak_bpf.ops.judging import Task, default_jobs, evaluate, judge
 from weak_bpf.parsers.greylist import Greylist
 from weak_bpf.program import installed as programs_mod
 from weak_bpf.program.installed import (
     InstalledProgram,
-    LoadedProgram,
     installed_programs,
     load_program,
     object_path,
@@ -62,22 +62,25 @@ def weak_updates_dir(kver: str) -> str:
 
 def is_linked(root: Path, kver: str, program: InstalledProgram) -> bool:
     """Whether K's weak-updates link for the program's link name points at this object."""
-    link = root / weak_updates_dir(kver) / program.link_name
-    if not link.is_symlink():
-        return False
-    target = resolve_in_root(root, f"{weak_updates_dir(kver)}/{program.link_name}")
-    return target is not None and target == resolve_in_root(root, program.path)
+    return kver in linked_kernels(root, [kver], program)
 
 
-def evaluate(loaded: LoadedProgram, facts: KernelFacts) -> Result:
-    if loaded.obj is None or loaded.error is not None:
-        from weak_bpf.engine.checks import malformed  # not imported by a run served by the cache
-
-        return malformed(loaded.error or "unreadable")
-    native = loaded.program.native_kernel == facts.kver
-    from weak_bpf.engine.checks import check_object
-
-    return check_object(loaded.obj, loaded.greylist, facts, native=native)
+def linked_kernels(root: Path, kvers: Sequence[str], program: InstalledProgram) -> set[str]:
+    """The kernels among `kvers` whose weak-updates link for the program points at it."""
+    top = str(root)
+    linked: set[str] = set()
+    target: str | None = None
+    for kver in kvers:
+        where = f"{weak_updates_dir(kver)}/{program.link_name}"
+        if not os.path.islink(f"{top}/{where}"):
+            continue
+        if target is None:
+            target = resolved_path(top, program.path)
+            if target is None:
+                break
+        if resolved_path(top, where) == target:
+            linked.add(kver)
+    return linked
 
 
 def settings(root: Path) -> Config:
@@ -127,11 +130,19 @@ def _kernel_key(facts: KernelFacts) -> str:
 def _program_key(root: Path, program: InstalledProgram) -> str:
     """What a program's results depend on: its object and greylist, as read inside the root,
     and the links leading to them."""
+    top = str(root)
     names = [program.path, f"{program.path}.greylist"]
-    files = [root / n for n in names]
-    files += [resolve_in_root(root, n) or root / f"{n}.absent" for n in names]
-    links = [os.readlink(f) if f.is_symlink() else "" for f in files[:2]]
+    files = [f"{top}/{n}" for n in names]
+    files += [resolved_path(top, n) or f"{top}/{n}.absent" for n in names]
+    links = [_link(f) for f in files[:2]]
     return content_key(program.path, program.native_kernel or "", *links, stat_key(files))
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
 
 
 def audit(
@@ -143,6 +154,7 @@ def audit(
     exclude: Collection[str] = (),
     progress: Callable[[str], None] | None = None,
     config: Config | None = None,
+    jobs: int | None = None,
 ) -> AuditReport:
     """Every installed program (or those whose path matches one of `programs`, fnmatch
     patterns) against every installed kernel and the running one (or the ones given).
@@ -150,7 +162,8 @@ def audit(
 
     Results are kept in the cache, per kernel, under keys that change with any file they were
     computed from, so a warm audit reads no object and no BTF at all. Identical objects (the same
-    bytes and greylist, under other paths or in other packages) are judged once per kernel."""
+    bytes and greylist, under other paths or in other packages) are judged once per kernel.
+    `jobs` worker processes judge what the cache does not hold (default: one per processor)."""
     if not root.is_dir():
         raise WeakBpfError(f"{root}: no such directory", hint="--root names an installed system")
     store = Cache(root, writable=cache)
@@ -162,47 +175,65 @@ def audit(
         facts.extend(kernel_facts(root, [kver], cache=cache, config=config))
     names = {f.kver: f"results-{_kernel_key(f)}.json" for f in facts}
     tables = {kver: store.get_json(name) or {} for kver, name in names.items()}
-    changed: set[str] = set()
-    shared: dict[tuple[str, str], Result] = {}  # (object digest, kver) -> result, in this run
-    audits = []
     selected = [
         p for p in installed_programs(root) if _selected(p, programs) and p.path not in exclude
     ]
     if progress is not None:
         progress(f"checking {len(selected)} programs...")
-    for done, program in enumerate(selected, 1):
-        key = _program_key(root, program)
+    keys = [_program_key(root, program) for program in selected]
+    found: list[dict[str, Result]] = []
+    build_kernels: list[str | None] = []
+    tasks: list[Task] = []
+    for program, key in zip(selected, keys):
         entries = {kver: table.get(key) for kver, table in tables.items()}
         try:
             cached = {k: Result.from_json(e["result"]) for k, e in entries.items() if e}
         except (KeyError, ValueError, TypeError):
             cached = {}
-        build_kernel = next((e.get("build_kernel") for e in entries.values() if e), None)
-        greylist = None
+        found.append(cached)
+        build_kernels.append(next((e.get("build_kernel") for e in entries.values() if e), None))
         if len(cached) < len(facts):
-            loaded = load_program(root, program)
-            greylist, build_kernel = loaded.greylist, loaded.build_kernel
-            for f in facts:
-                if f.kver not in cached:
-                    same = (loaded.digest, f.kver) if loaded.digest else None
-                    if same is not None and same in shared:
-                        cached[f.kver] = shared[same]  # an identical object was judged already
-                    else:
-                        cached[f.kver] = evaluate(loaded, f)
-                        if same is not None:
-                            shared[same] = cached[f.kver]
-                    tables[f.kver][key] = {
-                        "build_kernel": build_kernel,
-                        "result": cached[f.kver].to_json(),
-                    }
-                    changed.add(f.kver)
-        results = {f.kver: (cached[f.kver], is_linked(root, f.kver, program)) for f in facts}
+            missing = tuple(f.kver for f in facts if f.kver not in cached)
+            tasks.append(Task(program, missing, _size(root, program)))
+
+    said = 0  # tens of programs said to be checked, the cached ones first
+
+    def judged_so_far(done: int) -> None:
+        nonlocal said
+        tens = (len(selected) - len(tasks) + done) // 10
+        if progress is not None and tens > said:
+            progress(f"checked {tens * 10} of {len(selected)} programs")
+            said = tens
+
+    judged_so_far(0)
+    jobs = jobs if jobs is not None else default_jobs()
+    judged = judge(root, tasks, facts, jobs=jobs, progress=judged_so_far, cached_kernels=cache)
+    by_path = {task.program.path: j for task, j in zip(tasks, judged)}
+    changed: set[str] = set()
+    audits = []
+    kvers_judged = [f.kver for f in facts]
+    for program, key, cached, known_build in zip(selected, keys, found, build_kernels):
+        greylist, build_kernel = None, known_build
+        fresh = by_path.get(program.path)
+        if fresh is not None:
+            greylist, build_kernel = fresh.greylist, fresh.build_kernel
+            for kver, entry in fresh.entries.items():
+                cached[kver] = Result.from_json(entry["result"])
+                tables[kver][key] = entry
+                changed.add(kver)
+        linked = linked_kernels(root, kvers_judged, program)
+        results = {k: (cached[k], k in linked) for k in kvers_judged}
         audits.append(ProgramAudit(program, build_kernel, results, greylist))
-        if progress is not None and done % 10 == 0:
-            progress(f"checked {done} of {len(selected)} programs")
     for kver in changed:
         store.put(names[kver], json.dumps(tables[kver]).encode())
     return AuditReport(root, tuple(f.kver for f in facts), tuple(audits))
+
+
+def _size(root: Path, program: InstalledProgram) -> int:
+    try:
+        return os.stat(root / program.path).st_size
+    except OSError:
+        return -1
 
 
 def _selected(program: InstalledProgram, patterns: Sequence[str]) -> bool:

@@ -55,6 +55,11 @@ class NameIndex:
             ids.extend(self.base.find(name, kind))
         return tuple(ids)
 
+    def build_index(self) -> None:
+        """Build the name index now; it is otherwise built on the first lookup."""
+        self._name_index()
+        self._string_index()
+
     def _name_index(self) -> list[int]:
         """Sorted `name_off << 32 | own index` keys: the ids of one name are a contiguous run."""
         if self._name_keys is None:

@@ -1,0 +1,179 @@
+"""Judging many installed objects on several kernels: in this process, or spread over worker
+processes that fork from it, so that each inherits the kernels' facts instead of reading them
+again. The results come back as the cache's table entries, in the order of the work."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from weak_bpf.model import KernelFacts, Result
+from weak_bpf.parsers.greylist import Greylist
+from weak_bpf.program.installed import InstalledProgram, LoadedProgram, load_program
+
+Entry = dict[str, Any]  # a cache table entry: {"build_kernel": ..., "result": Result JSON}
+
+# Fewer objects to judge than this are judged here: forking costs more than it saves.
+PARALLEL_FROM = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    program: InstalledProgram
+    kvers: tuple[str, ...]  # the kernels it has no cached result for
+    size: int  # of its object; identical objects have the same size
+
+
+@dataclasses.dataclass(frozen=True)
+class Judged:
+    build_kernel: str | None
+    greylist: Greylist | None
+    entries: dict[str, Entry]  # kver -> table entry
+
+
+def evaluate(loaded: LoadedProgram, facts: KernelFacts, memo: Any = None) -> Result:
+    """One object's result on one kernel (`memo`: an engine ObjectMemo for this object)."""
+    from weak_bpf.engine.checks import check_object, malformed  # not needed by a warm run
+
+    if loaded.obj is None or loaded.error is not None:
+        return malformed(loaded.error or "unreadable")
+    native = loaded.program.native_kernel == facts.kver
+    return check_object(loaded.obj, loaded.greylist, facts, native=native, memo=memo)
+
+
+def default_jobs() -> int:
+    """The processors this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def judge(
+    root: Path,
+    tasks: Sequence[Task],
+    facts: Sequence[KernelFacts],
+    *,
+    jobs: int = 1,
+    progress: Callable[[int], None] | None = None,
+    cached_kernels: bool = False,
+) -> list[Judged]:
+    """Each task's object judged on its kernels. Identical objects (the same bytes, greylist
+    and build kernel) are judged once per kernel: tasks of one size go to the same worker, and
+    a worker shares results by content. `progress` hears how many tasks are done.
+    `cached_kernels`: what the facts read goes to the cache, so that workers may read kernels
+    side by side before the judging starts."""
+    by_kver = {f.kver: f for f in facts}
+    chunks = _chunks(tasks, jobs)
+    results: list[Judged | None] = [None] * len(tasks)
+    done = 0
+    if jobs <= 1 or len(tasks) < PARALLEL_FROM or len(chunks) < 2:
+        shared: dict[tuple[str, str], Entry] = {}
+        for index in range(len(tasks)):  # one at a time, for the progress line
+            answer = _judge_chunk(root, tasks, [index], by_kver, shared)
+            done = _collect(answer, results, done, progress)
+    else:
+        from weak_bpf.engine import checks  # noqa: F401  (imported once, before the fork)
+        from weak_bpf.engine.corerelo import target_index
+
+        global _WORK  # noqa: PLW0603  (what the forked workers inherit)
+        _WORK = (root, tasks, by_kver)
+        context = multiprocessing.get_context("fork")
+        try:
+            if cached_kernels and len(facts) > 1:
+                # each kernel read in a worker, into the cache, from which this process reads
+                with context.Pool(min(jobs, len(facts))) as pool:
+                    pool.map(_read_kernel_in_worker, list(by_kver), chunksize=1)
+            for f in facts:  # read once, here, and shared with the workers
+                f.read_all()
+                if f.vmlinux is not None:
+                    target_index(f.vmlinux)
+            with context.Pool(min(jobs, len(chunks))) as pool:
+                for answer in pool.imap_unordered(_judge_in_worker, chunks):
+                    done = _collect(answer, results, done, progress)
+        finally:
+            _WORK = None
+    assert all(r is not None for r in results)
+    return [r for r in results if r is not None]
+
+
+def _collect(
+    answer: list[tuple[int, Judged]],
+    results: list[Judged | None],
+    done: int,
+    progress: Callable[[int], None] | None,
+) -> int:
+    for index, judged in answer:
+        results[index] = judged
+    done += len(answer)
+    if progress is not None:
+        progress(done)
+    return done
+
+
+def _chunks(tasks: Sequence[Task], jobs: int) -> list[list[int]]:
+    """Task indexes in chunks of about equal work that never split a size: a few chunks per
+    worker, so that a slow one does not hold the others up."""
+    by_size: dict[int, list[int]] = {}
+    for index, task in enumerate(tasks):
+        by_size.setdefault(task.size, []).append(index)
+    target = max(8, min(64, len(tasks) // (4 * max(jobs, 1)) + 1))
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for group in by_size.values():
+        current.extend(group)
+        if len(current) >= target:
+            chunks.append(current)
+            current = []
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+# What the workers judge, set by the parent just before it forks them.
+_WORK: tuple[Path, Sequence[Task], dict[str, KernelFacts]] | None = None
+
+
+def _read_kernel_in_worker(kver: str) -> None:
+    assert _WORK is not None
+    _WORK[2][kver].read_all()
+
+
+def _judge_in_worker(chunk: list[int]) -> list[tuple[int, Judged]]:
+    assert _WORK is not None
+    root, tasks, by_kver = _WORK
+    return _judge_chunk(root, tasks, chunk, by_kver)
+
+
+def _judge_chunk(
+    root: Path,
+    tasks: Sequence[Task],
+    chunk: list[int],
+    by_kver: dict[str, KernelFacts],
+    shared: dict[tuple[str, str], Entry] | None = None,
+) -> list[tuple[int, Judged]]:
+    """Judge the chunk's tasks; `shared`: the entries of (object digest, kver) judged so far."""
+    from weak_bpf.engine.checks import ObjectMemo
+
+    shared = {} if shared is None else shared
+    answer = []
+    for index in chunk:
+        task = tasks[index]
+        loaded = load_program(root, task.program)
+        memo = ObjectMemo(loaded.obj) if loaded.obj is not None else None
+        entries = {}
+        for kver in task.kvers:
+            same = (loaded.digest, kver) if loaded.digest else None
+            entry = shared.get(same) if same is not None else None
+            if entry is None:
+                result = evaluate(loaded, by_kver[kver], memo)
+                entry = {"build_kernel": loaded.build_kernel, "result": result.to_json()}
+                if same is not None:
+                    shared[same] = entry
+            entries[kver] = entry
+        answer.append((index, Judged(loaded.build_kernel, loaded.greylist, entries)))
+    return answer
