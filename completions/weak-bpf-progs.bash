@@ -34,7 +34,7 @@ _weak_bpf_progs() {
         word=${COMP_WORDS[i]}
         case $word in
             --root|--basedir) root=${COMP_WORDS[i+1]:-/}; ((i++)) ;;
-            --kernel|--program|--btf|--symvers) ((i++)) ;;
+            --kernel|--program|--btf|--symvers|--jobs|-j) ((i++)) ;;
             --add-kernel) command=add-kernel ;;
             --remove-kernel) command=remove-kernel ;;
             --add-progs|--add-modules) command=add-progs ;;
@@ -55,7 +55,7 @@ _weak_bpf_progs() {
     esac
     if [[ $cur == -* ]]; then
         case $command in
-            audit) options+=" --kernel --program" ;;
+            audit) options+=" --kernel --program --jobs" ;;
             greylist) options+=" --kernel --btf --symvers" ;;
         esac
         mapfile -t COMPREPLY < <(compgen -W "$options" -- "$cur")

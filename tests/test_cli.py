@@ -185,6 +185,18 @@ def test_the_example_programs_verdicts(
     assert "greylist: usr/lib/bpf/globex-net/ct_keepalive.bpf.o.greylist (3 symbols)" in out
 
 
+def test_audit_jobs_must_be_a_number_of_processes(
+    example_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for bad in ("0", "many", "-3"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["--root", str(example_root), "audit", "--jobs", bad])
+        assert exit_info.value.code == cli.Exit.USAGE
+        assert "is not a number of processes" in capsys.readouterr().err
+    status, out, _ = run(["--root", str(example_root), "audit", "-j", "1", "--json"], capsys)
+    assert status == cli.Exit.FINDINGS and json.loads(out)["programs"]
+
+
 def test_audit_of_a_missing_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = run(["--root", str(tmp_path / "nowhere"), "audit"], capsys)
     assert status == cli.Exit.USAGE and "no such directory" in err

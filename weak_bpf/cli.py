@@ -119,6 +119,16 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
 
 
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (1-1024)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="weak-bpf-progs",
@@ -157,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="GLOB",
         help="only programs whose path or <pkg>/<name> matches (repeatable)",
+    )
+    audit.add_argument(
+        "--jobs",
+        "-j",
+        type=_jobs,
+        default=None,
+        metavar="N",
+        help="judge with N processes (default: one per processor)",
     )
     explain = verb(Verb.EXPLAIN)
     explain.add_argument(
@@ -356,7 +374,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     progress = _Progress(sys.stderr)
     try:
         result = ops.audit(
-            args.root, kernels, programs=args.program, cache=not args.dry_run, progress=progress
+            args.root,
+            kernels,
+            programs=args.program,
+            cache=not args.dry_run,
+            progress=progress,
+            jobs=args.jobs,
         )
     finally:
         progress.clear()
