@@ -318,13 +318,21 @@ def _modules(root: Path, trees: list[str]) -> Iterator[Path]:
         if top is None:
             continue
         found = []
-        for directory, subdirs, files in os.walk(top):  # does not descend into linked dirs
-            subdirs.sort()
-            for name in files:
-                if not name.endswith(MODULE_SUFFIXES):
+        pending = [str(top)]
+        while pending:  # does not descend into linked directories
+            directory = pending.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
                     continue
-                path = Path(directory, name)
-                if path.is_symlink():
+                if not entry.name.endswith(MODULE_SUFFIXES):
+                    continue
+                path = Path(entry.path)
+                if entry.is_symlink():
                     inside = _file(root, str(path.relative_to(root)))
                     if inside is None:
                         continue

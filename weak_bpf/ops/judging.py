@@ -5,7 +5,6 @@ again. The results come back as the cache's table entries, in the order of the w
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -77,6 +76,8 @@ def judge(
             answer = _judge_chunk(root, tasks, [index], by_kver, shared)
             done = _collect(answer, results, done, progress)
     else:
+        import multiprocessing
+
         from weak_bpf.engine import checks  # noqa: F401  (imported once, before the fork)
         from weak_bpf.engine.corerelo import target_index
 

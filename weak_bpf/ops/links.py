@@ -227,8 +227,8 @@ def _resolve_kernel(  # noqa: PLR0917
 
 
 def add_kernel(root: Path, kver: str, **options: Any) -> list[KernelRun]:
-    found = kernel.find_kernel(root, kver)  # must be installed: raises KernelNotFound
-    if not found.installed:
+    if not kernel.is_installed(root, kver):
+        kernel.find_kernel(root, kver)  # raises KernelNotFound unless K is the running kernel
         raise WeakBpfError(
             f"kernel {kver} runs, but is not installed under {root}: there is no "
             f"usr/lib/modules/{kver} to link its programs in",

@@ -13,15 +13,17 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from weak_bpf.errors import ParseError
 from weak_bpf.kernel import compression
 from weak_bpf.kernel import load as kernel_data
 from weak_bpf.kernel.find import module_dirs, resolve_in_root
-from weak_bpf.parsers.bpfobject import read_bpf_object
 from weak_bpf.parsers.greylist import Greylist, parse_greylist
-from weak_bpf.parsers.objvalues import BpfObject
 from weak_bpf.versions import kernel_sort_key
+
+if TYPE_CHECKING:
+    from weak_bpf.parsers.objvalues import BpfObject
 
 SUFFIX = ".bpf.o"
 CORE_DIR = "usr/lib/bpf"
@@ -157,6 +159,8 @@ def load_program(root: Path, program: InstalledProgram) -> LoadedProgram:
 def _read_object(path: Path, source: str) -> BpfObject:
     """The object at `path`, mapped so that its DWARF (most of its bytes) is never read; a
     compressed one is unpacked first."""
+    from weak_bpf.parsers.bpfobject import read_bpf_object  # a warm run reads no object
+
     with kernel_data.mapped(path, max_size=MAX_OBJECT_SIZE) as mapped:
         head = bytes(mapped[:16])  # enough for every compression magic
         if compression.detect(head) is not None:
