@@ -143,6 +143,7 @@ def audit(
     exclude: Collection[str] = (),
     progress: Callable[[str], None] | None = None,
     config: Config | None = None,
+    verified: bool = True,
 ) -> AuditReport:
     """Every installed program (or those whose path matches one of `programs`, fnmatch
     patterns) against every installed kernel and the running one (or the ones given).
@@ -150,7 +151,8 @@ def audit(
 
     Results are kept in the cache, per kernel, under keys that change with any file they were
     computed from, so a warm audit reads no object and no BTF at all. Identical objects (the same
-    bytes and greylist, under other paths or in other packages) are judged once per kernel."""
+    bytes and greylist, under other paths or in other packages) are judged once per kernel.
+    With `verified`, the outcomes a past `verify` cached are folded in (ops.verify)."""
     if not root.is_dir():
         raise WeakBpfError(f"{root}: no such directory", hint="--root names an installed system")
     store = Cache(root, writable=cache)
@@ -202,7 +204,13 @@ def audit(
             progress(f"checked {done} of {len(selected)} programs")
     for kver in changed:
         store.put(names[kver], json.dumps(tables[kver]).encode())
-    return AuditReport(root, tuple(f.kver for f in facts), tuple(audits))
+    report = AuditReport(root, tuple(f.kver for f in facts), tuple(audits))
+    # --- verify: fold in what K's own verifier said, when a past `verify` cached it ---
+    if verified:
+        from weak_bpf.ops.verify import fold_cached
+
+        report = fold_cached(root, report)
+    return report
 
 
 def _selected(program: InstalledProgram, patterns: Sequence[str]) -> bool:
@@ -231,4 +239,8 @@ def explain(root: Path, path: Path, kvers: Sequence[str] = ()) -> ProgramAudit:
         f.kver: (evaluate(loaded, f), program is not None and is_linked(root, f.kver, program))
         for f in facts
     }
-    return ProgramAudit(loaded.program, loaded.build_kernel, results, loaded.greylist)
+    audited = ProgramAudit(loaded.program, loaded.build_kernel, results, loaded.greylist)
+    # --- verify: fold in what K's own verifier said, when a past `verify` cached it ---
+    from weak_bpf.ops.verify import fold_object
+
+    return fold_object(root, audited, object_path(root, path) if program is None else None)
