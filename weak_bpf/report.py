@@ -385,12 +385,13 @@ VERIFY_JSON_VERSION = 1
 
 
 def _boot_line(run: KernelVerify) -> str:
+    objects = f"{run.objects} object{'' if run.objects == 1 else 's'}"
     if run.problem:
         return f"{run.kver}: not verified: {run.problem}\n"
     if run.boot is None:
-        return f"{run.kver}: {run.objects} objects, every outcome from the cache (no boot)\n"
+        return f"{run.kver}: {objects}, every outcome from the cache (no boot)\n"
     accel = "KVM" if run.boot.kvm else "TCG"
-    return f"{run.kver}: {run.objects} objects, booted in {run.boot.seconds:.1f} s ({accel})\n"
+    return f"{run.kver}: {objects}, booted in {run.boot.seconds:.1f} s ({accel})\n"
 
 
 def render_verify(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 from weak_bpf.errors import WeakBpfError
@@ -61,6 +62,7 @@ def find_loader() -> Path:
     candidates = [Path(override)] if override else [LIBEXEC_LOADER, CHECKOUT_LOADER]
     for path in candidates:
         if os.access(path, os.X_OK) and path.is_file():
+            _check_libraries(path)
             return path
     raise MissingTool(
         f"the verify loader is not installed ({LIBEXEC_LOADER})",
@@ -68,6 +70,21 @@ def find_loader() -> Path:
         "'make loader' (it needs gcc and libbpf's development files: libbpf-dev on Debian, "
         "libbpf-devel on Fedora and RHEL)",
     )
+
+
+def _check_libraries(binary: Path) -> None:
+    """A dynamically linked loader needs its libraries on the host (they are copied into the VM)."""
+    try:
+        proc = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
+    except OSError:
+        return  # no ldd: the initramfs builder says so
+    missing = [line.split()[0] for line in proc.stdout.splitlines() if "not found" in line]
+    if missing:
+        raise MissingTool(
+            f"the verify loader {binary} needs {', '.join(missing)}, which is not installed",
+            hint="install libbpf and elfutils-libelf (RHEL, Fedora) or libbpf1 and libelf1 "
+            "(Debian)",
+        )
 
 
 def find_tools() -> Tools:
