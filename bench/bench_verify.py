@@ -75,7 +75,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="wbp-bench-") as tmp:
         root = Path(tmp) / "root"
         kver = build_root(root, args.objects, Path(tmp))
-        vm.kvm_usable = lambda: False  # type: ignore[assignment]  # TCG, as without /dev/kvm
+        vm.kvm_usable = lambda: False  # TCG, as on a machine without /dev/kvm
         start = time.perf_counter()
         done = verify_ops.verify(root, [kver])
         first = time.perf_counter() - start
