@@ -25,7 +25,7 @@ _weak_bpf_progs_programs() {
 _weak_bpf_progs() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
     local commands="add-kernel remove-kernel add-progs remove-progs audit explain greylist symvers
-        kernels inspect"
+        kernels inspect verify"
     local options="--root --basedir --dry-run --json --no-journal --verbose --debug --help
         --version --add-kernel --remove-kernel --add-progs --remove-progs --add-modules
         --remove-modules"
@@ -55,7 +55,8 @@ _weak_bpf_progs() {
     esac
     if [[ $cur == -* ]]; then
         case $command in
-            audit) options+=" --kernel --program --jobs" ;;
+            audit) options+=" --kernel --program --jobs --verify" ;;
+            verify) options+=" --program" ;;
             greylist) options+=" --kernel --btf --symvers" ;;
         esac
         mapfile -t COMPREPLY < <(compgen -W "$options" -- "$cur")
@@ -63,7 +64,7 @@ _weak_bpf_progs() {
         mapfile -t COMPREPLY < <(compgen -W "$commands" -- "$cur")
     else
         case $command in
-            add-kernel|remove-kernel|symvers|kernels|audit)
+            add-kernel|remove-kernel|symvers|kernels|audit|verify)
                 mapfile -t COMPREPLY < <(compgen -W "$(_weak_bpf_progs_kernels "$root")" -- "$cur") ;;
             explain)
                 if ((args == 0)); then

@@ -21,6 +21,8 @@ import exampleroot  # noqa: E402
 # it reads; GUARDED reads the same field the robust way.
 BROKEN = "usr/lib/bpf/acme-fs/buddy_load.bpf.o"
 GUARDED = "globex-storage/bitmap_release"
+# Unknown offline on Debian's kernels, settled by `verify` (examples/verify/)
+PROBE = "usr/lib/bpf/acme-probe/queue_probe.bpf.o"
 
 
 def _say(text: str) -> None:
@@ -78,7 +80,34 @@ def main() -> int:
     _say(f"The report kept in var/lib/weak-bpf-progs/reports/{new}.json")
     report = json.loads((args.root / f"var/lib/weak-bpf-progs/reports/{new}.json").read_text())
     print(f"  {report['summary']}")
+
+    _verify(args.root, min(kernels), kernels[min(kernels)])
     return 0
+
+
+def _verify(root: Path, kver: str, unpacked: str) -> None:
+    """A program the offline checks cannot decide, settled by the kernel's own verifier."""
+    from weak_bpf.verify import tools
+
+    import bpfbuild
+
+    source = REPO / "examples/verify/acme-probe/queue_probe.bpf.c"
+    vmlinux = bpfbuild.vmlinux_of(Path(unpacked) / f"boot/vmlinuz-{kver}")
+    obj = bpfbuild.compile_program(source, [bpfbuild.vmlinux_h(vmlinux)])
+    target = root / PROBE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(obj.read_bytes())
+
+    _say(f"A kprobe on a function only a symbol table knows: unknown offline on {kver}")
+    _run(["--root", str(root), "explain", PROBE, kver])
+    try:
+        tools.find_tools()
+    except tools.MissingTool as e:
+        print(f"  (skipped: {e}; {e.hint})")
+        return
+    _say(f"So ask {kver} itself: boot it in a throwaway VM, let its verifier load the program")
+    _run(["--root", str(root), "verify", "--program", "acme-probe/*", kver])
+    _run(["--root", str(root), "explain", PROBE, kver])
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ def packages(
     topdir = work / "tool"
     env = dict(os.environ, WEAK_BPF_RPM_TOPDIR=str(topdir))
     run([str(REPO / "scripts" / "make-rpm"), "--without", "check"], env=env)
-    (built["tool"],) = (topdir / "RPMS" / "noarch").glob("weak-bpf-progs-0*.rpm")
+    (built["tool"],) = (topdir / "RPMS").glob("*/weak-bpf-progs-0*.rpm")  # arch: the loader
 
     # the example program package, two versions, greylists by the macro against the old kernel
     old = min(debian_kernels)

@@ -238,11 +238,11 @@ def test_second_run_is_cached(
 ) -> None:
     vmlinuz, modules_dir = kernel
 
-    def no_boot(*args: object) -> str:
+    def no_boot(*args: object, **kwargs: object) -> None:
         raise AssertionError("booted again: the cache was not used")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(qemuload, "_boot", no_boot)
+        patch.setattr(qemuload, "run_guest", no_boot)
         again = qemuload.boot_and_load(vmlinuz, modules_dir, objects, timeout=120)
     assert again.results == report.results
 
@@ -270,9 +270,9 @@ def test_parse_console_rejects_an_unfinished_boot() -> None:
     console = "@@RESULT a rc=0\n@@END a\n[   1.0] Kernel panic - not syncing\n"
     # a's result was read: only the end marker, then only b, is reported missing
     with pytest.raises(qemuload.QemuLoadError, match=r"^the guest did not report @@DONE; "):
-        qemuload.parse_console(console, ["a"], [], 1.0)
+        qemuload.parse_console(console, ["a"], [])
     with pytest.raises(qemuload.QemuLoadError, match=r"^the guest did not report b; "):
-        qemuload.parse_console(console + "@@DONE\n", ["a", "b"], [], 1.0)
+        qemuload.parse_console(console + "@@DONE\n", ["a", "b"], [])
 
 
 def test_a_boot_past_its_timeout_is_killed(

@@ -22,6 +22,7 @@ PURE = (
     "weak_bpf.engine",
     "weak_bpf.model",
     "weak_bpf.apply.plan",
+    "weak_bpf.verify.guest",
 )
 # Imports a pure module may not make (I/O, processes, logging, the outside world).
 IMPURE_IMPORTS = {
@@ -142,7 +143,7 @@ FLOORS = (
     ("weak_bpf.report",),
     ("weak_bpf.ops",),
     ("weak_bpf.program",),
-    ("weak_bpf.kernel",),
+    ("weak_bpf.kernel", "weak_bpf.verify"),
     ("weak_bpf.engine", "weak_bpf.apply"),
     ("weak_bpf.config", "weak_bpf.model"),
     ("weak_bpf.parsers", "weak_bpf.versions", "weak_bpf.errors", "weak_bpf"),

@@ -20,6 +20,7 @@ from weak_bpf.errors import ApplyError, WeakBpfError
 
 if TYPE_CHECKING:
     from weak_bpf.ops import KernelRun
+    from weak_bpf.ops.verify import VerifyReport
 
 log = logging.getLogger("weak-bpf-progs")
 
@@ -43,6 +44,7 @@ class Verb(str, enum.Enum):
     SYMVERS = "symvers"
     KERNELS = "kernels"
     INSPECT = "inspect"
+    VERIFY = "verify"
 
     @property
     def help(self) -> str:
@@ -62,6 +64,8 @@ _VERB_HELP = {
     Verb.SYMVERS: "print a kernel's BPF symvers, derived from its BTF",
     Verb.KERNELS: "list installed kernels and the artifacts found for each",
     Verb.INSPECT: "show what BPF objects need from a kernel (programs, kfuncs, ksyms, CO-RE)",
+    Verb.VERIFY: "boot each (or the given) kernel in a throwaway VM and let its own verifier "
+    "load every program",
 }
 
 # weak-modules spellings, normalised to verbs before parsing.
@@ -175,6 +179,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="judge with N processes (default: one per processor)",
+    )
+    audit.add_argument(
+        "--verify",
+        action="store_true",
+        help="first boot each kernel in a VM and let its verifier load every program "
+        "(as 'verify' does)",
+    )
+    verify = verb(Verb.VERIFY)
+    verify.add_argument(
+        "kernels", nargs="*", metavar="K", help="kernel versions (default: all with an image)"
+    )
+    verify.add_argument(
+        "--program",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only programs whose path or <pkg>/<name> matches (repeatable)",
     )
     explain = verb(Verb.EXPLAIN)
     explain.add_argument(
@@ -373,14 +394,17 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     kernels = [*args.kernels, *args.kernel_filter]
     progress = _Progress(sys.stderr)
     try:
-        result = ops.audit(
-            args.root,
-            kernels,
-            programs=args.program,
-            cache=not args.dry_run,
-            progress=progress,
-            jobs=args.jobs,
-        )
+        if args.verify:  # --- verify: boot each kernel first ---
+            result = _verified(args, kernels, progress).audit
+        else:
+            result = ops.audit(
+                args.root,
+                kernels,
+                programs=args.program,
+                cache=not args.dry_run,
+                progress=progress,
+                jobs=args.jobs,
+            )
     finally:
         progress.clear()
     if args.json:
@@ -389,6 +413,38 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         marks = _kernel_marks(args.root, result.kernels)
         sys.stdout.write(report.render_audit(result, color=_wants_color(sys.stdout), marks=marks))
     return Exit.OK if result.clean else Exit.FINDINGS
+
+
+def _verified(
+    args: argparse.Namespace, kernels: Sequence[str], progress: _Progress
+) -> VerifyReport:
+    """Run `verify`; each kernel that could not be verified is reported on stderr."""
+    from weak_bpf.ops import verify
+
+    done = verify.verify(
+        args.root, kernels, programs=args.program, cache=not args.dry_run, progress=progress
+    )
+    progress.clear()
+    for run in done.kernels:
+        if run.problem:
+            log.warning("%s: not verified: %s", run.kver, run.problem)
+    return done
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from weak_bpf import report
+
+    progress = _Progress(sys.stderr)
+    try:
+        done = _verified(args, args.kernels, progress)
+    finally:
+        progress.clear()
+    if args.json:
+        _print_json(report.verify_json(done))
+    else:
+        marks = _kernel_marks(args.root, done.audit.kernels)
+        sys.stdout.write(report.render_verify(done, color=_wants_color(sys.stdout), marks=marks))
+    return Exit.OK if done.audit.clean else Exit.FINDINGS
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -451,6 +507,7 @@ _COMMANDS: dict[Verb, Callable[[argparse.Namespace], int]] = {
     Verb.EXPLAIN: _cmd_explain,
     Verb.KERNELS: _cmd_kernels,
     Verb.INSPECT: _cmd_inspect,
+    Verb.VERIFY: _cmd_verify,
 }
 
 

@@ -4,6 +4,8 @@
     link_unstable = yes     # link compatible-unstable programs (default yes)
     link_partial = yes      # link compatible-partial programs (default yes)
     lock_timeout = 60       # seconds a run waits for another to finish (default 60)
+    verify_timeout = 120    # seconds one kernel's VM may take under `verify` (default 120)
+    verify_in_daemon = no   # let weak-bpf-progsd verify new kernels in a VM (default no)
 
     [kernel 5.14.0-427.el9.x86_64]
     kabi_stablelist = /usr/lib/modules/kabi-rhel94/kabi_stablelist_x86_64
@@ -33,6 +35,8 @@ class Config:
     lock_timeout: float = 60.0
     kabi_overrides: tuple[tuple[str, str], ...] = ()  # (kernel, stablelist path under the root)
     link_partial: bool = True
+    verify_timeout: float = 120.0
+    verify_in_daemon: bool = False
 
     def kabi_override(self, kver: str) -> str | None:
         return dict(self.kabi_overrides).get(kver)
@@ -40,8 +44,20 @@ class Config:
 
 _HINT = (
     "this run ignores the whole configuration and uses the defaults (link_unstable = yes, "
-    "link_partial = yes, lock_timeout = 60); fix the file, see weak-bpf-progs.conf(5)"
+    "link_partial = yes, lock_timeout = 60, verify_timeout = 120, verify_in_daemon = no); fix "
+    "the file, see weak-bpf-progs.conf(5)"
 )
+
+
+_BOOLS = ("link_unstable", "link_partial", "verify_in_daemon")
+_SECONDS = ("lock_timeout", "verify_timeout")
+
+
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds >= 0 or seconds == float("inf"):  # NaN too
+        raise ValueError(value)
+    return seconds
 
 
 def _bool(value: str, where: str) -> bool:
@@ -70,17 +86,17 @@ def _apply(name: str, text: str, values: dict[str, object]) -> None:
         if section == "main":
             for key, value in parser[section].items():
                 try:
-                    if key in ("link_unstable", "link_partial"):
+                    if key in _BOOLS:
                         values[key] = _bool(value, f"[main] {key}")
-                    elif key == "lock_timeout":
-                        values[key] = float(value)
+                    elif key in _SECONDS:
+                        values[key] = _seconds(value)
                     else:
-                        raise bad(f"[main]: unknown option {key!r} (known: link_unstable, "
-                                  "link_partial, lock_timeout)")  # fmt: skip
+                        raise bad(f"[main]: unknown option {key!r} (known: "
+                                  f"{', '.join(_BOOLS + _SECONDS)})")  # fmt: skip
                 except ValueError as e:
-                    if key in ("link_unstable", "link_partial"):
+                    if key in _BOOLS:
                         raise bad(str(e)) from None
-                    raise bad(f"[main] lock_timeout = {value!r}: not a number of seconds") from None
+                    raise bad(f"[main] {key} = {value!r}: not a number of seconds") from None
         elif section.startswith("kernel "):
             kver = section[len("kernel ") :].strip()
             for key, value in parser[section].items():
@@ -104,6 +120,8 @@ def parse_config(sources: Iterable[tuple[str, str]]) -> Config:
         float(values.get("lock_timeout", 60.0)),  # type: ignore[arg-type]
         tuple(sorted(overrides.items())),
         bool(values.get("link_partial", True)),
+        float(values.get("verify_timeout", 120.0)),  # type: ignore[arg-type]
+        bool(values.get("verify_in_daemon", False)),
     )
 
 

@@ -48,6 +48,7 @@ class ReasonCode(str, enum.Enum):
     CORE_RELO = "core-relo"
     ATTACH_TARGET = "attach-target"
     ATTACH_PROTO = "attach-proto"
+    VERIFIER = "verifier"  # only after `verify`: K's own verifier, booted in a VM, said no
     KERNEL_DATA_MISSING = "kernel-data-missing"
 
 
@@ -62,6 +63,7 @@ class Area(str, enum.Enum):
     CORE = "CO-RE relocations"
     ATTACH = "attach targets"
     KERNEL = "kernel data"
+    VERIFIER = "verifier"  # `verify`: each program loaded on K itself, in a VM
 
 
 class Outcome(str, enum.Enum):
@@ -113,6 +115,7 @@ class Result:
     verdict: Verdict
     checks: tuple[Check, ...] = ()
     modules: tuple[str, ...] = ()  # modules that must be loaded for the program to load
+    verified: bool = False  # K's own verifier loaded the object in a VM (`verify`)
 
     @property
     def reasons(self) -> tuple[Reason, ...]:
@@ -140,6 +143,7 @@ class Result:
         return {
             "verdict": self.verdict.value,
             "modules": list(self.modules),
+            "verified": self.verified,
             "checks": [
                 [
                     c.area.value,
@@ -163,7 +167,8 @@ class Result:
             )
             for a, o, subject, detail, code, sym, prog in doc["checks"]
         )
-        return cls(_VERDICTS[doc["verdict"]], checks, tuple(doc["modules"]))
+        verified = bool(doc.get("verified", False))
+        return cls(_VERDICTS[doc["verdict"]], checks, tuple(doc["modules"]), verified)
 
     @property
     def unstable_symbols(self) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from itertools import zip_longest
 from weak_bpf.kernel.find import BtfSourceKind
 from weak_bpf.model import Area, Outcome, ReasonCode, Result, Verdict
 from weak_bpf.ops import AuditReport, KernelSummary, ProgramAudit
+from weak_bpf.ops.verify import KernelVerify, VerifyReport
 from weak_bpf.parsers.btfext import CoreReloKind
 from weak_bpf.parsers.objvalues import BpfObject, Extern, ExternKind, Function
 
@@ -184,6 +185,7 @@ def audit_json(report: AuditReport) -> dict[str, object]:
         results = {
             kver: {
                 "verdict": result.verdict.value,
+                "verified": result.verified,
                 "linked": linked,
                 "reasons": [reason.to_json() for reason in result.reasons],
             }
@@ -212,9 +214,10 @@ def _cell(result: Result) -> str:
     deciding += [c for c in result.checks if c.outcome is Outcome.CANNOT_ATTACH and c.code]
     if deciding and deciding[0].code is not None:
         return f"{result.verdict.value} ({deciding[0].code.value})"
+    notes = ["verified"] if result.verified else []  # K's own verifier loaded it (`verify`)
     if result.modules and result.verdict.usable:
-        return f"{result.verdict.value} (needs {', '.join(result.modules)})"
-    return result.verdict.value
+        notes.append(f"needs {', '.join(result.modules)}")
+    return f"{result.verdict.value} ({', '.join(notes)})" if notes else result.verdict.value
 
 
 # ANSI SGR colors for the verdicts in a terminal (render_audit(color=True))
@@ -294,7 +297,8 @@ def render_explain(audit: ProgramAudit) -> str:
                 f" (still linked from an earlier run: the next 'weak-bpf-progs add-kernel {kver}'"
                 " removes the link)"
             )
-        out.append(f"\non {kver}: {result.verdict.value}{state}\n")
+        verified = " (verified)" if result.verified else ""
+        out.append(f"\non {kver}: {result.verdict.value}{verified}{state}\n")
         for area in Area:
             checks = [c for c in result.checks if c.area is area]
             if not checks:
@@ -312,11 +316,19 @@ def render_explain(audit: ProgramAudit) -> str:
         if todo:
             out.append("  what to do\n")
             out.extend(f"    - {t}\n" for t in todo)
+    if all(result.verified for result, _ in audit.results.values()) and audit.results:
+        out.append(
+            "\n  Verified: each kernel's own verifier loaded every program, alone, in a VM "
+            "('weak-bpf-progs\n  verify'); not checked: attach-time refusals (kprobe blacklist, "
+            "lockdown, LSM policy).\n"
+        )
+        return "".join(out)
     out.append(
         "\n  Not checked offline (the kernel decides at load time): which program types may call "
         "a kfunc,\n  the verifier's verdict on the program's logic, helpers per program type, "
         "features of the\n  loader's libbpf, and attach-time refusals (kprobe blacklist, "
-        "lockdown, LSM policy).\n"
+        "lockdown, LSM policy).\n  'weak-bpf-progs verify' boots each kernel in a VM and lets "
+        "its verifier decide.\n"
     )
     return "".join(out)
 
@@ -336,6 +348,7 @@ def explain_json(audit: ProgramAudit) -> dict[str, object]:
             advice.append(f"load module(s) {', '.join(result.modules)} before loading the program")
         kernels[kver] = {
             "verdict": result.verdict.value,
+            "verified": result.verified,
             "linked": linked,
             "modules": list(result.modules),
             "reasons": [reason.to_json() for reason in result.reasons],
@@ -364,3 +377,41 @@ def explain_json(audit: ProgramAudit) -> dict[str, object]:
         "greylist": greylist,
         "kernels": kernels,
     }
+
+
+# --- verify ------------------------------------------------------------------------------------
+
+VERIFY_JSON_VERSION = 1
+
+
+def _boot_line(run: KernelVerify) -> str:
+    objects = f"{run.objects} object{'' if run.objects == 1 else 's'}"
+    if run.problem:
+        return f"{run.kver}: not verified: {run.problem}\n"
+    if run.boot is None:
+        return f"{run.kver}: {objects}, every outcome from the cache (no boot)\n"
+    accel = "KVM" if run.boot.kvm else "TCG"
+    return f"{run.kver}: {objects}, booted in {run.boot.seconds:.1f} s ({accel})\n"
+
+
+def render_verify(
+    done: VerifyReport, *, color: bool = False, marks: Mapping[str, Sequence[str]] | None = None
+) -> str:
+    """How each kernel was verified, then the audit table with the verified verdicts."""
+    head = "".join(_boot_line(run) for run in done.kernels)
+    return head + "\n" + render_audit(done.audit, color=color, marks=marks)
+
+
+def verify_json(done: VerifyReport) -> dict[str, object]:
+    """`verify --json`: the boots, and the audit document (`audit --json`'s schema)."""
+    kernels = {
+        run.kver: {
+            "objects": run.objects,
+            "booted": run.boot is not None,
+            "seconds": round(run.boot.seconds, 1) if run.boot else 0.0,
+            "kvm": bool(run.boot and run.boot.kvm),
+            "problem": run.problem,
+        }
+        for run in done.kernels
+    }
+    return {"version": VERIFY_JSON_VERSION, "kernels": kernels, "audit": audit_json(done.audit)}

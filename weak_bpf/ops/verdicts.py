@@ -155,6 +155,7 @@ def audit(
     progress: Callable[[str], None] | None = None,
     config: Config | None = None,
     jobs: int | None = None,
+    verified: bool = True,
 ) -> AuditReport:
     """Every installed program (or those whose path matches one of `programs`, fnmatch
     patterns) against every installed kernel and the running one (or the ones given).
@@ -163,7 +164,8 @@ def audit(
     Results are kept in the cache, per kernel, under keys that change with any file they were
     computed from, so a warm audit reads no object and no BTF at all. Identical objects (the same
     bytes and greylist, under other paths or in other packages) are judged once per kernel.
-    `jobs` worker processes judge what the cache does not hold (default: one per processor)."""
+    `jobs` worker processes judge what the cache does not hold (default: one per processor).
+    With `verified`, the outcomes a past `verify` cached are folded in (ops.verify)."""
     if not root.is_dir():
         raise WeakBpfError(f"{root}: no such directory", hint="--root names an installed system")
     store = Cache(root, writable=cache)
@@ -226,7 +228,13 @@ def audit(
         audits.append(ProgramAudit(program, build_kernel, results, greylist))
     for kver in changed:
         store.put(names[kver], json.dumps(tables[kver]).encode())
-    return AuditReport(root, tuple(f.kver for f in facts), tuple(audits))
+    report = AuditReport(root, tuple(f.kver for f in facts), tuple(audits))
+    # --- verify: fold in what K's own verifier said, when a past `verify` cached it ---
+    if verified:
+        from weak_bpf.ops.verify import fold_cached
+
+        report = fold_cached(root, report)
+    return report
 
 
 def _size(root: Path, program: InstalledProgram) -> int:
@@ -262,4 +270,8 @@ def explain(root: Path, path: Path, kvers: Sequence[str] = ()) -> ProgramAudit:
         f.kver: (evaluate(loaded, f), program is not None and is_linked(root, f.kver, program))
         for f in facts
     }
-    return ProgramAudit(loaded.program, loaded.build_kernel, results, loaded.greylist)
+    audited = ProgramAudit(loaded.program, loaded.build_kernel, results, loaded.greylist)
+    # --- verify: fold in what K's own verifier said, when a past `verify` cached it ---
+    from weak_bpf.ops.verify import fold_object
+
+    return fold_object(root, audited, object_path(root, path) if program is None else None)

@@ -32,7 +32,7 @@ from weak_bpf.model import (
 from weak_bpf.parsers.greylist import Greylist
 from weak_bpf.parsers.objvalues import BpfObject
 
-__all__ = ["ObjectMemo", "check_object", "malformed"]
+__all__ = ["ObjectMemo", "check_object", "malformed", "nothing_attaches"]
 
 
 def malformed(detail: str) -> Result:
@@ -52,17 +52,17 @@ def check_object(
     """Every check of `obj` on `kernel`; `native` when the object was built for this kernel.
     Give the same `memo` when judging one object on several kernels: it keeps what they share."""
     checker = _Checker(obj, greylist, kernel, memo)
-    checks = _nothing_attaches(obj, tuple(checker.run()))
+    checks = nothing_attaches([p.name for p in obj.programs], tuple(checker.run()))
     modules = tuple(sorted(checker.modules))
     verdict = Verdict.NATIVE if native else verdict_of(checks)
     return Result(verdict, checks, modules)
 
 
-def _nothing_attaches(obj: BpfObject, checks: tuple[Check, ...]) -> tuple[Check, ...]:
+def nothing_attaches(programs: Iterable[str], checks: tuple[Check, ...]) -> tuple[Check, ...]:
     """An object whose programs can attach nowhere on K is no object with alternatives: it loads,
     but it can do nothing there. Its cannot-attach checks become failures."""
     cannot = {c.program for c in checks if c.outcome is Outcome.CANNOT_ATTACH}
-    if not cannot or any(p.name not in cannot for p in obj.programs):
+    if not cannot or any(name not in cannot for name in programs):
         return checks
     return tuple(
         dataclasses.replace(

@@ -1,0 +1,455 @@
+"""`verify`: the two real Debian kernels booted in a VM, their own verifier loading every program.
+
+What `verify` says must agree with the independent real loads the suite records (tests/qemuload.py,
+`bpftool prog loadall` of each whole object on the same kernel), including what no offline check can
+decide: a kfunc called from a program type it is not registered for, a helper a program type may
+not call, code the verifier rejects, and kprobe targets on Debian's placeholder System.map.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from weak_bpf import cli, ops
+from weak_bpf.engine.verified import Kprobe, ProgramLoad, Verification, fold
+from weak_bpf.model import Area, Check, Outcome, ReasonCode, Result, Verdict
+from weak_bpf.ops import verify as verify_ops
+from weak_bpf.verify import guest, tools
+
+import bpfbuild
+import exampleroot
+import qemuload
+from conftest import REPO, require, require_tool
+from realload import install_programs
+
+OLD, NEW = "6.1.0-47-cloud-amd64", "6.1.0-56-cloud-amd64"
+GREYLIST_CODES = {"crc-mismatch", "symbol-missing"}
+
+# What the offline checks cannot decide, each in a program they call compatible.
+SOURCES = {
+    # the verifier, not libbpf, rejects this one: a packet read with no bounds check
+    "unchecked_packet": """
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+SEC("xdp")
+int xdp_unchecked(struct xdp_md *ctx)
+{
+	unsigned char *data = (unsigned char *)(long)ctx->data;
+
+	return data[0] == 0xff ? XDP_DROP : XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+""",
+    # bpf_skb_store_bytes is a helper for socket buffers: XDP programs may not call it
+    "helper_not_allowed": """
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+SEC("xdp")
+int xdp_store(struct xdp_md *ctx)
+{
+	char byte = 0;
+
+	bpf_skb_store_bytes((void *)ctx, 0, &byte, 1, 0);
+	return XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+""",
+    # nf_conntrack registers its kfuncs for XDP and tc programs, not for socket filters
+    "kfunc_wrong_type": """
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+struct bpf_ct_opts___local {
+	s32 netns_id;
+	s32 error;
+	u8 l4proto;
+	u8 dir;
+	u8 reserved[2];
+} __attribute__((preserve_access_index));
+
+extern struct nf_conn *bpf_xdp_ct_lookup(struct xdp_md *xdp_ctx, struct bpf_sock_tuple *bpf_tuple,
+                                         u32 len_tuple, struct bpf_ct_opts___local *opts,
+                                         u32 len_opts) __ksym;
+extern void bpf_ct_release(struct nf_conn *ct) __ksym;
+
+SEC("socket")
+int sock_ct_lookup(struct __sk_buff *skb)
+{
+	struct bpf_ct_opts___local opts = { .netns_id = -1, .l4proto = 6 };
+	struct bpf_sock_tuple tuple = {};
+	struct nf_conn *ct;
+
+	ct = bpf_xdp_ct_lookup((struct xdp_md *)skb, &tuple, sizeof(tuple.ipv4), &opts, sizeof(opts));
+	if (ct) {
+		bpf_ct_release(ct);
+		return 1;
+	}
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+""",
+    # two programs, one of them broken: the other still loads, alone
+    "one_of_two": """
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+SEC("xdp")
+int xdp_fine(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}
+
+SEC("xdp")
+int xdp_broken(struct xdp_md *ctx)
+{
+	unsigned char *data = (unsigned char *)(long)ctx->data;
+
+	return data[3];
+}
+
+char LICENSE[] SEC("license") = "GPL";
+""",
+}
+UNDECIDABLE = ("unchecked_packet", "helper_not_allowed", "kfunc_wrong_type", "one_of_two")
+
+
+@pytest.fixture(scope="module")
+def verify_tools() -> None:
+    require_tool("qemu-system-x86_64")
+    require_tool("bpftool")
+    require(qemuload.busybox(), "busybox is not installed (scripts/install-deps installs it)")
+    try:
+        tools.find_loader()
+    except tools.MissingTool:  # a checkout without `make loader` yet: build it, as make check does
+        subprocess.run(["make", "-C", str(REPO), "loader"], capture_output=True, check=False)
+        require(os.access(tools.CHECKOUT_LOADER, os.X_OK), "cannot build the loader (make loader)")
+
+
+@pytest.fixture(scope="module")
+def programs(
+    tmp_path_factory: pytest.TempPathFactory, old_vmlinux: Path, old_progs: dict[str, Path]
+) -> dict[str, Path]:
+    """Every program of tests/progs and those above, built against the older kernel."""
+    include = bpfbuild.vmlinux_h(old_vmlinux)
+    src = tmp_path_factory.mktemp("verify-src")
+    built = dict(old_progs)
+    for name, text in SOURCES.items():
+        (src / f"{name}.bpf.c").write_text(text)
+        built[name] = bpfbuild.compile_program(src / f"{name}.bpf.c", [include])
+    return built
+
+
+@pytest.fixture(scope="module")
+def root(
+    tmp_path_factory: pytest.TempPathFactory,
+    debian_kernels: dict[str, Path],
+    programs: dict[str, Path],
+) -> Path:
+    root = tmp_path_factory.mktemp("verify") / "root"
+    for kver, unpacked in debian_kernels.items():
+        exampleroot.install_kernel(root, kver, unpacked)
+    install_programs(root, programs)
+    return root
+
+
+def _by_name(report: ops.AuditReport) -> dict[str, ops.ProgramAudit]:
+    return {Path(p.program.path).name[: -len(".bpf.o")]: p for p in report.programs}
+
+
+@pytest.fixture(scope="module")
+def static(root: Path) -> dict[str, ops.ProgramAudit]:
+    return _by_name(ops.audit(root, [OLD, NEW]))
+
+
+@pytest.fixture(scope="module")
+def verified(
+    verify_tools: None, root: Path, static: dict[str, ops.ProgramAudit]
+) -> verify_ops.VerifyReport:
+    return verify_ops.verify(root, [OLD, NEW])
+
+
+@pytest.fixture(scope="module")
+def real_loads(
+    verify_tools: None, debian_kernels: dict[str, Path], programs: dict[str, Path]
+) -> dict[str, dict[str, qemuload.LoadResult]]:
+    """bpftool loadall of each whole object, on each kernel."""
+    return {
+        kver: qemuload.load_on_kernel(
+            unpacked / f"boot/vmlinuz-{kver}", unpacked / "lib/modules" / kver, programs
+        )
+        for kver, unpacked in debian_kernels.items()
+    }
+
+
+def _codes(result: Result) -> set[str]:
+    return {r.code.value for r in result.reasons}
+
+
+@pytest.mark.parametrize("kver", [OLD, NEW])
+def test_verify_agrees_with_real_loads(
+    kver: str,
+    verified: verify_ops.VerifyReport,
+    real_loads: dict[str, dict[str, qemuload.LoadResult]],
+) -> None:
+    """Every program is decided (no unknown left), and usable exactly when bpftool loads it
+    (a greylist's CRCs are policy: the kernel never reads them)."""
+    runs = {run.kver: run for run in verified.kernels}
+    assert runs[kver].problem is None and runs[kver].boot is not None, runs[kver]
+    lines, wrong = [], 0
+    for name, audit in sorted(_by_name(verified.audit).items()):
+        result = audit.results[kver][0]
+        loaded = real_loads[kver][name].loaded
+        lines.append(f"{name}: {result.verdict.value}, real load {'ok' if loaded else 'failed'}")
+        assert result.verified, name
+        assert result.verdict is not Verdict.UNKNOWN, (name, result.reasons)
+        codes = _codes(result)
+        if codes and codes <= GREYLIST_CODES:
+            assert loaded, name
+            continue
+        if result.verdict.usable != loaded:
+            wrong += 1
+            lines.append(f"  reasons {result.reasons}\n  log {real_loads[kver][name].log[-800:]}")
+    assert wrong == 0, "\n".join(lines)
+
+
+@pytest.mark.parametrize("name", UNDECIDABLE)
+def test_what_offline_checks_cannot_decide(
+    name: str, static: dict[str, ops.ProgramAudit], verified: verify_ops.VerifyReport
+) -> None:
+    """Offline: compatible; K's verifier: incompatible, with the log's reason in the detail."""
+    before = static[name].results[OLD][0]
+    assert before.verdict.usable and not before.verified, before.reasons
+    after = _by_name(verified.audit)[name].results[OLD][0]
+    assert after.verdict is Verdict.INCOMPATIBLE and _codes(after) == {"verifier"}
+    expected = {
+        "unchecked_packet": "invalid access to packet",
+        "helper_not_allowed": "unknown func bpf_skb_store_bytes#9",
+        "kfunc_wrong_type": "calling kernel function bpf_xdp_ct_lookup is not allowed",
+        "one_of_two": "invalid access to packet",
+    }[name]
+    assert any(expected in r.detail for r in after.reasons), after.reasons
+
+
+def test_each_program_is_loaded_on_its_own(verified: verify_ops.VerifyReport) -> None:
+    result = _by_name(verified.audit)["one_of_two"].results[OLD][0]
+    verdicts = {c.program: c.outcome for c in result.checks if c.area is Area.VERIFIER}
+    assert verdicts == {"xdp_fine": Outcome.PASS, "xdp_broken": Outcome.FAIL}
+
+
+def test_unknown_settled_by_the_kernel(
+    static: dict[str, ops.ProgramAudit], verified: verify_ops.VerifyReport
+) -> None:
+    """Debian's System.map is a placeholder: typeless ksyms and kprobe targets outside BTF are
+    unknown offline; the booted kernel settles them (and refuses a kprobe on a function 6.1
+    does not have: an object with alternatives)."""
+    after = _by_name(verified.audit)
+    for name in ("ksyms", "kprobe_nobtf", "alt_kprobe"):
+        assert static[name].results[OLD][0].verdict is Verdict.UNKNOWN, name
+    assert after["ksyms"].results[OLD][0].verdict is Verdict.COMPATIBLE
+    assert after["kprobe_nobtf"].results[OLD][0].verdict is Verdict.COMPATIBLE
+    alt = after["alt_kprobe"].results[OLD][0]
+    assert alt.verdict is Verdict.COMPATIBLE_PARTIAL
+    assert [(r.code.value, r.symbol) for r in alt.reasons] == [("attach-target", "swap_read_folio")]
+
+
+def test_a_second_verify_and_audit_boot_nothing(
+    root: Path, verified: verify_ops.VerifyReport, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_boot(*args: object, **kwargs: object) -> None:
+        raise AssertionError("booted again: the cache was not used")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("weak_bpf.verify.vm.boot", no_boot)
+        again = verify_ops.verify(root, [OLD, NEW])
+        assert all(run.boot is None and run.problem is None for run in again.kernels)
+        assert again.audit.programs == verified.audit.programs
+        assert cli.main(["--root", str(root), "audit", "--json", OLD]) == cli.Exit.FINDINGS
+        doc = json.loads(capsys.readouterr().out)
+        results = {Path(p["path"]).name: p["results"][OLD] for p in doc["programs"]}
+        assert results["ksyms.bpf.o"]["verdict"] == "compatible"
+        assert results["ksyms.bpf.o"]["verified"] is True
+        packet = results["unchecked_packet.bpf.o"]
+        assert packet["verdict"] == "incompatible"
+        assert packet["reasons"][0]["code"] == "verifier"
+        assert "invalid access to packet" in packet["reasons"][0]["detail"]
+
+        path = "usr/lib/bpf/tests/kprobe_nobtf.bpf.o"
+        assert cli.main(["--root", str(root), "explain", path, OLD]) == cli.Exit.OK
+        text = capsys.readouterr().out
+        assert f"on {OLD}: compatible (verified)" in text
+        assert "placed a kprobe on" in text
+        assert cli.main(["--root", str(root), "audit", OLD]) == cli.Exit.FINDINGS
+        assert "compatible (verified)" in capsys.readouterr().out
+
+
+def test_verify_cli_renders_the_boots(
+    root: Path, verified: verify_ops.VerifyReport, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = cli.main(["--root", str(root), "verify", "--json", OLD])
+    assert status == cli.Exit.FINDINGS
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["kernels"][OLD]["booted"] is False  # every outcome from the cache
+    assert doc["audit"]["kernels"] == [OLD]
+
+
+def test_missing_loader_is_a_clear_error(
+    root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WEAK_BPF_VERIFY_LOADER", "/nonexistent/verify-loader")
+    assert cli.main(["--root", str(root), "verify", OLD]) == cli.Exit.USAGE
+    err = capsys.readouterr().err
+    assert "the verify loader is not installed" in err and "make loader" in err
+
+
+def test_missing_qemu_is_a_clear_error(
+    root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(tools, "_SBIN", "/nonexistent")
+    monkeypatch.setattr(tools.os, "access", lambda path, mode: False)
+    assert cli.main(["--root", str(root), "audit", "--verify", OLD]) == cli.Exit.USAGE
+    err = capsys.readouterr().err
+    assert "qemu-system-x86_64 is not installed" in err and "qemu-system-x86" in err
+
+
+def test_a_kernel_that_does_not_boot_in_time_is_unknown(
+    verify_tools: None, tmp_path: Path, root: Path
+) -> None:
+    """A time limit too short for any boot: that kernel's verdicts are unknown, with the
+    console's tail; nothing is cached, and no qemu is left behind."""
+    other = tmp_path / "root"
+    exampleroot.copy_root(root, other)
+    shutil.rmtree(other / "var/cache", ignore_errors=True)  # no outcome of another test
+    (other / "etc").mkdir(parents=True, exist_ok=True)
+    (other / "etc/weak-bpf-progs.conf").write_text("[main]\nverify_timeout = 0.5\n")
+    started = time.monotonic()
+    done = verify_ops.verify(other, [OLD], programs=["*/kconfig.bpf.o"])
+    assert time.monotonic() - started < 30
+    (run,) = done.kernels
+    assert run.problem is not None and "did not finish within 0 s" in run.problem
+    (program,) = done.audit.programs
+    result = program.results[OLD][0]
+    assert result.verdict is Verdict.UNKNOWN and not result.verified
+    assert _codes(result) == {"verifier"}
+    assert not (other / "var/cache/weak-bpf-progs/verify").exists()
+    assert not _qemu_children(os.getpid())
+
+
+def _qemu_children(pid: int) -> list[int]:
+    """The qemu processes whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and comm.startswith("qemu"):
+            found.append(int(entry.name))
+    return found
+
+
+def test_killing_verify_leaves_no_vm(verify_tools: None, root: Path, tmp_path: Path) -> None:
+    """SIGKILL to weak-bpf-progs mid-boot: its qemu dies with it (PR_SET_PDEATHSIG)."""
+    other = tmp_path / "root"
+    exampleroot.copy_root(root, other)
+    shutil.rmtree(other / "var/cache", ignore_errors=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "weak_bpf", "--root", str(other), "verify", OLD],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    qemus: list[int] = []
+    while time.monotonic() < deadline and not qemus:
+        qemus = _qemu_children(proc.pid)
+        time.sleep(0.1)
+    assert qemus, "verify never started qemu"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{q}").exists() for q in qemus):
+        time.sleep(0.1)
+    alive = [q for q in qemus if Path(f"/proc/{q}").exists() and _zombie(q) is False]
+    assert not alive, f"qemu {alive} outlived weak-bpf-progs"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+# --- the fold and the guest's output, without a VM --------------------------------------------
+
+
+def test_fold_never_makes_an_offline_failure_pass() -> None:
+    failed = Check(Area.GREYLIST, Outcome.FAIL, "symbol x", "gone", ReasonCode.SYMBOL_MISSING, "x")
+    result = Result(Verdict.INCOMPATIBLE, (failed,))
+    loaded = Verification((ProgramLoad("p", "xdp", 0, ""),))
+    folded = fold(result, loaded, "K")
+    assert folded.verdict is Verdict.INCOMPATIBLE and folded.verified
+    assert _codes(folded) == {"symbol-missing"}
+
+
+def test_fold_keeps_greylist_undecided_and_settles_the_rest() -> None:
+    grey = Check(
+        Area.GREYLIST, Outcome.UNDECIDED, "symvers", "none", ReasonCode.KERNEL_DATA_MISSING
+    )
+    ksym = Check(Area.KSYM, Outcome.UNDECIDED, "ksym y", "no map", ReasonCode.KERNEL_DATA_MISSING)
+    loaded = Verification((ProgramLoad("p", "xdp", 0, ""),))
+    assert fold(Result(Verdict.UNKNOWN, (ksym,)), loaded, "K").verdict is Verdict.COMPATIBLE
+    assert fold(Result(Verdict.UNKNOWN, (grey, ksym)), loaded, "K").verdict is Verdict.UNKNOWN
+    rejected = Verification((ProgramLoad("p", "xdp", 13, "R1 invalid mem access"),))
+    folded = fold(Result(Verdict.UNKNOWN, (ksym,)), rejected, "K")
+    assert folded.verdict is Verdict.INCOMPATIBLE
+    assert [c.outcome for c in folded.checks[:1]] == [Outcome.UNDECIDED]  # not settled
+
+
+def test_fold_with_every_kprobe_refused_is_incompatible() -> None:
+    target = Check(
+        Area.ATTACH,
+        Outcome.UNDECIDED,
+        "attach target kprobe/f",
+        "?",
+        ReasonCode.KERNEL_DATA_MISSING,
+        "f",
+    )
+    outcome = Verification((ProgramLoad("p", "kprobe/f", 0, ""),), (Kprobe("p", "f", False),))
+    folded = fold(Result(Verdict.UNKNOWN, (target,)), outcome, "K")
+    assert folded.verdict is Verdict.INCOMPATIBLE
+    assert _codes(folded) == {"attach-target"}
+
+
+def test_loader_output_is_read_per_program() -> None:
+    text = (
+        "@object /objects/a.o\n@prog one xdp 0\n@end\n"
+        "@prog two xdp 13\n| libbpf: prog 'two': failed\n| 0: R1=ctx()\n@end\n"
+    )
+    programs, open_error = guest.parse_loader_output(text)
+    assert open_error is None
+    assert [(p.name, p.error) for p in programs] == [("one", 0), ("two", 13)]
+    assert programs[1].log == "libbpf: prog 'two': failed\n0: R1=ctx()"
+    _, error = guest.parse_loader_output(
+        "@object /objects/b.o\n@open 22\n| libbpf: bad elf\n@end\n"
+    )
+    assert error is not None and "bad elf" in error
