@@ -21,7 +21,7 @@ from weak_bpf.kernel.cache import Cache, content_key, file_key, stat_key
 from weak_bpf.kernel.find import BtfSourceKind, KernelArtifacts
 from weak_bpf.model import KernelFacts, ModuleKfunc
 from weak_bpf.parsers.btf import BTF, Kind
-from weak_bpf.parsers.elf import section_bytes, section_headers
+from weak_bpf.parsers.elf import Buffer, section_bytes, section_headers
 from weak_bpf.parsers.sysmap import SystemMap
 
 INDEX_VERSION = "1"
@@ -89,12 +89,13 @@ def _scan_module_kfuncs(
     found: dict[str, ModuleKfunc] = {}
     for path in artifacts.modules:
         try:
-            data = kernel_data.read_file(path)
-            if not any(s.name == ".BTF_ids" for s in section_headers(data, str(path))):
-                continue
+            with kernel_data.module_data(path) as data:
+                if not any(s.name == ".BTF_ids" for s in section_headers(data, str(path))):
+                    continue
+                raw = bytes(data)
             from weak_bpf.parsers.kmod import read_kernel_object  # pyelftools, on a cache miss
 
-            ko = read_kernel_object(data, str(path))
+            ko = read_kernel_object(raw, str(path))
             if ko.btf is None:
                 continue
             btf = BTF.from_bytes(ko.btf, base=vmlinux, source=str(path))
@@ -201,7 +202,7 @@ def _module_btf_loader(
     return module_btf
 
 
-def _module_btf(data: bytes, path: Path, vmlinux: BTF) -> BTF | None:
+def _module_btf(data: Buffer, path: Path, vmlinux: BTF) -> BTF | None:
     """A module's split BTF, straight from its `.BTF` section; None if it has none."""
     raw = section_bytes(data, ".BTF", str(path))
     return None if raw is None else BTF.from_bytes(raw, base=vmlinux, source=str(path))
@@ -214,7 +215,8 @@ def _scan_module_symbols(
     found: dict[str, str] = {}
     for path in artifacts.modules:
         try:
-            btf = _module_btf(kernel_data.read_file(path), path, vmlinux)
+            with kernel_data.module_data(path) as data:
+                btf = _module_btf(data, path, vmlinux)
             if btf is None:
                 continue
             name = module_name(path)

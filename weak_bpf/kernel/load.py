@@ -96,6 +96,17 @@ def load_vmlinux(path: Path) -> bytes:
 
 
 @contextlib.contextmanager
+def module_data(path: Path) -> Iterator[Buffer]:
+    """A module's bytes: mapped when it is not compressed, so that a scan of every module
+    reads only the sections it looks at."""
+    if path.name.endswith(".ko"):
+        with mapped(path, max_size=MAX_MODULE_SIZE) as data:
+            yield data
+    else:
+        yield read_file(path, max_size=MAX_MODULE_SIZE)
+
+
+@contextlib.contextmanager
 def mapped(path: Path, *, max_size: int = MAX_FILE_SIZE) -> Iterator[Buffer]:
     """The file's bytes, mapped rather than read where the file allows it: a debuginfo vmlinux is
     600 MB, of which a few sections are wanted. Files that cannot be mapped (sysfs, procfs) are
