@@ -140,7 +140,7 @@ class BTF(NameIndex):
         self._words = words
         self._offs = self._walk(words)
         self.nr_types = self.start_id + len(self._offs)
-        self._name_offs = _gather(words, self._offs)
+        self._name_offs = array(_WORD, _gather(words, self._offs))
         if self._name_offs and max(self._name_offs) >= self._str_end:
             bad = next(i for i, off in enumerate(self._name_offs) if off >= self._str_end)
             raise self._error(
@@ -150,10 +150,10 @@ class BTF(NameIndex):
             )
         self._types: dict[int, Type] = {}
         self._str_cache: dict[int, str] = {}
-        self._name_keys: list[int] | None = None
+        self._name_keys: array | None = None
         self._str_first: dict[bytes, int] | None = None
         self._str_more: dict[bytes, list[int]] = {}
-        self._str_starts: list[int] | None = None
+        self._str_starts: array | None = None
         self._by_kind: dict[int, tuple[int, ...]] | None = None
         self._tags: dict[int, list[int]] | None = None
         self._ptr_size: int | None = None

@@ -7,6 +7,7 @@ BTF (module BTF) looks names up in its own strings, then in its base's.
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
@@ -26,11 +27,11 @@ class NameIndex:
     base: NameIndex | None
     _strings: bytes  # this blob's own string section
     _str_start: int  # the offset its strings start at (after the base's)
-    _name_offs: tuple[int, ...]  # each own type's name offset, by own index
-    _name_keys: list[int] | None
+    _name_offs: array  # each own type's name offset, by own index
+    _name_keys: array | None
     _str_first: dict[bytes, int] | None
     _str_more: dict[bytes, list[int]]
-    _str_starts: list[int] | None
+    _str_starts: array | None
 
     def kind(self, type_id: int) -> Kind:
         raise NotImplementedError
@@ -60,7 +61,7 @@ class NameIndex:
         self._name_index()
         self._string_index()
 
-    def _name_index(self) -> list[int]:
+    def _name_index(self) -> array:
         """Sorted `name_off << 32 | own index` keys: the ids of one name are a contiguous run."""
         if self._name_keys is None:
             keys = list(
@@ -71,7 +72,7 @@ class NameIndex:
                 )
             )
             keys.sort()
-            self._name_keys = keys
+            self._name_keys = array("Q", keys)  # no int objects: a tenth of the memory
         return self._name_keys
 
     def _string_index(self) -> dict[bytes, int]:
@@ -90,7 +91,7 @@ class NameIndex:
                     more = self._str_more.get(text)
                     if more is not None and first[text] != off:
                         more.append(off)
-            self._str_starts = starts
+            self._str_starts = array("Q", starts)
             self._str_first = first
             self._index_inner_names(starts)
         return self._str_first
