@@ -23,6 +23,7 @@ from weak_bpf.ops.links import (
 from weak_bpf.ops.objects import GreylistResult, bpf_symvers, greylist, inspect_object
 
 if TYPE_CHECKING:
+    from weak_bpf.ops.audited import AuditReport, ProgramAudit
     from weak_bpf.ops.kernels import KernelSummary, list_kernels
     from weak_bpf.ops.links import (
         KernelRun,
@@ -34,14 +35,7 @@ if TYPE_CHECKING:
         resolve,
     )
     from weak_bpf.ops.objects import GreylistResult, bpf_symvers, greylist, inspect_object
-    from weak_bpf.ops.verdicts import (
-        AuditReport,
-        ProgramAudit,
-        audit,
-        explain,
-        kernel_facts,
-        settings,
-    )
+    from weak_bpf.ops.verdicts import audit, explain, kernel_facts, settings
     from weak_bpf.program.installed import greylist_beside, object_path
 
 # where each name lives: a command imports only the modules it uses (start-up time is most of a
@@ -63,10 +57,8 @@ _HOME = {
     **dict.fromkeys(
         ("GreylistResult", "bpf_symvers", "greylist", "inspect_object"), "weak_bpf.ops.objects"
     ),
-    **dict.fromkeys(
-        ("AuditReport", "ProgramAudit", "audit", "explain", "kernel_facts", "settings"),
-        "weak_bpf.ops.verdicts",
-    ),
+    **dict.fromkeys(("AuditReport", "ProgramAudit"), "weak_bpf.ops.audited"),
+    **dict.fromkeys(("audit", "explain", "kernel_facts", "settings"), "weak_bpf.ops.verdicts"),
     **dict.fromkeys(("greylist_beside", "object_path"), "weak_bpf.program.installed"),
 }
 

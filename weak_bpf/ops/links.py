@@ -23,7 +23,8 @@ from weak_bpf.config import Config
 from weak_bpf.errors import ApplyError, WeakBpfError
 from weak_bpf.kernel import find as kernel
 from weak_bpf.model import Verdict
-from weak_bpf.ops.verdicts import AuditReport, audit, settings
+from weak_bpf.ops.audited import AuditReport
+from weak_bpf.ops.verdicts import audit, settings
 from weak_bpf.program import rpmdb
 
 log = logging.getLogger("weak-bpf-progs")

@@ -18,9 +18,10 @@ from weak_bpf.kernel import find as kernel
 from weak_bpf.kernel.cache import Cache, content_key, stat_key
 from weak_bpf.kernel.facts import load_kernel_facts
 from weak_bpf.kernel.find import resolve_in_root, resolved_path
-from weak_bpf.model import KernelFacts, Result, Verdict
+from weak_bpf.model import KernelFacts, Result
+from weak_bpf.ops.audited import AuditReport, ProgramAudit
 from weak_bpf.ops.judging import Task, default_jobs, evaluate, judge
-from weak_bpf.parsers.greylist import Greylist
+from weak_bpf.ops.verified import fold_cached, fold_object
 from weak_bpf.program import installed as programs_mod
 from weak_bpf.program.installed import (
     InstalledProgram,
@@ -30,30 +31,6 @@ from weak_bpf.program.installed import (
 )
 
 log = logging.getLogger("weak-bpf-progs")
-
-
-@dataclasses.dataclass(frozen=True)
-class ProgramAudit:
-    program: InstalledProgram
-    build_kernel: str | None
-    results: dict[str, tuple[Result, bool]]  # kver -> (result, linked now)
-    greylist: Greylist | None = None  # when the object was read in this run (not cached)
-
-
-@dataclasses.dataclass(frozen=True)
-class AuditReport:
-    root: Path
-    kernels: tuple[str, ...]
-    programs: tuple[ProgramAudit, ...]
-
-    @property
-    def clean(self) -> bool:
-        """Nothing incompatible or unknown (audit's exit status 0)."""
-        return all(
-            result.verdict not in (Verdict.INCOMPATIBLE, Verdict.UNKNOWN)
-            for p in self.programs
-            for result, _ in p.results.values()
-        )
 
 
 def weak_updates_dir(kver: str) -> str:
@@ -231,8 +208,6 @@ def audit(
     report = AuditReport(root, tuple(f.kver for f in facts), tuple(audits))
     # --- verify: fold in what K's own verifier said, when a past `verify` cached it ---
     if verified:
-        from weak_bpf.ops.verify import fold_cached
-
         report = fold_cached(root, report)
     return report
 
@@ -272,6 +247,4 @@ def explain(root: Path, path: Path, kvers: Sequence[str] = ()) -> ProgramAudit:
     }
     audited = ProgramAudit(loaded.program, loaded.build_kernel, results, loaded.greylist)
     # --- verify: fold in what K's own verifier said, when a past `verify` cached it ---
-    from weak_bpf.ops.verify import fold_object
-
     return fold_object(root, audited, object_path(root, path) if program is None else None)
