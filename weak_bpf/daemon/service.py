@@ -1,8 +1,8 @@
 """weak-bpf-progsd's D-Bus service (SPEC §7): org.weakbpf.Manager1 on the system bus.
 
-The only module that imports pydbus or gi. It adds no logic: every answer comes from weak_bpf.ops,
-as the CLI's do; this module validates arguments, checks the caller, caches Audit answers until
-the stamp that every run rewrites changes, and emits Resolved.
+The only module that imports pydbus or gi. It adds no logic: every answer comes from answers.py
+(weak_bpf.ops, as the CLI's do); this module checks the caller, caches Audit answers until the
+stamp that every run rewrites changes, and emits Resolved.
 """
 
 from __future__ import annotations
@@ -22,9 +22,21 @@ from gi.repository import Gio, GLib
 from pydbus import SystemBus
 from pydbus.generic import signal as dbus_signal
 
-from weak_bpf import ops, report
 from weak_bpf.apply import writer as actions
-from weak_bpf.errors import KernelNotFound, WeakBpfError
+from weak_bpf.daemon.answers import (
+    ERROR_PREFIX,
+    ERRORS,
+    INTERFACE,
+    AccessDenied,
+    Failed,
+    ServiceError,
+    add_kernel_answer,
+    audit_answer,
+    explain_answer,
+    guarded,
+    remove_kernel_answer,
+    summary_json,
+)
 from weak_bpf.kernel import find as kernel
 from weak_bpf.program import installed as programs
 
@@ -35,8 +47,6 @@ OBJECT_PATH = "/org/weakbpf/Manager1"
 POLICY = (
     "/usr/share/dbus-1/system.d/org.weakbpf.Manager1.conf"  # the bus policy the package installs
 )
-INTERFACE = "org.weakbpf.Manager1"
-ERROR_PREFIX = f"{INTERFACE}.Error."
 
 # Also installed as usr/share/dbus-1/interfaces/org.weakbpf.Manager1.xml (a test compares them).
 INTERFACE_XML = """<node>
@@ -73,25 +83,8 @@ INTERFACE_XML = """<node>
 
 # --- errors: pydbus 0.6 sends type(e).__name__ as the D-Bus error name when it holds a dot -------
 
-
-class ServiceError(Exception):
-    """An error answered to the caller; the class name is the D-Bus error name."""
-
-
-class InvalidArgument(ServiceError):
-    pass
-
-
-class AccessDenied(ServiceError):
-    pass
-
-
-class Failed(ServiceError):
-    pass
-
-
-for _cls in (InvalidArgument, AccessDenied, Failed):
-    _cls.__name__ = _cls.__qualname__ = ERROR_PREFIX + _cls.__name__
+for _cls in ERRORS.values():
+    _cls.__name__ = _cls.__qualname__ = ERROR_PREFIX + _cls.kind
 
 
 class _QuietExpectedErrors(logging.Filter):
@@ -125,97 +118,6 @@ def sd_notify(state: str) -> None:
         sock.sendto(state.encode(), address)
 
 
-# --- argument validation -------------------------------------------------------------------------
-
-
-def _plain_name(kver: str) -> None:
-    if not kver or "\0" in kver or "/" in kver or kver in (".", ".."):
-        raise InvalidArgument(f"not a kernel release: {kver!r}")
-
-
-def check_kernel(root: Path, kver: str, *, removing: bool = False) -> str:
-    """An installed kernel's release (or, to remove, one with links left under the root)."""
-    _plain_name(kver)
-    if kver in kernel.installed_kernels(root):
-        return kver
-    if removing and actions.bpf_dir(root, kver).is_dir():
-        return kver
-    raise InvalidArgument(f"{kver}: not an installed kernel (the Kernels property lists them)")
-
-
-def check_program(root: Path, path: str) -> str:
-    """An installed program's root-relative path, from a path relative to the root, absolute
-    inside the root, or absolute in the system the root holds."""
-    if "\0" in path:
-        raise InvalidArgument("a NUL byte in the object path")
-    parts = path.split("/")
-    if ".." in parts:
-        raise InvalidArgument(f"{path!r}: '..' is not allowed in an object path")
-    absolute_root = str(root.absolute()).rstrip("/") + "/"
-    relative = path[len(absolute_root) :] if path.startswith(absolute_root) else path
-    relative = "/".join(p for p in relative.split("/") if p not in ("", "."))
-    installed = {p.path for p in programs.installed_programs(root)}
-    if relative not in installed:
-        raise InvalidArgument(
-            f"{path}: not an installed BPF program under {root} (the Programs property lists them)"
-        )
-    return relative
-
-
-# --- the answers: ops and renderers, nothing more ------------------------------------------------
-
-
-def audit_answer(root: Path, kvers: Sequence[str]) -> str:
-    for kver in kvers:
-        check_kernel(root, kver)
-    return json.dumps(report.audit_json(ops.audit(root, kvers)), indent=2)
-
-
-def explain_answer(root: Path, path: str, kver: str) -> str:
-    """Explain one installed program on one kernel ("": every installed kernel)."""
-    kvers = [check_kernel(root, kver)] if kver else []
-    relative = check_program(root, path)
-    return json.dumps(report.explain_json(ops.explain(root, Path(relative), kvers)), indent=2)
-
-
-def add_kernel_answer(root: Path, kver: str, *, dry_run: bool, journal: bool) -> str:
-    check_kernel(root, kver)
-    runs = ops.add_kernel(root, kver, dry_run=dry_run, journal=journal)
-    return json.dumps([run.resolution.to_json() for run in runs], indent=2)
-
-
-def remove_kernel_answer(root: Path, kver: str, *, dry_run: bool, journal: bool) -> str:
-    check_kernel(root, kver, removing=True)
-    runs = ops.remove_kernel(root, kver, dry_run=dry_run, journal=journal)
-    return json.dumps([run.resolution.to_json() for run in runs], indent=2)
-
-
-def guarded(method: str, work: Callable[[], str]) -> str:
-    """`work()`, its failures turned into ServiceErrors."""
-    try:
-        return work()
-    except ServiceError:
-        raise
-    except KernelNotFound as e:
-        raise InvalidArgument(str(e)) from None
-    except WeakBpfError as e:
-        log.warning("%s failed: %s", method, e)
-        raise Failed(f"{e}" + (f" (hint: {e.hint})" if e.hint else "")) from None
-    except OSError as e:
-        log.warning("%s failed: %s", method, e)
-        raise Failed(str(e)) from None
-    except Exception as e:  # a bug: answer it, log it, keep serving
-        log.exception("%s: internal error", method)
-        raise Failed(f"internal error: {type(e).__name__}: {e}") from None
-
-
-_ERRORS: dict[str, type[ServiceError]] = {
-    "InvalidArgument": InvalidArgument,
-    "AccessDenied": AccessDenied,
-    "Failed": Failed,
-}
-
-
 def in_worker(work: Callable[[], str]) -> str:
     """`work()` run in a forked child, which sends back its answer or its ServiceError; the
     memory it used goes with it. The child runs no GLib code and leaves by os._exit."""
@@ -227,8 +129,7 @@ def in_worker(work: Callable[[], str]) -> str:
             try:
                 outcome = {"answer": work()}
             except ServiceError as e:
-                kind = type(e).__name__.rsplit(".", 1)[-1]
-                outcome = {"error": kind, "message": str(e)}
+                outcome = {"error": e.kind, "message": str(e)}
             with os.fdopen(write_end, "w", encoding="utf-8") as out:
                 json.dump(outcome, out)
         finally:
@@ -243,7 +144,7 @@ def in_worker(work: Callable[[], str]) -> str:
         raise Failed(f"the worker died ({_status(status)})") from None
     if "answer" in outcome:
         return str(outcome["answer"])
-    raise _ERRORS.get(str(outcome.get("error")), Failed)(str(outcome.get("message")))
+    raise ERRORS.get(str(outcome.get("error")), Failed)(str(outcome.get("message")))
 
 
 def _status(status: int) -> str:
@@ -263,11 +164,6 @@ def _stat_key(path: Path) -> StatKey:
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_ino, st.st_size)
-
-
-def summary_json(resolution_doc: dict[str, Any]) -> str:
-    """Resolved's payload: the report of a kernel without its per-program list."""
-    return json.dumps({k: v for k, v in resolution_doc.items() if k != "programs"})
 
 
 class Manager:
