@@ -4,6 +4,7 @@
     link_unstable = yes     # link compatible-unstable programs (default yes)
     link_partial = yes      # link compatible-partial programs (default yes)
     lock_timeout = 60       # seconds a run waits for another to finish (default 60)
+    daemon_max_reads = 8    # Audit and Explain calls weak-bpf-progsd answers at once (default 8)
 
     [kernel 5.14.0-427.el9.x86_64]
     kabi_stablelist = /usr/lib/modules/kabi-rhel94/kabi_stablelist_x86_64
@@ -33,6 +34,7 @@ class Config:
     lock_timeout: float = 60.0
     kabi_overrides: tuple[tuple[str, str], ...] = ()  # (kernel, stablelist path under the root)
     link_partial: bool = True
+    daemon_max_reads: int = 8
 
     def kabi_override(self, kver: str) -> str | None:
         return dict(self.kabi_overrides).get(kver)
@@ -40,7 +42,8 @@ class Config:
 
 _HINT = (
     "this run ignores the whole configuration and uses the defaults (link_unstable = yes, "
-    "link_partial = yes, lock_timeout = 60); fix the file, see weak-bpf-progs.conf(5)"
+    "link_partial = yes, lock_timeout = 60, daemon_max_reads = 8); fix the file, see "
+    "weak-bpf-progs.conf(5)"
 )
 
 
@@ -51,6 +54,16 @@ def _bool(value: str, where: str) -> bool:
     if lowered in _FALSE:
         return False
     raise ValueError(f"{where} = {value!r}: expected yes or no")
+
+
+def _count(value: str, where: str) -> int:
+    try:
+        number = int(value.strip())
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"{where} = {value!r}: expected a whole number, 1 or more")
+    return number
 
 
 def _apply(name: str, text: str, values: dict[str, object]) -> None:
@@ -74,11 +87,13 @@ def _apply(name: str, text: str, values: dict[str, object]) -> None:
                         values[key] = _bool(value, f"[main] {key}")
                     elif key == "lock_timeout":
                         values[key] = float(value)
+                    elif key == "daemon_max_reads":
+                        values[key] = _count(value, f"[main] {key}")
                     else:
                         raise bad(f"[main]: unknown option {key!r} (known: link_unstable, "
-                                  "link_partial, lock_timeout)")  # fmt: skip
+                                  "link_partial, lock_timeout, daemon_max_reads)")  # fmt: skip
                 except ValueError as e:
-                    if key in ("link_unstable", "link_partial"):
+                    if key != "lock_timeout":
                         raise bad(str(e)) from None
                     raise bad(f"[main] lock_timeout = {value!r}: not a number of seconds") from None
         elif section.startswith("kernel "):
@@ -104,6 +119,7 @@ def parse_config(sources: Iterable[tuple[str, str]]) -> Config:
         float(values.get("lock_timeout", 60.0)),  # type: ignore[arg-type]
         tuple(sorted(overrides.items())),
         bool(values.get("link_partial", True)),
+        int(values.get("daemon_max_reads", 8)),  # type: ignore[call-overload]
     )
 
 
