@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -54,6 +55,7 @@ POLICY = (
 PROPERTIES = "org.freedesktop.DBus.Properties"
 DBUS = "org.freedesktop.DBus"
 AUDIT_CACHE_BYTES = 16 << 20  # Audit answers kept, oldest dropped first (idle RSS < 60 MB)
+LISTING_TTL = 1.0  # seconds a property's listing is reused (a walk of 1000 programs: ~70 ms)
 
 # Also installed as usr/share/dbus-1/interfaces/org.weakbpf.Manager1.xml (a test compares them).
 INTERFACE_XML = """<node>
@@ -148,7 +150,8 @@ class Manager:
         self._changing = False  # our own change is running: its end looks at the stamp
         self._stamp = _stat_key(root / actions.STAMP)
         self._reports = self._report_keys()
-        self._properties = self._property_values()
+        self._listings: dict[str, tuple[float, list[str]]] = {}  # name -> (when, value)
+        self._properties = self._property_values(fresh=True)  # as last announced
 
     # -- dispatch --
 
@@ -269,7 +272,7 @@ class Manager:
         self, method: str, args: tuple[Any, ...], invocation: Gio.DBusMethodInvocation
     ) -> None:
         if method == "Get":
-            value = self._property_values(args[1])[args[1]]
+            value = self._listing(args[1])
             invocation.return_value(GLib.Variant("(v)", (GLib.Variant("as", value),)))
         elif method == "GetAll":
             values = {k: GLib.Variant("as", v) for k, v in self._property_values().items()}
@@ -279,13 +282,21 @@ class Manager:
                 "org.freedesktop.DBus.Error.PropertyReadOnly", "the properties are read-only"
             )
 
-    def _property_values(self, only: str | None = None) -> dict[str, list[str]]:
-        values = {}
-        if only in (None, "Kernels"):
-            values["Kernels"] = list(kernel.installed_kernels(self.root))
-        if only in (None, "Programs"):
-            values["Programs"] = [p.path for p in programs.installed_programs(self.root)]
-        return values
+    def _property_values(self, *, fresh: bool = False) -> dict[str, list[str]]:
+        return {name: self._listing(name, fresh=fresh) for name in ("Kernels", "Programs")}
+
+    def _listing(self, name: str, *, fresh: bool = False) -> list[str]:
+        """A property's value: listed again if `fresh` or older than LISTING_TTL, so that a
+        burst of reads walks the directories once (a run's end lists them afresh)."""
+        now = time.monotonic()
+        listed = self._listings.get(name)
+        if fresh or listed is None or now - listed[0] > LISTING_TTL:
+            if name == "Kernels":
+                value = list(kernel.installed_kernels(self.root))
+            else:
+                value = [p.path for p in programs.installed_programs(self.root)]
+            listed = self._listings[name] = (now, value)
+        return listed[1]
 
     # -- changes: one at a time, in order, root only --
 
@@ -433,7 +444,7 @@ class Manager:
         return {n[: -len(".json")]: _stat_key(directory / n) for n in names}
 
     def _properties_maybe_changed(self) -> None:
-        values = self._property_values()
+        values = self._property_values(fresh=True)
         changed = {k: v for k, v in values.items() if self._properties.get(k) != v}
         self._properties = values
         if changed:

@@ -136,7 +136,9 @@ def _run_child(work: Work, out_fd: int, finish: bool) -> None:
                 outcome = {"error": e.kind, "message": str(e)}
             out.write(json.dumps(outcome) + "\n")
         status = 0
-    except BaseException:  # SystemExit on a signal, a broken pipe, a bug: the parent says so
+    except SystemExit as e:  # SIGTERM or SIGINT in a read
+        status = e.code if isinstance(e.code, int) else 1
+    except BaseException:  # a broken pipe, a bug: the parent says the worker died
         log.debug("worker %d", os.getpid(), exc_info=True)
     finally:
         os._exit(status)
