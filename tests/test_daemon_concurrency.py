@@ -219,7 +219,7 @@ def test_reads_are_answered_while_a_slow_add_kernel_runs(
 
     daemon.call("add", "AddKernel", "(sb)", new, False)
     daemon.wait_for_worker()  # the change is running
-    reads = {}
+    reads: dict[str, tuple[Any, ...]] = {}
     for i in range(6):
         reads[f"kernels{i}"] = ("Get", "(ss)", INTERFACE, "Kernels")
     for i in range(4):

@@ -65,18 +65,17 @@ def _log_run(log: Path, tag: str, seconds: float) -> Callable[[Any], str]:
     return work
 
 
+def _append(to: list[str], tag: str) -> Callable[[], None]:
+    return lambda: to.append(tag)
+
+
 def test_changes_run_one_at_a_time_in_order(tmp_path: Path) -> None:
     loop, replies = PollLoop(), Replies()
     scheduler = Scheduler(loop, max_reads=4)
     log = tmp_path / "log"
-    started = []
+    started: list[str] = []
     for i, tag in enumerate(("first", "second", "third")):
-        job = Job(
-            "Change",
-            _log_run(log, tag, 0.2),
-            [replies(tag)],
-            on_start=lambda t=tag: started.append(t),
-        )
+        job = Job("Change", _log_run(log, tag, 0.2), [replies(tag)], on_start=_append(started, tag))
         assert scheduler.submit(job) == i  # how many run or wait before it
     assert started == ["first"] and len(scheduler.queue) == 2
     loop.run()

@@ -330,6 +330,7 @@ class Manager:
         a real run) goes out when it is done; the caller may wait as long as the queue takes."""
 
         def started() -> None:
+            self.check_stamp()  # another run's end, not yet seen, is announced first
             self._changing = True
 
         def finished(answer: str | None) -> None:

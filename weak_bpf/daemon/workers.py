@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -121,6 +122,7 @@ def _run_child(work: Work, out_fd: int, finish: bool) -> None:
     """In the child: run `work`, send its outcome, leave by os._exit (never back to GLib)."""
     status = 1
     try:
+        gc.freeze()  # the parent's objects (GLib's among them) are never finalized here
         for signum in (signal.SIGTERM, signal.SIGINT):  # the parent's handlers are GLib's
             signal.signal(signum, signal.SIG_IGN if finish else _stop_on_signal)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
