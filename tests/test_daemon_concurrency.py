@@ -394,7 +394,7 @@ def test_sigterm_lets_the_change_in_progress_finish(
     got = {tag: (value, error) for tag, value, error in daemon.replies}
     assert got["running"][1] is None
     assert json.loads(got["running"][0])[0]["kernel"] == new
-    assert "weak-bpf-progsd is stopping: nothing was changed" in str(got["queued"][1])
+    assert "weak-bpf-progsd is stopping: nothing was done; call again" in str(got["queued"][1])
     assert daemon.process.wait(timeout=30) == 0
     assert not (daemon.root / f"usr/lib/modules/{old}/bpf/weak-updates").exists()
     assert (daemon.root / f"var/lib/weak-bpf-progs/reports/{new}.json").exists()

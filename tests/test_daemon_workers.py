@@ -182,7 +182,7 @@ def test_stop_keeps_the_running_change_and_refuses_the_rest(tmp_path: Path) -> N
     assert time.monotonic() - start < 4, "the read's worker was stopped"
     got = {tag: (answer, error) for tag, answer, error in replies.got}
     assert got["change"] == ("change", None)
-    assert str(got["queued"][1]) == "weak-bpf-progsd is stopping: nothing was changed"
+    assert str(got["queued"][1]) == "weak-bpf-progsd is stopping: nothing was done; call again"
     assert str(got["read"][1]) == "the worker stopped before it answered (exit status 143)"
     assert "queued" not in log.read_text() and "end read" not in log.read_text()
 

@@ -13,14 +13,12 @@ from typing import Any
 
 from weak_bpf import ops, report
 from weak_bpf.apply import writer as actions
+from weak_bpf.daemon.interface import ERROR_PREFIX
 from weak_bpf.errors import KernelNotFound, WeakBpfError
 from weak_bpf.kernel import find as kernel
 from weak_bpf.program import installed as programs
 
 log = logging.getLogger("weak-bpf-progsd")
-
-INTERFACE = "org.weakbpf.Manager1"
-ERROR_PREFIX = f"{INTERFACE}.Error."
 
 
 # --- errors: each class is a D-Bus error name under org.weakbpf.Manager1.Error ------------------
@@ -53,6 +51,8 @@ class Busy(ServiceError):
 
     kind = "Busy"
 
+
+STOPPING = "weak-bpf-progsd is stopping: nothing was done; call again"
 
 ERRORS: dict[str, type[ServiceError]] = {
     cls.kind: cls for cls in (InvalidArgument, AccessDenied, Failed, Busy)

@@ -5,13 +5,12 @@ a reply goes out when the call's worker is done, not when the handler returns: t
 never waits for work. Properties and cached Audit answers are answered at once; Audit and
 Explain run in workers side by side; AddKernel and RemoveKernel wait in a queue and run one at a
 time (workers.py). Every answer comes from answers.py (weak_bpf.ops, as the CLI's do). This
-module checks the caller, caches Audit answers until the stamp that every run rewrites changes,
-and emits Resolved and PropertiesChanged.
+module checks the caller, and announces other runs and its own (Resolved, PropertiesChanged) as
+rootstate.py, which also caches Audit answers, sees them.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import importlib
 import json
@@ -19,17 +18,16 @@ import logging
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from gi.repository import Gio, GLib
 
 from weak_bpf import ops
 from weak_bpf.apply import writer as actions
 from weak_bpf.daemon.answers import (
-    INTERFACE,
+    STOPPING,
     AccessDenied,
     Failed,
     ServiceError,
@@ -41,53 +39,18 @@ from weak_bpf.daemon.answers import (
     remove_kernel_answer,
     summary_json,
 )
+from weak_bpf.daemon.interface import BUS_NAME, INTERFACE, INTERFACE_XML, OBJECT_PATH
+from weak_bpf.daemon.rootstate import PROPERTIES as PROPERTY_NAMES
+from weak_bpf.daemon.rootstate import RootState
 from weak_bpf.daemon.workers import Child, Job, Reply, Scheduler
-from weak_bpf.kernel import find as kernel
-from weak_bpf.program import installed as programs
 
 log = logging.getLogger("weak-bpf-progsd")
 
-BUS_NAME = "org.weakbpf.Manager1"
-OBJECT_PATH = "/org/weakbpf/Manager1"
 POLICY = (
     "/usr/share/dbus-1/system.d/org.weakbpf.Manager1.conf"  # the bus policy the package installs
 )
 PROPERTIES = "org.freedesktop.DBus.Properties"
 DBUS = "org.freedesktop.DBus"
-AUDIT_CACHE_BYTES = 16 << 20  # Audit answers kept, oldest dropped first (idle RSS < 60 MB)
-LISTING_TTL = 1.0  # seconds a property's listing is reused (a walk of 1000 programs: ~70 ms)
-
-# Also installed as usr/share/dbus-1/interfaces/org.weakbpf.Manager1.xml (a test compares them).
-INTERFACE_XML = """<node>
-  <interface name="org.weakbpf.Manager1">
-    <method name="Audit">
-      <arg name="kernels" type="as" direction="in"/>
-      <arg name="json" type="s" direction="out"/>
-    </method>
-    <method name="Explain">
-      <arg name="object" type="s" direction="in"/>
-      <arg name="kernel" type="s" direction="in"/>
-      <arg name="json" type="s" direction="out"/>
-    </method>
-    <method name="AddKernel">
-      <arg name="kernel" type="s" direction="in"/>
-      <arg name="dry_run" type="b" direction="in"/>
-      <arg name="json" type="s" direction="out"/>
-    </method>
-    <method name="RemoveKernel">
-      <arg name="kernel" type="s" direction="in"/>
-      <arg name="dry_run" type="b" direction="in"/>
-      <arg name="json" type="s" direction="out"/>
-    </method>
-    <property name="Kernels" type="as" access="read"/>
-    <property name="Programs" type="as" access="read"/>
-    <signal name="Resolved">
-      <arg name="kernel" type="s"/>
-      <arg name="summary_json" type="s"/>
-    </signal>
-  </interface>
-</node>
-"""
 
 
 # --- sd_notify -----------------------------------------------------------------------------------
@@ -112,15 +75,21 @@ def sd_notify(state: str) -> None:
 
 # --- the object ----------------------------------------------------------------------------------
 
-StatKey = Optional[tuple[int, int, int]]
 
-
-def _stat_key(path: Path) -> StatKey:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_ino, st.st_size)
+def _ask_bus(
+    connection: Gio.DBusConnection,
+    method: str,
+    args: GLib.Variant,
+    reply: str | None,
+    then: Callable[[Gio.DBusConnection, Gio.AsyncResult], None] | None = None,
+) -> Any:
+    """Call the bus itself: wait for its answer, or, given `then`, have `then` called with it."""
+    call = (DBUS, "/org/freedesktop/DBus", DBUS, method, args)
+    reply_type = GLib.VariantType(reply) if reply else None
+    if then is None:
+        return connection.call_sync(*call, reply_type, Gio.DBusCallFlags.NONE, -1, None)
+    connection.call(*call, reply_type, Gio.DBusCallFlags.NONE, -1, None, then)
+    return None
 
 
 def _answer(invocation: Gio.DBusMethodInvocation, answer: str) -> None:
@@ -145,13 +114,7 @@ class Manager:
         self._activity = activity
         self.connection: Gio.DBusConnection | None = None  # set once registered
         self.stopping = False
-        self._audits: collections.OrderedDict[tuple[str, ...], str] = collections.OrderedDict()
-        self._generation = 0  # +1 whenever the stamp moves: older answers are not cached
-        self._changing = False  # our own change is running: its end looks at the stamp
-        self._stamp = _stat_key(root / actions.STAMP)
-        self._reports = self._report_keys()
-        self._listings: dict[str, tuple[float, list[str]]] = {}  # name -> (when, value)
-        self._properties = self._property_values(fresh=True)  # as last announced
+        self.state = RootState(root)
 
     # -- dispatch --
 
@@ -169,7 +132,7 @@ class Manager:
         self._activity()
         try:
             if self.stopping:
-                raise Failed("weak-bpf-progsd is stopping: call again")
+                raise Failed(STOPPING)
             args = parameters.unpack()
             if interface == PROPERTIES:
                 self._properties_call(method, args, invocation)
@@ -224,16 +187,15 @@ class Manager:
         for kver in kvers:
             plain_name(kver)
         self.check_stamp()
-        cached = self._audits.get(kvers)
+        cached = self.state.audit(kvers)
         if cached is not None:
-            self._audits.move_to_end(kvers)
             _answer(invocation, cached)
             return
-        generation = self._generation
+        generation = self.state.generation
 
         def keep(answer: str | None) -> None:
-            if answer is not None and generation == self._generation:
-                self._keep_audit(kvers, answer)
+            if answer is not None:
+                self.state.keep_audit(kvers, answer, generation)
 
         self._read(
             Job(
@@ -253,18 +215,12 @@ class Manager:
                 "Explain",
                 lambda _emit: guarded("Explain", lambda: explain_answer(self.root, path, kver)),
                 [self._replier(invocation, "Explain")],
-                key=("Explain", path, kver, self._generation),
+                key=("Explain", path, kver, self.state.generation),
             )
         )
 
     def _read(self, job: Job) -> None:
         self.scheduler.read(job)  # Busy beyond daemon_max_reads
-
-    def _keep_audit(self, kvers: tuple[str, ...], answer: str) -> None:
-        self._audits[kvers] = answer
-        self._audits.move_to_end(kvers)
-        while sum(len(a) for a in self._audits.values()) > AUDIT_CACHE_BYTES:
-            self._audits.popitem(last=False)
 
     # -- properties: directory listings, answered at once --
 
@@ -272,31 +228,15 @@ class Manager:
         self, method: str, args: tuple[Any, ...], invocation: Gio.DBusMethodInvocation
     ) -> None:
         if method == "Get":
-            value = self._listing(args[1])
+            value = self.state.listing(args[1])
             invocation.return_value(GLib.Variant("(v)", (GLib.Variant("as", value),)))
         elif method == "GetAll":
-            values = {k: GLib.Variant("as", v) for k, v in self._property_values().items()}
+            values = {k: GLib.Variant("as", self.state.listing(k)) for k in PROPERTY_NAMES}
             invocation.return_value(GLib.Variant("(a{sv})", (values,)))
         else:  # Gio refuses to set a read-only property before it gets here
             invocation.return_dbus_error(
                 "org.freedesktop.DBus.Error.PropertyReadOnly", "the properties are read-only"
             )
-
-    def _property_values(self, *, fresh: bool = False) -> dict[str, list[str]]:
-        return {name: self._listing(name, fresh=fresh) for name in ("Kernels", "Programs")}
-
-    def _listing(self, name: str, *, fresh: bool = False) -> list[str]:
-        """A property's value: listed again if `fresh` or older than LISTING_TTL, so that a
-        burst of reads walks the directories once (a run's end lists them afresh)."""
-        now = time.monotonic()
-        listed = self._listings.get(name)
-        if fresh or listed is None or now - listed[0] > LISTING_TTL:
-            if name == "Kernels":
-                value = list(kernel.installed_kernels(self.root))
-            else:
-                value = [p.path for p in programs.installed_programs(self.root)]
-            listed = self._listings[name] = (now, value)
-        return listed[1]
 
     # -- changes: one at a time, in order, root only --
 
@@ -331,16 +271,16 @@ class Manager:
 
         def started() -> None:
             self.check_stamp()  # another run's end, not yet seen, is announced first
-            self._changing = True
+            self.state.changing = True
 
         def finished(answer: str | None) -> None:
-            self._changing = False
+            self.state.changing = False
             own = {doc["kernel"]: doc for doc in json.loads(answer)} if answer else {}
             self.check_stamp(own)  # a failed run may have changed something too
 
         def queue() -> None:
             if self.stopping:
-                raise Failed("weak-bpf-progsd is stopping: call again")
+                raise Failed(STOPPING)
             plain_name(kver)
             job = Job(
                 method,
@@ -382,47 +322,22 @@ class Manager:
                 self._refuse(invocation, method, e)
 
         assert self.connection is not None
-        self.connection.call(
-            DBUS,
-            "/org/freedesktop/DBus",
-            DBUS,
-            "GetConnectionUnixUser",
-            GLib.Variant("(s)", (sender,)),
-            GLib.VariantType("(u)"),
-            Gio.DBusCallFlags.NONE,
-            -1,
-            None,
-            got,
-        )
+        args = GLib.Variant("(s)", (sender,))
+        _ask_bus(self.connection, "GetConnectionUnixUser", args, "(u)", got)
 
     # -- runs: ours and others' --
 
     def check_stamp(self, own: Mapping[str, dict[str, Any]] | None = None) -> None:
-        """If a run changed the stamp (or `own`, the reports of our own run, just ended): drop
-        the cache, emit PropertiesChanged, and Resolved for each kernel whose report changed.
-        While our own change runs, wait for its end."""
-        if self._changing:
+        """Announce what runs changed (`own`: the reports of our own run, just ended)."""
+        news = self.state.news(own)
+        if news is None:
             return
-        stamp = _stat_key(self.root / actions.STAMP)
-        if stamp == self._stamp and not own:
-            return
-        self._stamp = stamp
-        self._generation += 1
-        self._audits.clear()
-        self._properties_maybe_changed()  # first: a client woken by Resolved reads them fresh
-        reports = self._report_keys()
-        for kver, key in sorted(reports.items()):
-            if (own and kver in own) or self._reports.get(kver) == key:
-                continue
-            try:
-                doc = json.loads((self.root / actions.REPORTS / f"{kver}.json").read_bytes())
-            except (OSError, ValueError):
-                continue
-            if isinstance(doc, dict):
-                self.emit_resolved(kver, doc)
-        for kver, doc in (own or {}).items():
+        if news.properties:  # first: a client woken by Resolved reads them fresh
+            variants = {k: GLib.Variant("as", v) for k, v in news.properties.items()}
+            args = GLib.Variant("(sa{sv}as)", (INTERFACE, variants, []))
+            self._emit(PROPERTIES, "PropertiesChanged", args)
+        for kver, doc in news.resolved:
             self.emit_resolved(kver, doc)
-        self._reports = reports
 
     def emit_resolved(self, kver: str, doc: dict[str, Any]) -> None:
         log.info("Resolved %s: %s", kver, doc.get("summary", ""))
@@ -435,23 +350,6 @@ class Manager:
             self.connection.emit_signal(None, OBJECT_PATH, interface, name, args)
         except GLib.Error as e:
             log.warning("cannot emit %s: %s", name, e)
-
-    def _report_keys(self) -> dict[str, StatKey]:
-        directory = self.root / actions.REPORTS
-        try:
-            names = [n for n in os.listdir(directory) if n.endswith(".json")]
-        except OSError:
-            return {}
-        return {n[: -len(".json")]: _stat_key(directory / n) for n in names}
-
-    def _properties_maybe_changed(self) -> None:
-        values = self._property_values(fresh=True)
-        changed = {k: v for k, v in values.items() if self._properties.get(k) != v}
-        self._properties = values
-        if changed:
-            variants = {k: GLib.Variant("as", v) for k, v in changed.items()}
-            args = GLib.Variant("(sa{sv}as)", (INTERFACE, variants, []))
-            self._emit(PROPERTIES, "PropertiesChanged", args)
 
 
 # --- the service ---------------------------------------------------------------------------------
@@ -556,18 +454,8 @@ class Service:
             OBJECT_PATH, node.interfaces[0], self.manager.on_call, None, None
         )
         try:
-            reply = connection.call_sync(
-                DBUS,
-                "/org/freedesktop/DBus",
-                DBUS,
-                "RequestName",
-                GLib.Variant("(su)", (BUS_NAME, 4)),  # DO_NOT_QUEUE
-                GLib.VariantType("(u)"),
-                Gio.DBusCallFlags.NONE,
-                -1,
-                None,
-            )
-            (code,) = reply.unpack()
+            args = GLib.Variant("(su)", (BUS_NAME, 4))  # DO_NOT_QUEUE
+            (code,) = _ask_bus(connection, "RequestName", args, "(u)").unpack()
             if code != 1:  # 1: we own it; 3: another connection does
                 raise RuntimeError("the name is owned by another connection")
         except BaseException:
@@ -578,17 +466,7 @@ class Service:
     def _unpublish(self, connection: Gio.DBusConnection, registration: int) -> None:
         with contextlib.suppress(GLib.Error):  # the bus may be gone already
             connection.unregister_object(registration)
-            connection.call_sync(
-                DBUS,
-                "/org/freedesktop/DBus",
-                DBUS,
-                "ReleaseName",
-                GLib.Variant("(s)", (BUS_NAME,)),
-                None,
-                Gio.DBusCallFlags.NONE,
-                -1,
-                None,
-            )
+            _ask_bus(connection, "ReleaseName", GLib.Variant("(s)", (BUS_NAME,)), None)
             connection.flush_sync(None)
 
     def run(self) -> int:

@@ -26,7 +26,7 @@ import signal
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Optional, Protocol
 
-from weak_bpf.daemon.answers import ERRORS, Busy, Failed, ServiceError
+from weak_bpf.daemon.answers import ERRORS, STOPPING, Busy, Failed, ServiceError
 
 log = logging.getLogger("weak-bpf-progsd")
 
@@ -243,7 +243,7 @@ class Scheduler:
         """Refuse the queued changes, stop the reads; a running change goes on to its end."""
         while self.queue:
             job = self.queue.popleft()
-            self._reply(job, None, Failed("weak-bpf-progsd is stopping: nothing was changed"))
+            self._reply(job, None, Failed(STOPPING))
         for job in list(self.reads.values()):
             if job.child is not None:
                 with contextlib.suppress(ProcessLookupError):
