@@ -63,7 +63,7 @@ class RootState:
 
     def keep_audit(self, kvers: tuple[str, ...], answer: str, generation: int) -> None:
         """Cache an answer computed from the state of `generation`, if that is still now."""
-        if generation != self.generation:
+        if generation != self.generation or len(answer) > AUDIT_CACHE_BYTES:
             return
         self._audits[kvers] = answer
         self._audits.move_to_end(kvers)
