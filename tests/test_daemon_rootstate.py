@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,8 +28,8 @@ def root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def report(root: Path, kver: str, action: str) -> dict[str, object]:
-    doc = {"kernel": kver, "action": action, "summary": f"{action} {kver}", "programs": []}
+def report(root: Path, kver: str, action: str) -> dict[str, Any]:
+    doc: dict[str, Any] = {"kernel": kver, "action": action, "summary": action, "programs": []}
     writer.write_report(root, kver, json.dumps(doc).encode())
     return doc
 
