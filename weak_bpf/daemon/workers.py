@@ -11,6 +11,9 @@ another) one at a time, in the order they came, and reads (`read`: Audit, Explai
 at most `max_reads` children at a time; a read whose key equals a running one's waits for the
 same child. A change's child ignores SIGTERM and SIGINT: a kernel's links are never left half
 resolved because the daemon is stopped. No GLib here: service.py's `Loop` watches each child.
+
+A long job that reports progress (a future Verify) is a `Job` whose work calls `emit` and whose
+`on_event` emits a signal, given to `submit` like AddKernel's (see service.py's `_change`).
 """
 
 from __future__ import annotations
