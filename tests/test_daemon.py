@@ -22,14 +22,8 @@ from typing import Any
 import pytest
 from dbus_bus import PrivateBus, name_owned, start_daemon, stop
 
-from weak_bpf.daemon.service import (
-    BUS_NAME,
-    INTERFACE,
-    INTERFACE_XML,
-    OBJECT_PATH,
-    InvalidArgument,
-    check_program,
-)
+from weak_bpf.daemon.answers import InvalidArgument, check_program
+from weak_bpf.daemon.service import BUS_NAME, INTERFACE, INTERFACE_XML, OBJECT_PATH
 
 from conftest import REPO, require, require_root, require_tool
 

@@ -6,6 +6,7 @@
     lock_timeout = 60       # seconds a run waits for another to finish (default 60)
     verify_timeout = 120    # seconds one kernel's VM may take under `verify` (default 120)
     verify_in_daemon = no   # let weak-bpf-progsd verify new kernels in a VM (default no)
+    daemon_max_reads = 8    # Audit and Explain calls weak-bpf-progsd answers at once (default 8)
 
     [kernel 5.14.0-427.el9.x86_64]
     kabi_stablelist = /usr/lib/modules/kabi-rhel94/kabi_stablelist_x86_64
@@ -37,6 +38,7 @@ class Config:
     link_partial: bool = True
     verify_timeout: float = 120.0
     verify_in_daemon: bool = False
+    daemon_max_reads: int = 8
 
     def kabi_override(self, kver: str) -> str | None:
         return dict(self.kabi_overrides).get(kver)
@@ -44,8 +46,8 @@ class Config:
 
 _HINT = (
     "this run ignores the whole configuration and uses the defaults (link_unstable = yes, "
-    "link_partial = yes, lock_timeout = 60, verify_timeout = 120, verify_in_daemon = no); fix "
-    "the file, see weak-bpf-progs.conf(5)"
+    "link_partial = yes, lock_timeout = 60, verify_timeout = 120, verify_in_daemon = no, "
+    "daemon_max_reads = 8); fix the file, see weak-bpf-progs.conf(5)"
 )
 
 
@@ -69,6 +71,16 @@ def _bool(value: str, where: str) -> bool:
     raise ValueError(f"{where} = {value!r}: expected yes or no")
 
 
+def _count(value: str, where: str) -> int:
+    try:
+        number = int(value.strip())
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"{where} = {value!r}: expected a whole number, 1 or more")
+    return number
+
+
 def _apply(name: str, text: str, values: dict[str, object]) -> None:
     """Read one file into `values`; its errors name it. Raises FormatError."""
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
@@ -90,11 +102,13 @@ def _apply(name: str, text: str, values: dict[str, object]) -> None:
                         values[key] = _bool(value, f"[main] {key}")
                     elif key in _SECONDS:
                         values[key] = _seconds(value)
+                    elif key == "daemon_max_reads":
+                        values[key] = _count(value, f"[main] {key}")
                     else:
-                        raise bad(f"[main]: unknown option {key!r} (known: "
-                                  f"{', '.join(_BOOLS + _SECONDS)})")  # fmt: skip
+                        known = ", ".join((*_BOOLS, *_SECONDS, "daemon_max_reads"))
+                        raise bad(f"[main]: unknown option {key!r} (known: {known})")
                 except ValueError as e:
-                    if key in _BOOLS:
+                    if key not in _SECONDS:
                         raise bad(str(e)) from None
                     raise bad(f"[main] {key} = {value!r}: not a number of seconds") from None
         elif section.startswith("kernel "):
@@ -122,6 +136,7 @@ def parse_config(sources: Iterable[tuple[str, str]]) -> Config:
         bool(values.get("link_partial", True)),
         float(values.get("verify_timeout", 120.0)),  # type: ignore[arg-type]
         bool(values.get("verify_in_daemon", False)),
+        int(values.get("daemon_max_reads", 8)),  # type: ignore[call-overload]
     )
 
 

@@ -1,8 +1,12 @@
 """weak-bpf-progsd's D-Bus service (SPEC §7): org.weakbpf.Manager1 on the system bus.
 
-The only module that imports pydbus or gi. It adds no logic: every answer comes from weak_bpf.ops,
-as the CLI's do; this module validates arguments, checks the caller, caches Audit answers until
-the stamp that every run rewrites changes, and emits Resolved.
+The only module that imports gi (or pydbus). The object is registered with Gio directly, so that
+a reply goes out when the call's worker is done, not when the handler returns: the main loop
+never waits for work. Properties and cached Audit answers are answered at once; Audit and
+Explain run in workers side by side; AddKernel and RemoveKernel wait in a queue and run one at a
+time (workers.py). Every answer comes from answers.py (weak_bpf.ops, as the CLI's do). This
+module checks the caller, and announces other runs and its own (Resolved, PropertiesChanged) as
+rootstate.py, which also caches Audit answers, sees them.
 """
 
 from __future__ import annotations
@@ -14,95 +18,39 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from gi.repository import Gio, GLib
-from pydbus import SystemBus
-from pydbus.generic import signal as dbus_signal
 
-from weak_bpf import ops, report
+from weak_bpf import ops
 from weak_bpf.apply import writer as actions
-from weak_bpf.errors import KernelNotFound, WeakBpfError
-from weak_bpf.kernel import find as kernel
-from weak_bpf.program import installed as programs
+from weak_bpf.daemon.answers import (
+    STOPPING,
+    AccessDenied,
+    Failed,
+    ServiceError,
+    add_kernel_answer,
+    audit_answer,
+    explain_answer,
+    guarded,
+    plain_name,
+    remove_kernel_answer,
+    summary_json,
+)
+from weak_bpf.daemon.interface import BUS_NAME, INTERFACE, INTERFACE_XML, OBJECT_PATH
+from weak_bpf.daemon.rootstate import PROPERTIES as PROPERTY_NAMES
+from weak_bpf.daemon.rootstate import RootState
+from weak_bpf.daemon.workers import Child, Job, Reply, Scheduler
 
 log = logging.getLogger("weak-bpf-progsd")
 
-BUS_NAME = "org.weakbpf.Manager1"
-OBJECT_PATH = "/org/weakbpf/Manager1"
 POLICY = (
     "/usr/share/dbus-1/system.d/org.weakbpf.Manager1.conf"  # the bus policy the package installs
 )
-INTERFACE = "org.weakbpf.Manager1"
-ERROR_PREFIX = f"{INTERFACE}.Error."
-
-# Also installed as usr/share/dbus-1/interfaces/org.weakbpf.Manager1.xml (a test compares them).
-INTERFACE_XML = """<node>
-  <interface name="org.weakbpf.Manager1">
-    <method name="Audit">
-      <arg name="kernels" type="as" direction="in"/>
-      <arg name="json" type="s" direction="out"/>
-    </method>
-    <method name="Explain">
-      <arg name="object" type="s" direction="in"/>
-      <arg name="kernel" type="s" direction="in"/>
-      <arg name="json" type="s" direction="out"/>
-    </method>
-    <method name="AddKernel">
-      <arg name="kernel" type="s" direction="in"/>
-      <arg name="dry_run" type="b" direction="in"/>
-      <arg name="json" type="s" direction="out"/>
-    </method>
-    <method name="RemoveKernel">
-      <arg name="kernel" type="s" direction="in"/>
-      <arg name="dry_run" type="b" direction="in"/>
-      <arg name="json" type="s" direction="out"/>
-    </method>
-    <property name="Kernels" type="as" access="read"/>
-    <property name="Programs" type="as" access="read"/>
-    <signal name="Resolved">
-      <arg name="kernel" type="s"/>
-      <arg name="summary_json" type="s"/>
-    </signal>
-  </interface>
-</node>
-"""
-
-
-# --- errors: pydbus 0.6 sends type(e).__name__ as the D-Bus error name when it holds a dot -------
-
-
-class ServiceError(Exception):
-    """An error answered to the caller; the class name is the D-Bus error name."""
-
-
-class InvalidArgument(ServiceError):
-    pass
-
-
-class AccessDenied(ServiceError):
-    pass
-
-
-class Failed(ServiceError):
-    pass
-
-
-for _cls in (InvalidArgument, AccessDenied, Failed):
-    _cls.__name__ = _cls.__qualname__ = ERROR_PREFIX + _cls.__name__
-
-
-class _QuietExpectedErrors(logging.Filter):
-    """pydbus logs a traceback for every exception a method raises; ours are answers, logged by
-    this module in one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], ServiceError))
-
-
-logging.getLogger("pydbus.registration").addFilter(_QuietExpectedErrors())
+PROPERTIES = "org.freedesktop.DBus.Properties"
+DBUS = "org.freedesktop.DBus"
 
 
 # --- sd_notify -----------------------------------------------------------------------------------
@@ -125,312 +73,339 @@ def sd_notify(state: str) -> None:
         sock.sendto(state.encode(), address)
 
 
-# --- argument validation -------------------------------------------------------------------------
-
-
-def _plain_name(kver: str) -> None:
-    if not kver or "\0" in kver or "/" in kver or kver in (".", ".."):
-        raise InvalidArgument(f"not a kernel release: {kver!r}")
-
-
-def check_kernel(root: Path, kver: str, *, removing: bool = False) -> str:
-    """An installed kernel's release (or, to remove, one with links left under the root)."""
-    _plain_name(kver)
-    if kver in kernel.installed_kernels(root):
-        return kver
-    if removing and actions.bpf_dir(root, kver).is_dir():
-        return kver
-    raise InvalidArgument(f"{kver}: not an installed kernel (the Kernels property lists them)")
-
-
-def check_program(root: Path, path: str) -> str:
-    """An installed program's root-relative path, from a path relative to the root, absolute
-    inside the root, or absolute in the system the root holds."""
-    if "\0" in path:
-        raise InvalidArgument("a NUL byte in the object path")
-    parts = path.split("/")
-    if ".." in parts:
-        raise InvalidArgument(f"{path!r}: '..' is not allowed in an object path")
-    absolute_root = str(root.absolute()).rstrip("/") + "/"
-    relative = path[len(absolute_root) :] if path.startswith(absolute_root) else path
-    relative = "/".join(p for p in relative.split("/") if p not in ("", "."))
-    installed = {p.path for p in programs.installed_programs(root)}
-    if relative not in installed:
-        raise InvalidArgument(
-            f"{path}: not an installed BPF program under {root} (the Programs property lists them)"
-        )
-    return relative
-
-
-# --- the answers: ops and renderers, nothing more ------------------------------------------------
-
-
-def audit_answer(root: Path, kvers: Sequence[str]) -> str:
-    for kver in kvers:
-        check_kernel(root, kver)
-    return json.dumps(report.audit_json(ops.audit(root, kvers)), indent=2)
-
-
-def explain_answer(root: Path, path: str, kver: str) -> str:
-    """Explain one installed program on one kernel ("": every installed kernel)."""
-    kvers = [check_kernel(root, kver)] if kver else []
-    relative = check_program(root, path)
-    return json.dumps(report.explain_json(ops.explain(root, Path(relative), kvers)), indent=2)
-
-
-def add_kernel_answer(root: Path, kver: str, *, dry_run: bool, journal: bool) -> str:
-    check_kernel(root, kver)
-    runs = ops.add_kernel(root, kver, dry_run=dry_run, journal=journal)
-    return json.dumps([run.resolution.to_json() for run in runs], indent=2)
-
-
-def remove_kernel_answer(root: Path, kver: str, *, dry_run: bool, journal: bool) -> str:
-    check_kernel(root, kver, removing=True)
-    runs = ops.remove_kernel(root, kver, dry_run=dry_run, journal=journal)
-    return json.dumps([run.resolution.to_json() for run in runs], indent=2)
-
-
-def guarded(method: str, work: Callable[[], str]) -> str:
-    """`work()`, its failures turned into ServiceErrors."""
-    try:
-        return work()
-    except ServiceError:
-        raise
-    except KernelNotFound as e:
-        raise InvalidArgument(str(e)) from None
-    except WeakBpfError as e:
-        log.warning("%s failed: %s", method, e)
-        raise Failed(f"{e}" + (f" (hint: {e.hint})" if e.hint else "")) from None
-    except OSError as e:
-        log.warning("%s failed: %s", method, e)
-        raise Failed(str(e)) from None
-    except Exception as e:  # a bug: answer it, log it, keep serving
-        log.exception("%s: internal error", method)
-        raise Failed(f"internal error: {type(e).__name__}: {e}") from None
-
-
-_ERRORS: dict[str, type[ServiceError]] = {
-    "InvalidArgument": InvalidArgument,
-    "AccessDenied": AccessDenied,
-    "Failed": Failed,
-}
-
-
-def in_worker(work: Callable[[], str]) -> str:
-    """`work()` run in a forked child, which sends back its answer or its ServiceError; the
-    memory it used goes with it. The child runs no GLib code and leaves by os._exit."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        try:
-            os.close(read_end)
-            try:
-                outcome = {"answer": work()}
-            except ServiceError as e:
-                kind = type(e).__name__.rsplit(".", 1)[-1]
-                outcome = {"error": kind, "message": str(e)}
-            with os.fdopen(write_end, "w", encoding="utf-8") as out:
-                json.dump(outcome, out)
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, encoding="utf-8") as answer:
-        data = answer.read()
-    _, status = os.waitpid(pid, 0)
-    try:
-        outcome = json.loads(data)
-    except ValueError:
-        raise Failed(f"the worker died ({_status(status)})") from None
-    if "answer" in outcome:
-        return str(outcome["answer"])
-    raise _ERRORS.get(str(outcome.get("error")), Failed)(str(outcome.get("message")))
-
-
-def _status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"signal {os.WTERMSIG(status)}"
-    return f"exit status {os.waitstatus_to_exitcode(status)}"
-
-
 # --- the object ----------------------------------------------------------------------------------
 
-StatKey = Optional[tuple[int, int, int]]
+
+def _ask_bus(
+    connection: Gio.DBusConnection,
+    method: str,
+    args: GLib.Variant,
+    reply: str | None,
+    then: Callable[[Gio.DBusConnection, Gio.AsyncResult], None] | None = None,
+) -> Any:
+    """Call the bus itself: wait for its answer, or, given `then`, have `then` called with it."""
+    call = (DBUS, "/org/freedesktop/DBus", DBUS, method, args)
+    reply_type = GLib.VariantType(reply) if reply else None
+    if then is None:
+        return connection.call_sync(*call, reply_type, Gio.DBusCallFlags.NONE, -1, None)
+    connection.call(*call, reply_type, Gio.DBusCallFlags.NONE, -1, None, then)
+    return None
 
 
-def _stat_key(path: Path) -> StatKey:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_ino, st.st_size)
-
-
-def summary_json(resolution_doc: dict[str, Any]) -> str:
-    """Resolved's payload: the report of a kernel without its per-program list."""
-    return json.dumps({k: v for k, v in resolution_doc.items() if k != "programs"})
+def _answer(invocation: Gio.DBusMethodInvocation, answer: str) -> None:
+    invocation.return_value(GLib.Variant("(s)", (answer,)))
 
 
 class Manager:
-    """org.weakbpf.Manager1. Methods run on the main loop, one at a time."""
+    """org.weakbpf.Manager1: each call checked and answered now, or handed to the scheduler
+    with a reply sent when its worker is done."""
 
-    dbus = INTERFACE_XML
-    Resolved = dbus_signal()
-    PropertiesChanged = dbus_signal()
-
-    def __init__(self, root: Path, *, journal: bool, activity: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        scheduler: Scheduler,
+        *,
+        journal: bool,
+        activity: Callable[[], None],
+    ) -> None:
         self.root = root
+        self.scheduler = scheduler
         self.journal = journal
         self._activity = activity
-        self._audits: dict[tuple[str, ...], str] = {}
-        self._stamp = _stat_key(root / actions.STAMP)
-        self._reports = self._report_keys()
-        self._properties = self._property_values()
-        self.bus: Any = None  # set once published: asks the bus who calls
+        self.connection: Gio.DBusConnection | None = None  # set once registered
+        self.stopping = False
+        self.state = RootState(root)
 
-    # -- methods --
+    # -- dispatch --
 
-    def Audit(self, kernels: Sequence[str]) -> str:
-        kvers = tuple(kernels)
-        self._begin()
-        answer = self._audits.get(kvers)
-        if answer is None:
-            answer = self._serve("Audit", lambda: audit_answer(self.root, kvers))
-            self._audits[kvers] = answer
-        return answer
-
-    def Explain(self, path: str, kver: str) -> str:
-        self._begin()
-        return self._serve("Explain", lambda: explain_answer(self.root, path, kver))
-
-    def AddKernel(self, kver: str, dry_run: bool, dbus_context: Any = None) -> str:
-        self._begin()
-        self._require_root("AddKernel", dbus_context)
-        answer = self._serve(
-            "AddKernel",
-            lambda: add_kernel_answer(self.root, kver, dry_run=dry_run, journal=self.journal),
-        )
-        return self._after_run(answer, dry_run)
-
-    def RemoveKernel(self, kver: str, dry_run: bool, dbus_context: Any = None) -> str:
-        self._begin()
-        self._require_root("RemoveKernel", dbus_context)
-        answer = self._serve(
-            "RemoveKernel",
-            lambda: remove_kernel_answer(self.root, kver, dry_run=dry_run, journal=self.journal),
-        )
-        return self._after_run(answer, dry_run)
-
-    # -- properties --
-
-    @property
-    def Kernels(self) -> list[str]:
+    def on_call(
+        self,
+        _connection: Gio.DBusConnection,
+        sender: str,
+        _path: str,
+        interface: str,
+        method: str,
+        parameters: GLib.Variant,
+        invocation: Gio.DBusMethodInvocation,
+    ) -> None:
+        """Gio's method handler (properties too: no get_property handler is registered)."""
         self._activity()
-        return list(kernel.installed_kernels(self.root))
-
-    @property
-    def Programs(self) -> list[str]:
-        self._activity()
-        return [p.path for p in programs.installed_programs(self.root)]
-
-    # -- the work --
-
-    def _begin(self) -> None:
-        self._activity()
-        self.check_stamp()
-
-    def _serve(self, method: str, work: Callable[[], str]) -> str:
-        """Run one call in a worker process (what it reads, BTF above all, is freed with it, so
-        the daemon stays small): every failure becomes a D-Bus error, never a dead daemon."""
         try:
-            return in_worker(lambda: guarded(method, work))
+            if self.stopping:
+                raise Failed(STOPPING)
+            args = parameters.unpack()
+            if interface == PROPERTIES:
+                self._properties_call(method, args, invocation)
+            elif method == "Audit":
+                self._audit(invocation, *args)
+            elif method == "Explain":
+                self._explain(invocation, *args)
+            elif method == "AddKernel":
+                self._add_kernel(invocation, sender, *args)
+            elif method == "RemoveKernel":
+                self._remove_kernel(invocation, sender, *args)
+            else:  # Gio checks calls against the interface: a member added there but not here
+                raise Failed(f"{method} is not served")
         except ServiceError as e:
-            log.info("%s refused: %s: %s", method, type(e).__name__, e)
-            raise
+            self._refuse(invocation, method, e)
+        except Exception as e:  # a bug: answer it, log it, keep serving
+            log.exception("%s: internal error", method)
+            self._refuse(invocation, method, Failed(f"internal error: {type(e).__name__}: {e}"))
 
-    def _require_root(self, method: str, context: Any) -> None:
-        sender = getattr(context, "sender", None)
-        try:
-            uid = self.bus.dbus.GetConnectionUnixUser(sender)
-        except (AttributeError, TypeError, GLib.Error) as e:
-            log.warning("%s: the caller cannot be identified: %s", method, e)
-            raise AccessDenied("the caller cannot be identified") from None
-        if uid != 0:
-            log.info("%s refused to uid %s", method, uid)
-            raise AccessDenied(f"only root may change links (caller uid {uid})")
+    @staticmethod
+    def _refuse(invocation: Gio.DBusMethodInvocation, method: str, e: ServiceError) -> None:
+        log.info("%s refused: %s: %s", method, e.kind, e)
+        invocation.return_dbus_error(e.dbus_name, str(e))
 
-    def _after_run(self, answer: str, dry_run: bool) -> str:
-        if not dry_run:
-            # our own run bumped the stamp: take it in now, so the monitor sees no other run
-            self._stamp = _stat_key(self.root / actions.STAMP)
-            self._reports = self._report_keys()
-            self._audits.clear()
-            self._properties_maybe_changed()
-            for doc in json.loads(answer):
-                self.emit_resolved(doc["kernel"], doc)
-        return answer
+    def _replier(
+        self,
+        invocation: Gio.DBusMethodInvocation,
+        method: str,
+        before: Callable[[str | None], None] | None = None,
+    ) -> Reply:
+        """The reply to a call: `before(answer or None)` first (caches, signals), then the
+        answer or the error. A caller that has left is sent nothing (the bus drops it)."""
 
-    # -- other runs --
+        def reply(answer: str | None, error: ServiceError | None) -> None:
+            if before is not None:
+                try:
+                    before(answer)
+                except Exception:  # a bug: the caller still gets its answer
+                    log.exception("%s: after the answer", method)
+            if error is not None:
+                self._refuse(invocation, method, error)
+            elif answer is not None:
+                _answer(invocation, answer)
+            self._activity()
 
-    def check_stamp(self) -> None:
-        """If another run (CLI, hook) changed the stamp: drop the cache, emit Resolved for each
-        kernel whose report it rewrote."""
-        stamp = _stat_key(self.root / actions.STAMP)
-        if stamp == self._stamp:
+        return reply
+
+    # -- reads --
+
+    def _audit(self, invocation: Gio.DBusMethodInvocation, kernels: Sequence[str]) -> None:
+        kvers = tuple(kernels)
+        for kver in kvers:
+            plain_name(kver)
+        self.check_stamp()
+        cached = self.state.audit(kvers)
+        if cached is not None:
+            _answer(invocation, cached)
             return
-        self._stamp = stamp
-        self._audits.clear()
-        self._properties_maybe_changed()  # first: a client woken by Resolved reads them fresh
-        reports = self._report_keys()
-        for kver, key in sorted(reports.items()):
-            if self._reports.get(kver) == key:
-                continue
+        generation = self.state.generation
+
+        def keep(answer: str | None) -> None:
+            if answer is not None:
+                self.state.keep_audit(kvers, answer, generation)
+
+        self._read(
+            Job(
+                "Audit",
+                lambda _emit: guarded("Audit", lambda: audit_answer(self.root, kvers)),
+                [self._replier(invocation, "Audit", keep)],
+                key=("Audit", kvers, generation),
+            )
+        )
+
+    def _explain(self, invocation: Gio.DBusMethodInvocation, path: str, kver: str) -> None:
+        if kver:
+            plain_name(kver)
+        self.check_stamp()
+        self._read(
+            Job(
+                "Explain",
+                lambda _emit: guarded("Explain", lambda: explain_answer(self.root, path, kver)),
+                [self._replier(invocation, "Explain")],
+                key=("Explain", path, kver, self.state.generation),
+            )
+        )
+
+    def _read(self, job: Job) -> None:
+        self.scheduler.read(job)  # Busy beyond daemon_max_reads
+
+    # -- properties: directory listings, answered at once --
+
+    def _properties_call(
+        self, method: str, args: tuple[Any, ...], invocation: Gio.DBusMethodInvocation
+    ) -> None:
+        if method == "Get":
+            value = self.state.listing(args[1])
+            invocation.return_value(GLib.Variant("(v)", (GLib.Variant("as", value),)))
+        elif method == "GetAll":
+            values = {k: GLib.Variant("as", self.state.listing(k)) for k in PROPERTY_NAMES}
+            invocation.return_value(GLib.Variant("(a{sv})", (values,)))
+        else:  # Gio refuses to set a read-only property before it gets here
+            invocation.return_dbus_error(
+                "org.freedesktop.DBus.Error.PropertyReadOnly", "the properties are read-only"
+            )
+
+    # -- changes: one at a time, in order, root only --
+
+    def _add_kernel(
+        self, invocation: Gio.DBusMethodInvocation, sender: str, kver: str, dry_run: bool
+    ) -> None:
+        def work() -> str:
+            return add_kernel_answer(self.root, kver, dry_run=dry_run, journal=self.journal)
+
+        self._change(invocation, sender, "AddKernel", kver=kver, dry_run=dry_run, work=work)
+
+    def _remove_kernel(
+        self, invocation: Gio.DBusMethodInvocation, sender: str, kver: str, dry_run: bool
+    ) -> None:
+        def work() -> str:
+            return remove_kernel_answer(self.root, kver, dry_run=dry_run, journal=self.journal)
+
+        self._change(invocation, sender, "RemoveKernel", kver=kver, dry_run=dry_run, work=work)
+
+    def _change(
+        self,
+        invocation: Gio.DBusMethodInvocation,
+        sender: str,
+        method: str,
+        *,
+        kver: str,
+        dry_run: bool,
+        work: Callable[[], str],
+    ) -> None:
+        """Queue a change once the bus says the caller is root. Its reply (and Resolved, for
+        a real run) goes out when it is done; the caller may wait as long as the queue takes."""
+
+        def started() -> None:
+            self.check_stamp()  # another run's end, not yet seen, is announced first
+            self.state.changing = True
+
+        def finished(answer: str | None) -> None:
+            self.state.changing = False
+            own = {doc["kernel"]: doc for doc in json.loads(answer)} if answer else {}
+            self.check_stamp(own)  # a failed run may have changed something too
+
+        def queue() -> None:
+            if self.stopping:
+                raise Failed(STOPPING)
+            plain_name(kver)
+            job = Job(
+                method,
+                lambda _emit: guarded(method, work),
+                [self._replier(invocation, method, None if dry_run else finished)],
+                on_start=None if dry_run else started,
+            )
+            ahead = self.scheduler.submit(job)
+            if ahead:
+                log.info("%s %s waits for %d change(s) before it", method, kver, ahead)
+
+        self._as_root(invocation, sender, method, queue)
+
+    def _as_root(
+        self,
+        invocation: Gio.DBusMethodInvocation,
+        sender: str,
+        method: str,
+        then: Callable[[], None],
+    ) -> None:
+        """`then()` if the bus says the caller is uid 0, else AccessDenied (asked without
+        waiting: the bus answers in the order asked, so changes stay in the callers' order)."""
+
+        def got(connection: Gio.DBusConnection, result: Gio.AsyncResult) -> None:
             try:
-                doc = json.loads((self.root / actions.REPORTS / f"{kver}.json").read_bytes())
-            except (OSError, ValueError):
-                continue
-            if isinstance(doc, dict):
-                self.emit_resolved(kver, doc)
-        self._reports = reports
+                (uid,) = connection.call_finish(result).unpack()
+            except GLib.Error as e:
+                log.warning("%s: the caller cannot be identified: %s", method, e)
+                self._refuse(invocation, method, AccessDenied("the caller cannot be identified"))
+                return
+            if uid != 0:
+                log.info("%s refused to uid %s", method, uid)
+                error = AccessDenied(f"only root may change links (caller uid {uid})")
+                self._refuse(invocation, method, error)
+                return
+            try:
+                then()
+            except ServiceError as e:
+                self._refuse(invocation, method, e)
+
+        assert self.connection is not None
+        args = GLib.Variant("(s)", (sender,))
+        _ask_bus(self.connection, "GetConnectionUnixUser", args, "(u)", got)
+
+    # -- runs: ours and others' --
+
+    def check_stamp(self, own: Mapping[str, dict[str, Any]] | None = None) -> None:
+        """Announce what runs changed (`own`: the reports of our own run, just ended)."""
+        news = self.state.news(own)
+        if news is None:
+            return
+        if news.properties:  # first: a client woken by Resolved reads them fresh
+            variants = {k: GLib.Variant("as", v) for k, v in news.properties.items()}
+            args = GLib.Variant("(sa{sv}as)", (INTERFACE, variants, []))
+            self._emit(PROPERTIES, "PropertiesChanged", args)
+        for kver, doc in news.resolved:
+            self.emit_resolved(kver, doc)
 
     def emit_resolved(self, kver: str, doc: dict[str, Any]) -> None:
         log.info("Resolved %s: %s", kver, doc.get("summary", ""))
-        self.Resolved(kver, summary_json(doc))
+        self._emit(INTERFACE, "Resolved", GLib.Variant("(ss)", (kver, summary_json(doc))))
 
-    def _report_keys(self) -> dict[str, StatKey]:
-        directory = self.root / actions.REPORTS
+    def _emit(self, interface: str, name: str, args: GLib.Variant) -> None:
+        if self.connection is None:
+            return
         try:
-            names = [n for n in os.listdir(directory) if n.endswith(".json")]
-        except OSError:
-            return {}
-        return {n[: -len(".json")]: _stat_key(directory / n) for n in names}
-
-    def _property_values(self) -> dict[str, list[str]]:
-        return {
-            "Kernels": list(kernel.installed_kernels(self.root)),
-            "Programs": [p.path for p in programs.installed_programs(self.root)],
-        }
-
-    def _properties_maybe_changed(self) -> None:
-        values = self._property_values()
-        changed = {k: v for k, v in values.items() if self._properties.get(k) != v}
-        self._properties = values
-        if changed:
-            self.PropertiesChanged(INTERFACE, changed, [])
+            self.connection.emit_signal(None, OBJECT_PATH, interface, name, args)
+        except GLib.Error as e:
+            log.warning("cannot emit %s: %s", name, e)
 
 
 # --- the service ---------------------------------------------------------------------------------
 
 
 class Service:
-    """The main loop: publish, watch the stamp, exit when idle or on SIGTERM."""
+    """The main loop: publish, watch the stamp and the workers, exit when idle or on SIGTERM
+    (after the change in progress, if any)."""
 
-    def __init__(self, root: Path, *, idle_timeout: float, journal: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        idle_timeout: float,
+        journal: bool = True,
+        max_reads: int | None = None,
+    ) -> None:
         self.root = root
         self.idle_timeout = idle_timeout
         self.loop = GLib.MainLoop()
-        self.manager = Manager(root, journal=journal, activity=self._reset_idle)
+        if max_reads is None:
+            max_reads = ops.settings(root).daemon_max_reads  # a broken file: the defaults
+        self.scheduler = Scheduler(self, max_reads=max_reads, inherited=self._bus_fds)
+        self.manager = Manager(root, self.scheduler, journal=journal, activity=self._reset_idle)
         self._idle_source = 0
         self._monitor: Any = None
+
+    # -- workers (workers.Loop) --
+
+    def watch(self, child: Child, done: Callable[[], None]) -> None:
+        def readable(_fd: int, _condition: GLib.IOCondition) -> bool:
+            if child.feed():
+                return GLib.SOURCE_CONTINUE
+            if child.done:
+                done()
+            return GLib.SOURCE_REMOVE
+
+        def exited(_pid: int, status: int) -> None:
+            child.status = status
+            if child.done:
+                done()
+
+        condition = GLib.IOCondition.IN | GLib.IOCondition.HUP | GLib.IOCondition.ERR
+        GLib.unix_fd_add_full(GLib.PRIORITY_DEFAULT, child.fd, condition, readable)
+        GLib.child_watch_add(GLib.PRIORITY_DEFAULT, child.pid, exited)
+
+    def _bus_fds(self) -> list[int]:
+        """The bus connection's socket: a worker closes it, so that the bus sees the daemon
+        leave when it does, whatever its workers do."""
+        connection = self.manager.connection
+        try:
+            return [connection.get_stream().get_socket().get_fd()]  # type: ignore[union-attr]
+        except (AttributeError, GLib.Error):
+            return []
+
+    # -- idle and signals --
 
     def _reset_idle(self) -> None:
         if self._idle_source:
@@ -441,15 +416,23 @@ class Service:
             self._idle_source = GLib.timeout_add(ms, self._on_idle)
 
     def _on_idle(self) -> bool:
+        if not self.scheduler.idle:
+            return GLib.SOURCE_CONTINUE  # a call is still being answered
         log.info("idle for %g s: exiting", self.idle_timeout)
         self._idle_source = 0
         self.loop.quit()
-        return False
+        return GLib.SOURCE_REMOVE
 
     def _on_signal(self) -> bool:
-        log.info("stopping on a signal")
-        self.loop.quit()
-        return False
+        self.manager.stopping = True
+        self.scheduler.stop()
+        if self.scheduler.idle:
+            log.info("stopping on a signal")
+            self.loop.quit()
+        else:
+            log.info("stopping on a signal, once the change in progress is done")
+            self.scheduler.when_idle = self.loop.quit
+        return GLib.SOURCE_REMOVE
 
     def _watch_stamp(self) -> None:
         stamp = self.root / actions.STAMP
@@ -459,11 +442,36 @@ class Service:
         self._monitor = gfile.monitor_file(Gio.FileMonitorFlags.WATCH_MOVES, None)
         self._monitor.connect("changed", lambda *_: self.manager.check_stamp())
 
+    # -- the bus --
+
+    def _publish(self) -> tuple[Gio.DBusConnection, int]:
+        """Connect, register the object, then own the name (so that a call that activated us
+        finds the object). Raises GLib.Error or RuntimeError."""
+        connection = Gio.bus_get_sync(Gio.BusType.SYSTEM, None)
+        node = Gio.DBusNodeInfo.new_for_xml(INTERFACE_XML)
+        self.manager.connection = connection
+        registration = connection.register_object(
+            OBJECT_PATH, node.interfaces[0], self.manager.on_call, None, None
+        )
+        try:
+            args = GLib.Variant("(su)", (BUS_NAME, 4))  # DO_NOT_QUEUE
+            (code,) = _ask_bus(connection, "RequestName", args, "(u)").unpack()
+            if code != 1:  # 1: we own it; 3: another connection does
+                raise RuntimeError("the name is owned by another connection")
+        except BaseException:
+            connection.unregister_object(registration)
+            raise
+        return connection, registration
+
+    def _unpublish(self, connection: Gio.DBusConnection, registration: int) -> None:
+        with contextlib.suppress(GLib.Error):  # the bus may be gone already
+            connection.unregister_object(registration)
+            _ask_bus(connection, "ReleaseName", GLib.Variant("(s)", (BUS_NAME,)), None)
+            connection.flush_sync(None)
+
     def run(self) -> int:
         try:
-            bus = SystemBus()
-            self.manager.bus = bus
-            publication = bus.publish(BUS_NAME, (OBJECT_PATH, self.manager))
+            connection, registration = self._publish()
         except (RuntimeError, GLib.Error) as e:
             log.error("cannot serve %s on the system bus: %s", BUS_NAME, e)
             log.error(
@@ -476,13 +484,17 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT):
             GLib.unix_signal_add(GLib.PRIORITY_HIGH, signum, self._on_signal)
         self._reset_idle()
-        log.info("serving %s for the root %s", BUS_NAME, self.root)
+        log.info(
+            "serving %s for the root %s (at most %d reads at a time)",
+            BUS_NAME,
+            self.root,
+            self.scheduler.max_reads,
+        )
         sd_notify(f"READY=1\nSTATUS=serving {BUS_NAME} for {self.root}")
         try:
             self.loop.run()
         finally:
             sd_notify("STOPPING=1\nSTATUS=stopping")
             self._monitor.cancel()
-            with contextlib.suppress(GLib.Error):  # the bus may be gone already
-                publication.unpublish()
+            self._unpublish(connection, registration)
         return 0
