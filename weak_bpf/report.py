@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from itertools import zip_longest
+from typing import TYPE_CHECKING
 
 from weak_bpf.kernel.find import BtfSourceKind
 from weak_bpf.model import Area, Outcome, ReasonCode, Result, Verdict
 from weak_bpf.ops import AuditReport, KernelSummary, ProgramAudit
-from weak_bpf.ops.verify import KernelVerify, VerifyReport
 from weak_bpf.parsers.btfext import CoreReloKind
 from weak_bpf.parsers.objvalues import BpfObject, Extern, ExternKind, Function
+
+if TYPE_CHECKING:  # a warm audit imports no VM code
+    from weak_bpf.ops.verify import KernelVerify, VerifyReport
 
 _BTF_SOURCE = {
     BtfSourceKind.SYSFS: "the running kernel",
