@@ -95,6 +95,9 @@ def boot_and_load(
         )
         for name in objects
     ]
+    # a kprobe placed through tracefs, apart from any BPF program
+    events = "/sys/kernel/tracing/kprobe_events"
+    runs += [(f"k{i}", f"echo 'p:wbp/k{i} {s}' >> {events}") for i, s in enumerate(kprobes)]
     config = vmlinuz.with_name(vmlinuz.name.replace("vmlinuz-", "config-", 1))
     data = {name: path.read_bytes() for name, path in objects.items()}
     files = [vmlinuz, Path(bpftool), *(ko for _, ko in modules)]
@@ -109,17 +112,18 @@ def boot_and_load(
         runs=runs,
         objects=data,
         modules=modules,
-        kprobes=kprobes,
         config=config if config.exists() else None,
         timeout=timeout,
         kvm=False,  # the yardstick stays on TCG, as it always was
     )
-    result = _report(report, list(objects), seconds)
+    result = _report(report, list(objects), seconds, kprobes)
     _cache_write(key, result)
     return result
 
 
-def _report(report: GuestReport, names: list[str], seconds: float) -> BootReport:
+def _report(
+    report: GuestReport, names: list[str], seconds: float, kprobes: Sequence[str]
+) -> BootReport:
     failed = [(m, rc, out) for m, rc, out in report.modules if rc != 0]
     if failed:
         raise GuestError(f"insmod {failed[0][0]} failed with {failed[0][1]}: {failed[0][2]}")
@@ -127,7 +131,8 @@ def _report(report: GuestReport, names: list[str], seconds: float) -> BootReport
         LoadResult(n, report.results[n][0] == 0, report.results[n][0], _tail(report.results[n][1]))
         for n in names
     )
-    return BootReport(results, report.modules, seconds, report.kprobes)
+    placed = tuple((s, report.results[f"k{i}"][0] == 0) for i, s in enumerate(kprobes))
+    return BootReport(results, report.modules, seconds, placed)
 
 
 def _tail(text: str) -> str:

@@ -267,7 +267,8 @@ def test_cpio_archive_reads_back_with_cpio(tmp_path: Path) -> None:
 
 
 def test_parse_console_rejects_an_unfinished_boot() -> None:
-    console = "@@RESULT a rc=0\n@@END a\n[   1.0] Kernel panic - not syncing\n"
+    empty = "da39a3ee5e6b4b0d3255bfef95601890afd80709"  # SHA-1 of nothing
+    console = f"@@RESULT a rc=0\n@@END a {empty}\n[   1.0] Kernel panic - not syncing\n"
     # a's result was read: only the end marker, then only b, is reported missing
     with pytest.raises(qemuload.QemuLoadError, match=r"^the guest did not report @@DONE; "):
         qemuload.parse_console(console, ["a"], [])

@@ -8,22 +8,28 @@ not call, code the verifier rejects, and kprobe targets on Debian's placeholder 
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import errno
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from weak_bpf import cli, ops
-from weak_bpf.engine.verified import Kprobe, ProgramLoad, Verification, fold
+from weak_bpf.engine.verified import ProgramLoad, Verification, fold
 from weak_bpf.model import Area, Check, Outcome, ReasonCode, Result, Verdict
 from weak_bpf.ops import verify as verify_ops
-from weak_bpf.verify import guest, tools
+from weak_bpf.verify import guest, tools, vm
 
 import bpfbuild
 import exampleroot
@@ -126,6 +132,55 @@ char LICENSE[] SEC("license") = "GPL";
 }
 UNDECIDABLE = ("unchecked_packet", "helper_not_allowed", "kfunc_wrong_type", "one_of_two")
 
+# What only attaching decides; bpftool's load of the whole object (real_loads) says nothing of it.
+ATTACHING = {
+    # NOKPROBE_SYMBOL: a BTF function, so offline it is a kprobe target; the kernel refuses it
+    "kprobe_refused": """
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+SEC("kprobe/notify_die")
+int on_notify_die(void *ctx)
+{
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+""",
+    # a function of module nf_conntrack: the guest must insert it before attaching there
+    "kprobe_module": """
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+SEC("kprobe/nf_conntrack_free")
+int on_ct_free(void *ctx)
+{
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+""",
+    # a section name with spaces: its record must come back whole
+    "odd_section": """
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+SEC("kprobe/vfs_read and more")
+int odd(void *ctx)
+{
+	return 0;
+}
+
+SEC("tp/syscalls/sys_enter_openat")
+int plain(void *ctx)
+{
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+""",
+}
+
 
 @pytest.fixture(scope="module")
 def verify_tools() -> None:
@@ -154,15 +209,27 @@ def programs(
 
 
 @pytest.fixture(scope="module")
+def attaching(tmp_path_factory: pytest.TempPathFactory, old_vmlinux: Path) -> dict[str, Path]:
+    include = bpfbuild.vmlinux_h(old_vmlinux)
+    src = tmp_path_factory.mktemp("verify-attach-src")
+    built = {}
+    for name, text in ATTACHING.items():
+        (src / f"{name}.bpf.c").write_text(text)
+        built[name] = bpfbuild.compile_program(src / f"{name}.bpf.c", [include])
+    return built
+
+
+@pytest.fixture(scope="module")
 def root(
     tmp_path_factory: pytest.TempPathFactory,
     debian_kernels: dict[str, Path],
     programs: dict[str, Path],
+    attaching: dict[str, Path],
 ) -> Path:
     root = tmp_path_factory.mktemp("verify") / "root"
     for kver, unpacked in debian_kernels.items():
         exampleroot.install_kernel(root, kver, unpacked)
-    install_programs(root, programs)
+    install_programs(root, {**programs, **attaching})
     return root
 
 
@@ -211,6 +278,8 @@ def test_verify_agrees_with_real_loads(
     assert runs[kver].problem is None and runs[kver].boot is not None, runs[kver]
     lines, wrong = [], 0
     for name, audit in sorted(_by_name(verified.audit).items()):
+        if name in ATTACHING:
+            continue  # decided by attaching, which bpftool's load does not do
         result = audit.results[kver][0]
         loaded = real_loads[kver][name].loaded
         lines.append(f"{name}: {result.verdict.value}, real load {'ok' if loaded else 'failed'}")
@@ -266,6 +335,37 @@ def test_unknown_settled_by_the_kernel(
     assert [(r.code.value, r.symbol) for r in alt.reasons] == [("attach-target", "swap_read_folio")]
 
 
+def test_only_the_kernel_decides_attaching(
+    static: dict[str, ops.ProgramAudit], verified: verify_ops.VerifyReport
+) -> None:
+    """Each loaded program is attached in the VM. A kprobe on a NOKPROBE function is a BTF
+    function offline, and refused by the kernel; a kprobe on a module's function attaches once
+    the guest inserted the module; a section name with spaces comes back whole."""
+    after = _by_name(verified.audit)
+    refused_before = static["kprobe_refused"].results[OLD][0]
+    assert refused_before.verdict is Verdict.COMPATIBLE, refused_before.reasons
+    refused = after["kprobe_refused"].results[OLD][0]
+    assert refused.verified and refused.verdict is Verdict.INCOMPATIBLE
+    assert [(r.code.value, r.symbol) for r in refused.reasons] == [("attach-target", "notify_die")]
+
+    assert static["kprobe_module"].results[OLD][0].verdict is Verdict.UNKNOWN
+    module = after["kprobe_module"].results[OLD][0]
+    assert module.verdict is Verdict.COMPATIBLE and module.verified, module.reasons
+    assert "nf_conntrack" in module.modules or any(
+        "attached it" in c.detail for c in module.checks if c.area is Area.ATTACH
+    )
+
+    odd = after["odd_section"].results[OLD][0]
+    assert odd.verified and odd.verdict is Verdict.COMPATIBLE, odd.reasons
+    checks = {(c.area, c.program): c.outcome for c in odd.checks if c.program}
+    assert checks == {  # libbpf reads "vfs_read and more" as a kprobe on vfs_read
+        (Area.VERIFIER, "odd"): Outcome.PASS,
+        (Area.ATTACH, "odd"): Outcome.PASS,
+        (Area.VERIFIER, "plain"): Outcome.PASS,
+        (Area.ATTACH, "plain"): Outcome.PASS,
+    }
+
+
 def test_a_second_verify_and_audit_boot_nothing(
     root: Path, verified: verify_ops.VerifyReport, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -291,7 +391,7 @@ def test_a_second_verify_and_audit_boot_nothing(
         assert cli.main(["--root", str(root), "explain", path, OLD]) == cli.Exit.OK
         text = capsys.readouterr().out
         assert f"on {OLD}: compatible (verified)" in text
-        assert "placed a kprobe on" in text
+        assert "attached it (in a VM)" in text
         assert cli.main(["--root", str(root), "audit", OLD]) == cli.Exit.FINDINGS
         assert "compatible (verified)" in capsys.readouterr().out
 
@@ -337,7 +437,17 @@ def test_a_kernel_that_does_not_boot_in_time_is_unknown(
     (other / "etc").mkdir(parents=True, exist_ok=True)
     (other / "etc/weak-bpf-progs.conf").write_text("[main]\nverify_timeout = 0.5\n")
     started = time.monotonic()
-    done = verify_ops.verify(other, [OLD], programs=["*/kconfig.bpf.o"])
+    qemus: list[int] = []
+    real_popen = vm.subprocess.Popen
+
+    def popen(*args: Any, **kwargs: Any) -> Any:
+        proc = real_popen(*args, **kwargs)
+        qemus.append(proc.pid)
+        return proc
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vm.subprocess, "Popen", popen)
+        done = verify_ops.verify(other, [OLD], programs=["*/kconfig.bpf.o"])
     assert time.monotonic() - started < 30
     (run,) = done.kernels
     assert run.problem is not None and "did not finish within 0 s" in run.problem
@@ -345,8 +455,8 @@ def test_a_kernel_that_does_not_boot_in_time_is_unknown(
     result = program.results[OLD][0]
     assert result.verdict is Verdict.UNKNOWN and not result.verified
     assert _codes(result) == {"verifier"}
-    assert not (other / "var/cache/weak-bpf-progs/verify").exists()
-    assert not _qemu_children(os.getpid())
+    assert not list((other / "var/cache/weak-bpf-progs/verify").glob("*/*.json"))
+    assert qemus and not [q for q in qemus if Path(f"/proc/{q}").exists()]
 
 
 def _qemu_children(pid: int) -> list[int]:
@@ -366,9 +476,14 @@ def _qemu_children(pid: int) -> list[int]:
     return found
 
 
-def test_killing_verify_leaves_no_vm(verify_tools: None, root: Path, tmp_path: Path) -> None:
-    """SIGKILL to weak-bpf-progs mid-boot: its qemu dies with it (PR_SET_PDEATHSIG)."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_killing_verify_leaves_no_vm(
+    verify_tools: None, root: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """SIGKILL, SIGTERM or Ctrl-C to weak-bpf-progs mid-boot: its qemu dies with it, and no
+    file is left behind (the initrd is an anonymous memory file)."""
     other = tmp_path / "root"
+    before = set(Path(tempfile.gettempdir()).iterdir())
     exampleroot.copy_root(root, other)
     shutil.rmtree(other / "var/cache", ignore_errors=True)
     proc = subprocess.Popen(
@@ -383,13 +498,16 @@ def test_killing_verify_leaves_no_vm(verify_tools: None, root: Path, tmp_path: P
         qemus = _qemu_children(proc.pid)
         time.sleep(0.1)
     assert qemus, "verify never started qemu"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    assert proc.wait(timeout=30) != 0
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(Path(f"/proc/{q}").exists() for q in qemus):
         time.sleep(0.1)
     alive = [q for q in qemus if Path(f"/proc/{q}").exists() and _zombie(q) is False]
     assert not alive, f"qemu {alive} outlived weak-bpf-progs"
+    left = [p for p in set(Path(tempfile.gettempdir()).iterdir()) - before if "weak-bpf" in p.name]
+    assert not left, left
+    assert not list((other / "var/cache/weak-bpf-progs/verify").glob("*/*.json"))
 
 
 def _zombie(pid: int) -> bool:
@@ -425,31 +543,103 @@ def test_fold_keeps_greylist_undecided_and_settles_the_rest() -> None:
     assert [c.outcome for c in folded.checks[:1]] == [Outcome.UNDECIDED]  # not settled
 
 
+def _target(outcome: Outcome, symbol: str = "f") -> Check:
+    code = None if outcome is Outcome.PASS else ReasonCode.KERNEL_DATA_MISSING
+    return Check(Area.ATTACH, outcome, f"attach target kprobe/{symbol}", "?", code, symbol, "p")
+
+
 def test_fold_with_every_kprobe_refused_is_incompatible() -> None:
-    target = Check(
-        Area.ATTACH,
-        Outcome.UNDECIDED,
-        "attach target kprobe/f",
-        "?",
-        ReasonCode.KERNEL_DATA_MISSING,
-        "f",
+    outcome = Verification((ProgramLoad("p", "kprobe/f", 0, "", attach=22),))
+    for offline in (Outcome.UNDECIDED, Outcome.PASS):  # the kernel's word beats a BTF function
+        folded = fold(Result(Verdict.UNKNOWN, (_target(offline),)), outcome, "K")
+        assert folded.verdict is Verdict.INCOMPATIBLE
+        assert [(r.code.value, r.symbol) for r in folded.reasons] == [("attach-target", "f")]
+
+
+def test_fold_settles_a_target_only_by_attaching() -> None:
+    """A kprobe or tracepoint program loads whatever its target: only attaching settles it. A
+    kind libbpf cannot auto-attach (attach None) leaves the target as it was."""
+    target = _target(Outcome.UNDECIDED)
+    loaded = Verification((ProgramLoad("p", "kprobe/f", 0, "", attach=None),))
+    assert fold(Result(Verdict.UNKNOWN, (target,)), loaded, "K").verdict is Verdict.UNKNOWN
+    attached = Verification((ProgramLoad("p", "kprobe/f", 0, "", attach=0),))
+    assert fold(Result(Verdict.UNKNOWN, (target,)), attached, "K").verdict is Verdict.COMPATIBLE
+    fentry = dataclasses.replace(target, subject="attach target fentry/f")
+    by_load = Verification((ProgramLoad("p", "fentry/f", 0, "", attach=None),))
+    assert fold(Result(Verdict.UNKNOWN, (fentry,)), by_load, "K").verdict is Verdict.COMPATIBLE
+
+
+def test_fold_without_a_whole_report_is_unknown() -> None:
+    for outcome in (
+        Verification(failure="module nf_conntrack was not inserted"),
+        Verification(open_error="error 22: bad ELF"),
+    ):
+        folded = fold(Result(Verdict.COMPATIBLE, ()), outcome, "K")
+        assert folded.verdict is Verdict.UNKNOWN and not folded.verified
+
+
+def test_fold_out_of_memory_is_not_a_verdict_and_native_is_no_shield() -> None:
+    oom = Verification((ProgramLoad("p", "xdp", errno.ENOMEM, "map create failed"),))
+    assert fold(Result(Verdict.COMPATIBLE, ()), oom, "K").verdict is Verdict.UNKNOWN
+    rejected = Verification((ProgramLoad("p", "xdp", errno.EACCES, "invalid access"),))
+    assert fold(Result(Verdict.NATIVE, ()), rejected, "K").verdict is Verdict.INCOMPATIBLE
+    accepted = Verification((ProgramLoad("p", "xdp", 0, ""),))
+    assert fold(Result(Verdict.NATIVE, ()), accepted, "K").verdict is Verdict.NATIVE
+
+
+def _loader(*records: str, done: bool = True) -> str:
+    body = "".join(records)
+    count = sum(r.startswith("@prog ") for r in records)
+    return f"@loader 2 libbpf 1.1\n@object /objects/a.o\n@count {count}\n{body}" + (
+        f"@done {count}\n" if done else ""
     )
-    outcome = Verification((ProgramLoad("p", "kprobe/f", 0, ""),), (Kprobe("p", "f", False),))
-    folded = fold(Result(Verdict.UNKNOWN, (target,)), outcome, "K")
-    assert folded.verdict is Verdict.INCOMPATIBLE
-    assert _codes(folded) == {"attach-target"}
 
 
 def test_loader_output_is_read_per_program() -> None:
-    text = (
-        "@object /objects/a.o\n@prog one xdp 0\n@end\n"
-        "@prog two xdp 13\n| libbpf: prog 'two': failed\n| 0: R1=ctx()\n@end\n"
+    text = _loader(
+        "@prog 0 0 one xdp\n@end\n",
+        "@prog 13 - two kprobe/a\\x20b\n| libbpf: prog 'two': failed\n| 0: R1=ctx()\n@end\n",
     )
-    programs, open_error = guest.parse_loader_output(text)
-    assert open_error is None
-    assert [(p.name, p.error) for p in programs] == [("one", 0), ("two", 13)]
-    assert programs[1].log == "libbpf: prog 'two': failed\n0: R1=ctx()"
-    _, error = guest.parse_loader_output(
-        "@object /objects/b.o\n@open 22\n| libbpf: bad elf\n@end\n"
+    outcome = guest.read_loader_output(text, 1, ["one", "two"])
+    assert outcome.failure is None, outcome.failure
+    assert [(p.name, p.section, p.error, p.attach) for p in outcome.programs] == [
+        ("one", "xdp", 0, 0),
+        ("two", "kprobe/a b", 13, None),
+    ]
+    assert outcome.programs[1].log == "libbpf: prog 'two': failed\n0: R1=ctx()"
+    opened = guest.read_loader_output(
+        "@loader 2 libbpf 1.1\n@object /o/b.o\n@open 22\n| libbpf: bad elf\n@end\n@done 0\n", 1
     )
-    assert error is not None and "bad elf" in error
+    assert opened.open_error is not None and "bad elf" in opened.open_error
+
+
+@pytest.mark.parametrize(
+    ("text", "status", "why"),
+    [
+        (_loader("@prog 0 0 one xdp\n@end\n"), 139, "exit status 139"),  # a crash
+        (_loader("@prog 0 0 one xdp\n@end\n", done=False), 0, "done line None"),  # cut short
+        (_loader("@prog 0 0 one xdp\n@end\n"), 1, "does not match"),
+        (_loader("@prog 0 0 one xdp\n@end\n"), 0, "no record of program two"),
+        (_loader("@prog 0 0 one x y z\n@end\n"), 0, "garbled"),
+        ("@object /objects/a.o\n", 0, "did not run"),
+        (guest.GARBLED, 0, "did not run"),
+    ],
+)
+def test_a_loader_report_that_is_not_whole_is_unknown(text: str, status: int, why: str) -> None:
+    outcome = guest.read_loader_output(text, status, ["one", "two"] if "two" in why else ["one"])
+    assert outcome.failure is not None and why in outcome.failure and not outcome.programs
+
+
+def test_console_blocks_are_checked() -> None:
+    """A kernel message cut into a block on the console garbles it: its SHA-1 no longer holds."""
+    data = b"@loader 2 libbpf 1.1\n" * 8
+    encoded = base64.encodebytes(data).decode().splitlines()
+    good = [
+        "@@RESULT a rc=0",
+        *encoded,
+        f"@@END a {hashlib.sha1(data).hexdigest()}",
+        "@@DONE",
+    ]
+    assert guest.parse_console("\n".join(good), ["a"], []).results["a"] == (0, data.decode())
+    cut = [line for i, line in enumerate(good) if i != 2]  # a line lost to a kernel message
+    assert guest.parse_console("\n".join(cut), ["a"], []).results["a"][1] == guest.GARBLED

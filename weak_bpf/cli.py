@@ -395,7 +395,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     progress = _Progress(sys.stderr)
     try:
         if args.verify:  # --- verify: boot each kernel first ---
-            result = _verified(args, kernels, progress).audit
+            result = _verified(args, kernels, progress, bootable_only=False).audit
         else:
             result = ops.audit(
                 args.root,
@@ -416,13 +416,23 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _verified(
-    args: argparse.Namespace, kernels: Sequence[str], progress: _Progress
+    args: argparse.Namespace,
+    kernels: Sequence[str],
+    progress: _Progress,
+    *,
+    bootable_only: bool = True,
 ) -> VerifyReport:
     """Run `verify`; each kernel that could not be verified is reported on stderr."""
     from weak_bpf.ops import verify
 
     done = verify.verify(
-        args.root, kernels, programs=args.program, cache=not args.dry_run, progress=progress
+        args.root,
+        kernels,
+        programs=args.program,
+        cache=not args.dry_run,
+        progress=progress,
+        jobs=getattr(args, "jobs", None),
+        bootable_only=bootable_only,
     )
     progress.clear()
     for run in done.kernels:

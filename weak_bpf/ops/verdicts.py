@@ -93,7 +93,7 @@ def kernel_facts(
     return [load_kernel_facts(_artifacts(root, k, config), store) for k in wanted]
 
 
-RESULTS_VERSION = "1"
+RESULTS_VERSION = "2"
 
 
 def _kernel_key(facts: KernelFacts) -> str:

@@ -4,13 +4,12 @@ this boots nothing, and costs nothing when `verify` never ran."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
 
 from weak_bpf.engine.verified import Verification, fold
 from weak_bpf.kernel import find as kernel
 from weak_bpf.kernel.cache import CACHE_DIR, Cache
-from weak_bpf.kernel.find import resolve_in_root
+from weak_bpf.kernel.find import KernelArtifacts, resolve_in_root
 from weak_bpf.ops.audited import AuditReport, ProgramAudit
 
 
@@ -36,7 +35,7 @@ def fold_cached(root: Path, report: AuditReport) -> AuditReport:
     if not (root / CACHE_DIR / "verify").is_dir():
         return report
     files = {p.program.path: resolve_in_root(root, p.program.path) for p in report.programs}
-    return fold_outcomes(report, _cached(root, report.kernels, files))
+    return fold_outcomes(report, _cached(root, report, files))
 
 
 def fold_object(root: Path, audited: ProgramAudit, loose: Path | None) -> ProgramAudit:
@@ -45,33 +44,48 @@ def fold_object(root: Path, audited: ProgramAudit, loose: Path | None) -> Progra
     path = audited.program.path
     file = loose if loose is not None else resolve_in_root(root, path)
     report = AuditReport(root, tuple(audited.results), (audited,))
-    return fold_outcomes(report, _cached(root, report.kernels, {path: file})).programs[0]
+    outcomes = _cached(root, report, {path: file}, hashing=loose is not None)
+    return fold_outcomes(report, outcomes).programs[0]
+
+
+def module_files(artifacts: KernelArtifacts) -> dict[str, Path]:
+    """{module name: its file} of a kernel."""
+    from weak_bpf.verify.initramfs import module_name
+
+    return {module_name(ko.name): ko for ko in artifacts.modules}
 
 
 def _cached(
-    root: Path, kvers: Sequence[str], files: dict[str, Path | None]
+    root: Path, report: AuditReport, files: dict[str, Path | None], *, hashing: bool = False
 ) -> dict[tuple[str, str], Verification]:
-    """The cached outcomes of `files` (program path -> its object) on `kvers`."""
+    """The cached outcomes of `files` (program path -> its object) on the report's kernels.
+    Content keys come from the index `verify` wrote; with `hashing`, a file it does not list
+    (a loose object `explain` was given) is hashed."""
     if not (root / CACHE_DIR / "verify").is_dir():
         return {}
     from weak_bpf.verify import store  # only once a `verify` has run
 
     cache = Cache(root, writable=False)
-    image_keys = {}
-    for kver in kvers:
-        image = kernel.find_kernel(root, kver).image
-        image_key = store.digest(image) if image is not None else ""
-        if image_key and (root / CACHE_DIR / "verify" / image_key[:16]).is_dir():
-            image_keys[kver] = image_key
-    outcomes: dict[tuple[str, str], Verification] = {}
-    if not image_keys:
-        return outcomes
-    for path, file in files.items():
-        if file is None or not file.is_file():
+    keys = store.Keys(cache, hashing=hashing)
+    boots = {}
+    for kver in report.kernels:
+        artifacts = kernel.find_kernel(root, kver)
+        image_key = keys.of(artifacts.image)
+        if image_key is None:
             continue
-        object_key = store.digest(file)
-        for kver, image_key in image_keys.items():
-            outcome = store.get(cache, object_key, image_key)
-            if outcome is not None:
-                outcomes[(path, kver)] = outcome
+        boot = store.boot_key(image_key, keys.of(artifacts.config))
+        if store.has_boot(cache, boot):
+            boots[kver] = (boot, artifacts)
+    outcomes: dict[tuple[str, str], Verification] = {}
+    if not boots:
+        return outcomes
+    modules = {kver: module_files(a) for kver, (_, a) in boots.items()}
+    for path, file in files.items():
+        object_key = keys.of(file)
+        if object_key is None:
+            continue
+        for kver, (boot, _) in boots.items():
+            entry = store.get(cache, object_key, boot)
+            if entry is not None and entry.current(keys, modules[kver]):
+                outcomes[(path, kver)] = entry.outcome
     return outcomes

@@ -17,15 +17,16 @@ from weak_bpf.config import Config
 from weak_bpf.engine.verified import Verification
 from weak_bpf.kernel import find as kernel
 from weak_bpf.kernel.cache import Cache
-from weak_bpf.kernel.find import resolve_in_root
-from weak_bpf.ops.audited import AuditReport, ProgramAudit
-from weak_bpf.ops.verdicts import audit, settings
-from weak_bpf.ops.verified import fold_outcomes
+from weak_bpf.kernel.find import KernelArtifacts, resolve_in_root
+from weak_bpf.ops.audited import AuditReport
+from weak_bpf.ops.verdicts import audit, kernel_facts, settings
+from weak_bpf.ops.verified import fold_outcomes, module_files
+from weak_bpf.parsers.btf import Kind
 from weak_bpf.parsers.sections import TargetKind
-from weak_bpf.program.installed import InstalledProgram, load_program
-from weak_bpf.verify import Boot, store, verify_objects
-from weak_bpf.verify.initramfs import InitramfsError, module_order
-from weak_bpf.verify.tools import Tools, find_tools
+from weak_bpf.program.installed import load_program
+from weak_bpf.verify import Boot, GuestObject, store, verify_objects
+from weak_bpf.verify.initramfs import InitramfsError, module_name, module_order
+from weak_bpf.verify.tools import Tools, find_tools, loader_identity
 
 log = logging.getLogger("weak-bpf-progs")
 
@@ -47,6 +48,19 @@ class VerifyReport:
     kernels: tuple[KernelVerify, ...]
 
 
+@dataclasses.dataclass
+class _Object:
+    """One distinct object to verify on a kernel: a file holding it, what its programs are,
+    and the modules it needs there."""
+
+    path: Path
+    key: str
+    program_path: str  # an installed path of it (its offline result names the modules)
+    programs: tuple[str, ...] = ()
+    kprobes: tuple[str, ...] = ()  # kprobe targets: function, or module:function
+    modules: tuple[str, ...] = ()  # set per kernel
+
+
 def verifiable_kernels(root: Path) -> list[str]:
     """The installed kernels that have an image to boot."""
     return [
@@ -62,14 +76,18 @@ def verify(
     cache: bool = True,
     progress: Callable[[str], None] | None = None,
     config: Config | None = None,
+    jobs: int | None = None,
+    bootable_only: bool = True,
 ) -> VerifyReport:
-    """Boot each kernel (default: every installed one with an image) once, with the objects
-    whose outcome is not cached yet, and fold every outcome into the audit of those kernels.
-    `progress` hears a line per step (the daemon turns them into signals). Raises MissingTool
-    before anything when qemu, busybox or the loader is missing."""
+    """Boot each kernel (default: every installed one with an image; with `bootable_only`
+    False, every kernel an audit judges, those without an image being reported so) once, with
+    the objects whose outcome is not cached yet, and fold every outcome into the audit of those
+    kernels. `progress` hears a line per step (the daemon turns them into signals). Raises
+    MissingTool before anything when qemu, busybox or the loader is missing."""
     tools = find_tools()
+    loader = loader_identity(tools.loader)
     config = config or settings(root)
-    wanted = list(kvers) or verifiable_kernels(root)
+    wanted = list(kvers) or (verifiable_kernels(root) if bootable_only else [])
     static = audit(
         root,
         wanted,
@@ -77,94 +95,154 @@ def verify(
         cache=cache,
         progress=progress,
         config=config,
+        jobs=jobs,
         verified=False,
     )
     store_ = Cache(root, writable=cache)
+    keys = store.Keys(store_, hashing=True)
+    objects = _distinct_objects(root, static, keys)
     outcomes: dict[tuple[str, str], Verification] = {}  # (program path, kver) -> outcome
     runs = []
     for kver in static.kernels:
         run, found = _verify_kernel(
-            root, kver, static, store_, tools=tools, config=config, progress=progress
+            root, kver, static, objects, store_, keys, tools, loader, config, progress
         )
         runs.append(run)
-        outcomes.update(found)
+        for key, outcome in found.items():
+            for path in objects[key][1]:
+                outcomes[(path, kver)] = outcome
+    keys.save()
     return VerifyReport(fold_outcomes(static, outcomes), tuple(runs))
 
 
-def _verify_kernel(
+def _distinct_objects(
+    root: Path, report: AuditReport, keys: store.Keys
+) -> dict[str, tuple[_Object, list[str]]]:
+    """{object key: (the object, the installed paths holding it)}."""
+    found: dict[str, tuple[_Object, list[str]]] = {}
+    for p in report.programs:
+        path = resolve_in_root(root, p.program.path)
+        key = keys.of(path) if path is not None and path.is_file() else None
+        if path is None or key is None:
+            continue
+        if key not in found:
+            loaded = load_program(root, p.program)
+            functions = loaded.obj.programs if loaded.obj else ()
+            kprobes = tuple(
+                f"{f.info.module}:{f.info.lookup_name}" if f.info.module else f.info.lookup_name
+                for f in functions
+                if f.info.target_kind is TargetKind.KSYM and f.info.lookup_name
+            )
+            names = tuple(f.name for f in functions)
+            found[key] = (_Object(path, key, p.program.path, names, kprobes), [])
+        found[key][1].append(p.program.path)
+    return found
+
+
+def _verify_kernel(  # noqa: PLR0917 (one kernel's share of verify's state)
     root: Path,
     kver: str,
     report: AuditReport,
+    objects: dict[str, tuple[_Object, list[str]]],
     cache: Cache,
-    *,
+    keys: store.Keys,
     tools: Tools,
+    loader: str,
     config: Config,
     progress: Callable[[str], None] | None,
-) -> tuple[KernelVerify, dict[tuple[str, str], Verification]]:
+) -> tuple[KernelVerify, dict[str, Verification]]:
+    """{object key: outcome} on `kver`, from the cache or from one boot."""
     artifacts = kernel.find_kernel(root, kver)
     if artifacts.image is None or not artifacts.installed:
         return KernelVerify(kver, 0, problem=f"{kver} has no kernel image to boot"), {}
     if artifacts.arch not in (None, "x86_64"):
         return KernelVerify(kver, 0, problem=f"{kver} is a {artifacts.arch} kernel: verify "
                             "boots x86_64 kernels only"), {}  # fmt: skip
-    image_key = store.digest(artifacts.image)
-    keys: dict[str, str] = {}  # program path -> object key
-    by_key: dict[str, tuple[ProgramAudit, Path]] = {}  # object key -> a program, its file
-    for p in report.programs:
-        path = resolve_in_root(root, p.program.path)
-        if path is None or not path.is_file():
+    image_key = keys.of(artifacts.image)
+    if image_key is None:
+        return KernelVerify(kver, 0, problem=f"{artifacts.image}: cannot be read"), {}
+    boot_key = store.boot_key(image_key, keys.of(artifacts.config))
+    results = {p.program.path: p.results[kver][0] for p in report.programs if kver in p.results}
+    files = module_files(artifacts)
+    needs = _kprobe_modules(root, kver, [o for o, _ in objects.values()], config)
+    found: dict[str, Verification] = {}
+    todo: dict[str, _Object] = {}
+    for key, (obj, _) in objects.items():
+        result = results.get(obj.program_path)
+        if result is None:
             continue
-        keys[p.program.path] = key = store.digest(path)
-        by_key.setdefault(key, (p, path))
-    found = {k: store.get(cache, k, image_key) for k in by_key}
-    missing = sorted(k for k, v in found.items() if v is None)
-    boot = None
-    problem = None
-    if missing:
-        modules = sorted({m for k in missing for m in by_key[k][0].results[kver][0].modules})
-        objects, kprobes = {}, {}
-        for key in missing:
-            program, path = by_key[key]
-            objects[key[:16]] = path.read_bytes()
-            kprobes[key[:16]] = _kprobe_targets(root, program.program)
+        obj.modules = tuple(sorted({*result.modules, *needs.get(key, ())}))
+        entry = store.get(cache, key, boot_key)
+        if (
+            entry is not None
+            and entry.loader == loader
+            and set(entry.modules) == {module_name(m) for m in obj.modules}
+            and entry.current(keys, files)
+        ):
+            found[key] = entry.outcome
+        else:
+            todo[key] = obj
+    if not todo:
+        return KernelVerify(kver, len(found)), found
+    ordered, unresolved = _insert_order(artifacts, {m for o in todo.values() for m in o.modules})
+    if progress is not None:
+        progress(f"booting {kver} to verify {len(todo)} objects...")
+    guests = {
+        key[:16]: GuestObject(obj.path.read_bytes(), obj.programs, obj.modules)
+        for key, obj in todo.items()
+    }
+    outcomes, boot = verify_objects(
+        tools,
+        artifacts.image,
+        guests,
+        modules=ordered,
+        unresolved=unresolved,
+        config=artifacts.config,
+        release=kver,
+        timeout=config.verify_timeout,
+    )
+    for key, obj in todo.items():
+        found[key] = outcomes[key[:16]]
+        inserted = {module_name(m) for m in obj.modules}
+        modules = {m: keys.of(files.get(m)) or "" for m in sorted(inserted)}
+        store.put(cache, key, boot_key, store.Entry(found[key], loader, modules))
+    if progress is not None:
+        progress(f"{kver}: {'failed' if boot.failure else 'booted'} in {boot.seconds:.1f} s")
+    return KernelVerify(kver, len(found), boot, boot.failure), found
+
+
+def _insert_order(
+    artifacts: KernelArtifacts, wanted: set[str]
+) -> tuple[list[tuple[str, Path]], dict[str, str]]:
+    """The modules to insert, dependencies first, and {module: why} for those that cannot be:
+    one that is missing spoils only the objects that need it."""
+    ordered: dict[str, Path] = {}
+    unresolved: dict[str, str] = {}
+    for module in sorted(wanted):
         try:
-            ordered = module_order(artifacts.modules, artifacts.modules_dep, modules)
+            for name, path in module_order(artifacts.modules, artifacts.modules_dep, [module]):
+                ordered.setdefault(name, path)
         except InitramfsError as e:
-            log.warning("%s: %s: the programs that need it will fail to load", kver, e)
-            ordered = []
-        if progress is not None:
-            progress(f"booting {kver} to verify {len(missing)} objects...")
-        results, boot = verify_objects(
-            tools,
-            artifacts.image,
-            objects,
-            modules=ordered,
-            kprobes=kprobes,
-            config=artifacts.config,
-            release=kver,
-            timeout=config.verify_timeout,
-        )
-        problem = boot.failure
-        for key in missing:
-            found[key] = results[key[:16]]
-            store.put(cache, key, image_key, results[key[:16]])
-        if progress is not None:
-            progress(f"{kver}: {'failed' if problem else 'booted'} in {boot.seconds:.1f} s")
-    outcomes = {}
-    for program_path, key in keys.items():
-        outcome = found.get(key)
-        if outcome is not None:
-            outcomes[(program_path, kver)] = outcome
-    return KernelVerify(kver, len(by_key), boot, problem), outcomes
+            unresolved[module_name(module)] = str(e)
+    return list(ordered.items()), unresolved
 
 
-def _kprobe_targets(root: Path, program: InstalledProgram) -> list[tuple[str, str]]:
-    """(program, function) of the object's kprobes, whose targets the VM tries."""
-    loaded = load_program(root, program)
-    if loaded.obj is None:
-        return []
-    return [
-        (f.name, f.info.lookup_name)
-        for f in loaded.obj.programs
-        if f.info.target_kind is TargetKind.KSYM and f.info.lookup_name
-    ]
+def _kprobe_modules(
+    root: Path, kver: str, objects: list[_Object], config: Config
+) -> dict[str, set[str]]:
+    """{object key: modules} holding the functions its kprobes target that vmlinux does not
+    have: the guest inserts them, or attaching there would fail for want of the module."""
+    if not any(o.kprobes for o in objects):
+        return {}
+    facts = kernel_facts(root, [kver], config=config)[0]
+    vmlinux = facts.vmlinux
+    needs: dict[str, set[str]] = {}
+    for obj in objects:
+        for target in obj.kprobes:
+            module, _, func = target.rpartition(":")
+            if not module and vmlinux is not None and vmlinux.find(func, Kind.FUNC):
+                continue
+            found = module or facts.module_of_symbol(func)
+            if found:
+                needs.setdefault(obj.key, set()).add(found)
+    return needs

@@ -12,10 +12,10 @@ The verdicts are folded in by the pure `weak_bpf.engine.verified`; the use case 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
-from weak_bpf.engine.verified import Kprobe, Verification
+from weak_bpf.engine.verified import Verification
 from weak_bpf.verify import guest, initramfs, vm
 from weak_bpf.verify.guest import GuestError, GuestReport
 from weak_bpf.verify.tools import Tools
@@ -42,7 +42,6 @@ def run_guest(
     runs: Sequence[tuple[str, str]],
     objects: Mapping[str, bytes],
     modules: Sequence[tuple[str, Path]] = (),
-    kprobes: Sequence[str] = (),
     config: Path | None = None,
     release: str | None = None,
     timeout: float,
@@ -50,10 +49,10 @@ def run_guest(
 ) -> tuple[GuestReport, float, bool]:
     """Boot `image` with an initramfs of `programs` (guest path -> host binary), `objects`,
     `modules` and K's `config` (as /boot/config-<release>, where libbpf reads `__kconfig`
-    values; `release`: the kernel's, by default from an image named vmlinuz-<release>), run
-    `runs` and try `kprobes`: (report, seconds, whether KVM was used). Raises GuestError when
-    the guest does not finish."""
-    script = guest.init_script(runs, [m for m, _ in modules], kprobes)
+    values; `release`: the kernel's, by default from an image named vmlinuz-<release>), and
+    run `runs`: (report, seconds, whether KVM was used). Raises GuestError when the guest does
+    not finish."""
+    script = guest.init_script(runs, [m for m, _ in modules])
     if release is None and image.name.startswith("vmlinuz-"):
         release = image.name[len("vmlinuz-") :]
     boot_config = None
@@ -71,26 +70,36 @@ def run_guest(
             raise
         use_kvm = False  # KVM is there but does not work (nested virtualisation): TCG
         console, seconds = vm.boot(qemu, image, initrd, timeout=timeout, kvm=False)
-    report = guest.parse_console(console, [n for n, _ in runs], [m for m, _ in modules], kprobes)
+    report = guest.parse_console(console, [n for n, _ in runs], [m for m, _ in modules])
     return report, seconds, use_kvm
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestObject:
+    """An object to verify: its bytes, the programs the offline reader found in it, and the
+    modules it needs (kfuncs, kprobe targets), which the guest inserts first."""
+
+    data: bytes
+    programs: Collection[str] = ()
+    modules: Collection[str] = ()
 
 
 def verify_objects(
     tools: Tools,
     image: Path,
-    objects: Mapping[str, bytes],
+    objects: Mapping[str, GuestObject],
     *,
     modules: Sequence[tuple[str, Path]] = (),
-    kprobes: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+    unresolved: Mapping[str, str] | None = None,
     config: Path | None = None,
     release: str | None = None,
     timeout: float,
 ) -> tuple[dict[str, Verification], Boot]:
     """Boot `image` once and load each program of each object on its own: {name: outcome}.
-    `objects`: plain names (they become file names) -> bytes; `kprobes`: name -> [(program,
-    symbol)] to try a kprobe on. A boot that fails gives every object the failure."""
-    kprobes = kprobes or {}
-    symbols = sorted({s for targets in kprobes.values() for _, s in targets})
+    `objects`: plain names (they become file names) -> what to verify; `modules`: inserted in
+    this order; `unresolved`: {module: why} for the modules that are not there to insert. An
+    object that needs a module that is not inserted is unknown; a boot that fails gives every
+    object the failure."""
     runs = [(name, f"/{GUEST_LOADER} /objects/{name}.o") for name in objects]
     try:
         report, seconds, kvm = run_guest(
@@ -98,9 +107,8 @@ def verify_objects(
             image,
             programs={"bin/busybox": tools.busybox, GUEST_LOADER: tools.loader},
             runs=runs,
-            objects=objects,
+            objects={name: o.data for name, o in objects.items()},
             modules=modules,
-            kprobes=symbols,
             config=config,
             release=release,
             timeout=timeout,
@@ -108,11 +116,15 @@ def verify_objects(
     except GuestError as e:
         failed = Verification(failure=str(e))
         return dict.fromkeys(objects, failed), Boot(timeout, vm.kvm_usable(), (), str(e))
-    placed = dict(report.kprobes)
+    missing = {**(unresolved or {}), **report.module_failures()}
     outcomes = {}
-    for name in objects:
-        _, output = report.results[name]
-        programs, open_error = guest.parse_loader_output(output)
-        tried = tuple(Kprobe(p, s, placed[s]) for p, s in kprobes.get(name, ()))
-        outcomes[name] = Verification(programs, tried, open_error)
+    for name, obj in objects.items():
+        lacking = sorted(initramfs.module_name(m) for m in obj.modules)
+        lacking = [m for m in lacking if m in missing]
+        if lacking:
+            why = "; ".join(f"module {m} was not inserted: {missing[m]}" for m in lacking)
+            outcomes[name] = Verification(failure=why)
+            continue
+        status, output = report.results[name]
+        outcomes[name] = guest.read_loader_output(output, status, obj.programs)
     return outcomes, Boot(seconds, kvm, report.modules)

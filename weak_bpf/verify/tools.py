@@ -87,5 +87,23 @@ def _check_libraries(binary: Path) -> None:
         )
 
 
+def loader_identity(loader: Path) -> str:
+    """The loader's "@loader PROTOCOL libbpf X.Y" line: outcomes it did not produce are
+    verified again."""
+    try:
+        proc = subprocess.run(
+            [str(loader), "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise MissingTool(f"the verify loader {loader} does not run: {e}") from None
+    line = proc.stdout.strip().splitlines()[:1]
+    if proc.returncode != 0 or not line or not line[0].startswith("@loader "):
+        raise MissingTool(
+            f"the verify loader {loader} does not answer --version: it is from another release",
+            hint="reinstall weak-bpf-progs; in a source checkout, run 'make loader'",
+        )
+    return line[0]
+
+
 def find_tools() -> Tools:
     return Tools(find_qemu(), find_busybox(), find_loader())

@@ -114,6 +114,7 @@ class AttachChecks(CheckerBase):
                 f"{name} is not a BTF function of {self.k.kver}, and whether kprobes can attach "
                 f"there is unknown: {self._no_system_map()}",
                 name,
+                program.name,
             )
         return None
 

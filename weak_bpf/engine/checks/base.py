@@ -54,7 +54,12 @@ class CheckerBase:
         return Check(area, outcome, subject, detail, code, symbol, program)
 
     def _missing_data(
-        self, area: Area, subject: str, detail: str, symbol: str | None = None
+        self,
+        area: Area,
+        subject: str,
+        detail: str,
+        symbol: str | None = None,
+        program: str | None = None,
     ) -> Check:
         return self._check(
             area,
@@ -63,6 +68,7 @@ class CheckerBase:
             detail,
             code=ReasonCode.KERNEL_DATA_MISSING,
             symbol=symbol,
+            program=program,
         )
 
     def _own_func(self, btf: BTF, name: str) -> int | None:
