@@ -394,7 +394,8 @@ def _boot_line(run: KernelVerify) -> str:
     if run.boot is None:
         return f"{run.kver}: {objects}, every outcome from the cache (no boot)\n"
     accel = "KVM" if run.boot.kvm else "TCG"
-    return f"{run.kver}: {objects}, booted in {run.boot.seconds:.1f} s ({accel})\n"
+    boots = f" in {run.boots} boots" if run.boots > 1 else ""
+    return f"{run.kver}: {objects}, booted{boots} in {run.boot.seconds:.1f} s ({accel})\n"
 
 
 def render_verify(
@@ -411,6 +412,7 @@ def verify_json(done: VerifyReport) -> dict[str, object]:
         run.kver: {
             "objects": run.objects,
             "booted": run.boot is not None,
+            "boots": run.boots,
             "seconds": round(run.boot.seconds, 1) if run.boot else 0.0,
             "kvm": bool(run.boot and run.boot.kvm),
             "problem": run.problem,

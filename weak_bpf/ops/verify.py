@@ -30,6 +30,10 @@ from weak_bpf.verify.tools import Tools, find_tools, loader_identity
 
 log = logging.getLogger("weak-bpf-progs")
 
+# Objects per boot: the time limit holds for each boot, an initramfs stays small, and a boot
+# that fails costs only its batch (the others' outcomes are cached).
+BATCH = 100
+
 
 @dataclasses.dataclass(frozen=True)
 class KernelVerify:
@@ -38,8 +42,9 @@ class KernelVerify:
 
     kver: str
     objects: int  # distinct objects verified on it
-    boot: Boot | None = None
+    boot: Boot | None = None  # its boots taken together
     problem: str | None = None
+    boots: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,12 +189,44 @@ def _verify_kernel(  # noqa: PLR0917 (one kernel's share of verify's state)
             todo[key] = obj
     if not todo:
         return KernelVerify(kver, len(found)), found
-    ordered, unresolved = _insert_order(artifacts, {m for o in todo.values() for m in o.modules})
-    if progress is not None:
-        progress(f"booting {kver} to verify {len(todo)} objects...")
+    keys.save()  # the content keys, before the boots: a killed verify keeps its finished batches
+    batches = [list(todo.items())[i : i + BATCH] for i in range(0, len(todo), BATCH)]
+    boots: list[Boot] = []
+    for number, batch in enumerate(batches, start=1):
+        if progress is not None:
+            part = f" (boot {number} of {len(batches)})" if len(batches) > 1 else ""
+            progress(f"booting {kver} to verify {len(batch)} objects{part}...")
+        boot = _boot_batch(artifacts, dict(batch), tools, config, found)
+        boots.append(boot)
+        for key, obj in batch:
+            inserted = {module_name(m) for m in obj.modules}
+            modules = {m: keys.of(files.get(m)) or "" for m in sorted(inserted)}
+            store.put(cache, key, boot_key, store.Entry(found[key], loader, modules))
+        if progress is not None:
+            progress(f"{kver}: {'failed' if boot.failure else 'booted'} in {boot.seconds:.1f} s")
+    failure = next((b.failure for b in boots if b.failure), None)
+    total = Boot(
+        sum(b.seconds for b in boots),
+        any(b.kvm for b in boots),
+        tuple(m for b in boots for m in b.modules),
+        failure,
+    )
+    return KernelVerify(kver, len(found), total, failure, len(boots)), found
+
+
+def _boot_batch(
+    artifacts: KernelArtifacts,
+    batch: dict[str, _Object],
+    tools: Tools,
+    config: Config,
+    found: dict[str, Verification],
+) -> Boot:
+    """One boot of K for `batch`; its outcomes go into `found`."""
+    assert artifacts.image is not None
+    ordered, unresolved = _insert_order(artifacts, {m for o in batch.values() for m in o.modules})
     guests = {
         key[:16]: GuestObject(obj.path.read_bytes(), obj.programs, obj.modules)
-        for key, obj in todo.items()
+        for key, obj in batch.items()
     }
     outcomes, boot = verify_objects(
         tools,
@@ -198,17 +235,12 @@ def _verify_kernel(  # noqa: PLR0917 (one kernel's share of verify's state)
         modules=ordered,
         unresolved=unresolved,
         config=artifacts.config,
-        release=kver,
+        release=artifacts.kver,
         timeout=config.verify_timeout,
     )
-    for key, obj in todo.items():
+    for key in batch:
         found[key] = outcomes[key[:16]]
-        inserted = {module_name(m) for m in obj.modules}
-        modules = {m: keys.of(files.get(m)) or "" for m in sorted(inserted)}
-        store.put(cache, key, boot_key, store.Entry(found[key], loader, modules))
-    if progress is not None:
-        progress(f"{kver}: {'failed' if boot.failure else 'booted'} in {boot.seconds:.1f} s")
-    return KernelVerify(kver, len(found), boot, boot.failure), found
+    return boot
 
 
 def _insert_order(
