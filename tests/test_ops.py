@@ -224,3 +224,31 @@ def test_chunks_keep_objects_of_one_size_together() -> None:
         sizes = {tasks[i].size for i in chunk}
         for size in sizes:
             assert sum(t.size == size for t in tasks) == sum(tasks[i].size == size for i in chunk)
+
+
+def _pool_rounds(rounds: int) -> None:
+    """In a child that ignores SIGTERM, as a daemon's change does: pools opened and ended."""
+    import multiprocessing
+    import signal
+
+    judging = importlib.import_module("weak_bpf.ops.judging")
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    context = multiprocessing.get_context("fork")
+    for _ in range(rounds):
+        with judging.pooled(context, 2) as pool:
+            assert pool.map(str, [1, 2], chunksize=1) == ["1", "2"]
+
+
+def test_pools_end_in_a_process_that_ignores_sigterm() -> None:
+    """`with Pool()` ends by SIGTERM, which a daemon's change and its workers ignore: an idle
+    worker then never died and AddKernel hung (one round in a few dozen)."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("fork").Process(target=_pool_rounds, args=(200,))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail("a pool did not end within 60 s")
+    assert child.exitcode == 0

@@ -4,9 +4,10 @@ again. The results come back as the cache's table entries, in the order of the w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,19 +88,36 @@ def judge(
         try:
             if cached_kernels and len(facts) > 1:
                 # each kernel read in a worker, into the cache, from which this process reads
-                with context.Pool(min(jobs, len(facts))) as pool:
+                with pooled(context, min(jobs, len(facts))) as pool:
                     pool.map(_read_kernel_in_worker, list(by_kver), chunksize=1)
             for f in facts:  # read once, here, and shared with the workers
                 f.read_all()
                 if f.vmlinux is not None:
                     target_index(f.vmlinux)
-            with context.Pool(min(jobs, len(chunks))) as pool:
+            with pooled(context, min(jobs, len(chunks))) as pool:
                 for answer in pool.imap_unordered(_judge_in_worker, chunks):
                     done = _collect(answer, results, done, progress)
         finally:
             _WORK = None
     assert all(r is not None for r in results)
     return [r for r in results if r is not None]
+
+
+@contextlib.contextmanager
+def pooled(context: Any, processes: int) -> Iterator[Any]:
+    """A pool of `processes` workers, ended by letting each finish, not by SIGTERM: a daemon's
+    change ignores SIGTERM, and so do the workers it forks (`with Pool()` would wait for ever
+    for an idle one to die). On an error, the workers are killed."""
+    pool = context.Pool(processes)
+    try:
+        yield pool
+    except BaseException:
+        for child in context.active_children():  # this pool's: the only ones started here
+            child.kill()
+        pool.terminate()
+        raise
+    pool.close()
+    pool.join()
 
 
 def _collect(
