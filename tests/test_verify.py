@@ -13,7 +13,6 @@ import dataclasses
 import errno
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from vmprocs import qemu_children, require_verify_tools, zombie
 
 from weak_bpf import cli, ops
 from weak_bpf.engine.verified import ProgramLoad, Verification, fold
@@ -34,7 +34,7 @@ from weak_bpf.verify import guest, tools, vm
 import bpfbuild
 import exampleroot
 import qemuload
-from conftest import REPO, require, require_tool
+from conftest import REPO
 from realload import install_programs
 
 OLD, NEW = "6.1.0-47-cloud-amd64", "6.1.0-56-cloud-amd64"
@@ -184,14 +184,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 @pytest.fixture(scope="module")
 def verify_tools() -> None:
-    require_tool("qemu-system-x86_64")
-    require_tool("bpftool")
-    require(qemuload.busybox(), "busybox is not installed (scripts/install-deps installs it)")
-    try:
-        tools.find_loader()
-    except tools.MissingTool:  # a checkout without `make loader` yet: build it, as make check does
-        subprocess.run(["make", "-C", str(REPO), "loader"], capture_output=True, check=False)
-        require(os.access(tools.CHECKOUT_LOADER, os.X_OK), "cannot build the loader (make loader)")
+    require_verify_tools()
 
 
 @pytest.fixture(scope="module")
@@ -463,23 +456,6 @@ def test_a_kernel_that_does_not_boot_in_time_is_unknown(
     assert qemus and not [q for q in qemus if Path(f"/proc/{q}").exists()]
 
 
-def _qemu_children(pid: int) -> list[int]:
-    """The qemu processes whose parent is `pid`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            comm = (entry / "comm").read_text().strip()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and comm.startswith("qemu"):
-            found.append(int(entry.name))
-    return found
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_killing_verify_leaves_no_vm(
     verify_tools: None, root: Path, tmp_path: Path, sig: signal.Signals
@@ -499,7 +475,7 @@ def test_killing_verify_leaves_no_vm(
     deadline = time.monotonic() + 60
     qemus: list[int] = []
     while time.monotonic() < deadline and not qemus:
-        qemus = _qemu_children(proc.pid)
+        qemus = qemu_children(proc.pid)
         time.sleep(0.1)
     assert qemus, "verify never started qemu"
     proc.send_signal(sig)
@@ -507,18 +483,11 @@ def test_killing_verify_leaves_no_vm(
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(Path(f"/proc/{q}").exists() for q in qemus):
         time.sleep(0.1)
-    alive = [q for q in qemus if Path(f"/proc/{q}").exists() and _zombie(q) is False]
+    alive = [q for q in qemus if Path(f"/proc/{q}").exists() and zombie(q) is False]
     assert not alive, f"qemu {alive} outlived weak-bpf-progs"
     left = [p for p in set(Path(tempfile.gettempdir()).iterdir()) - before if "weak-bpf" in p.name]
     assert not left, left
     assert not list((other / "var/cache/weak-bpf-progs/verify").glob("*/*.json"))
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 # --- the fold and the guest's output, without a VM --------------------------------------------
