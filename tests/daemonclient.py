@@ -22,13 +22,16 @@ PROPERTIES = "org.freedesktop.DBus.Properties"
 class Daemon:
     """weak-bpf-progsd on its own private bus, with an asynchronous Gio client."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, environ: dict[str, str] | None = None) -> None:
         self.root = root
         self.bus_dir = Path(tempfile.mkdtemp(prefix="wbp-bus-"))  # a short socket path
+        self.bus_dir.chmod(0o755)  # other users may connect (and be refused by the policy)
         self.bus = PrivateBus(self.bus_dir)
         self.bus.start()
         self.log = self.bus_dir / "daemon.log"
-        self.process = start_daemon(self.bus, root, ["--idle-timeout", "0"], log=self.log)
+        self.process = start_daemon(
+            self.bus, root, ["--idle-timeout", "0"], log=self.log, environ=environ
+        )
         self.client = Gio.DBusConnection.new_for_address_sync(
             self.bus.address,
             Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT
@@ -39,13 +42,16 @@ class Daemon:
         self.replies: list[tuple[str, Any, str | None]] = []  # (tag, value, error), as they come
         self.when: dict[str, float] = {}  # tag -> seconds from its call to its reply
         self.resolved: list[tuple[str, dict[str, Any]]] = []
+        self.signals: list[tuple[str, tuple[Any, ...]]] = []  # (name, arguments), every one
         self.client.signal_subscribe(
-            None, INTERFACE, "Resolved", OBJECT_PATH, None, Gio.DBusSignalFlags.NONE, self._signal
+            None, INTERFACE, None, OBJECT_PATH, None, Gio.DBusSignalFlags.NONE, self._signal
         )
 
     def _signal(self, *args: Any) -> None:
-        kver, doc = args[5].unpack()
-        self.resolved.append((kver, json.loads(doc)))
+        name, values = args[4], args[5].unpack()
+        self.signals.append((name, values))
+        if name == "Resolved":
+            self.resolved.append((values[0], json.loads(values[1])))
 
     def call(self, tag: str, method: str, signature: str, *args: Any) -> None:
         """Send a call now; its reply is appended to `replies` when it comes."""

@@ -187,6 +187,28 @@ def test_stop_keeps_the_running_change_and_refuses_the_rest(tmp_path: Path) -> N
     assert "queued" not in log.read_text() and "end read" not in log.read_text()
 
 
+def test_stop_stops_a_change_that_need_not_finish(tmp_path: Path) -> None:
+    """A change submitted with finish=False (Verify: it changes no link) is stopped with the
+    reads, and the daemon does not wait for its end."""
+    loop, replies = PollLoop(), Replies()
+    scheduler = Scheduler(loop, max_reads=4)
+    log = tmp_path / "log"
+    long = Job("Verify", _log_run(log, "verify", 20.0), [replies("verify")], finish=False)
+    scheduler.submit(long)
+    deadline = time.monotonic() + 10
+    while not (log.exists() and "start verify" in log.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    scheduler.stop()
+    start = time.monotonic()
+    loop.run()
+    assert time.monotonic() - start < 4, "the change was waited for"
+    ((tag, answer, error),) = replies.got
+    assert tag == "verify" and answer is None
+    assert str(error) == "the worker stopped before it answered (exit status 143)"
+    assert "end verify" not in log.read_text()
+
+
 def _is_open(fd: int) -> bool:
     try:
         os.fstat(fd)

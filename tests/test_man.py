@@ -72,7 +72,7 @@ def test_the_daemon_page_covers_the_d_bus_api(built: Path) -> None:
     interface = ET.parse(REPO / "dbus/org.weakbpf.Manager1.xml").getroot().find("interface")
     assert interface is not None
     names = [e.get("name", "") for e in interface if e.tag in ("method", "property", "signal")]
-    assert len(names) == 7
+    assert len(names) == 10
     for name in names:
         assert name in text, name
     for option in ("--root", "--idle-timeout", "--no-journal", "--debug"):

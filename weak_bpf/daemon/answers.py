@@ -125,6 +125,15 @@ def remove_kernel_answer(root: Path, kver: str, *, dry_run: bool, journal: bool)
     return json.dumps([run.resolution.to_json() for run in runs], indent=2)
 
 
+def verify_answer(root: Path, kvers: Sequence[str], progress: Callable[[str], None]) -> str:
+    """`verify --json` of `kvers` (none: every installed kernel with an image)."""
+    from weak_bpf.ops import verify  # the VM code, imported by the worker that boots
+
+    for kver in kvers:
+        check_kernel(root, kver)
+    return json.dumps(report.verify_json(verify.verify(root, kvers, progress=progress)), indent=2)
+
+
 def guarded(method: str, work: Callable[[], str]) -> str:
     """`work()`, its failures turned into ServiceErrors."""
     try:

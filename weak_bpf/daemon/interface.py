@@ -27,11 +27,22 @@ INTERFACE_XML = """<node>
       <arg name="dry_run" type="b" direction="in"/>
       <arg name="json" type="s" direction="out"/>
     </method>
+    <method name="Verify">
+      <arg name="kernels" type="as" direction="in"/>
+      <arg name="json" type="s" direction="out"/>
+    </method>
     <property name="Kernels" type="as" access="read"/>
     <property name="Programs" type="as" access="read"/>
     <signal name="Resolved">
       <arg name="kernel" type="s"/>
       <arg name="summary_json" type="s"/>
+    </signal>
+    <signal name="VerifyProgress">
+      <arg name="message" type="s"/>
+    </signal>
+    <signal name="Verified">
+      <arg name="kernel" type="s"/>
+      <arg name="json" type="s"/>
     </signal>
   </interface>
 </node>

@@ -3,8 +3,8 @@
 The only module that imports gi (or pydbus). The object is registered with Gio directly, so that
 a reply goes out when the call's worker is done, not when the handler returns: the main loop
 never waits for work. Properties and cached Audit answers are answered at once; Audit and
-Explain run in workers side by side; AddKernel and RemoveKernel wait in a queue and run one at a
-time (workers.py). Every answer comes from answers.py (weak_bpf.ops, as the CLI's do). This
+Explain run in workers side by side; AddKernel, RemoveKernel and Verify wait in a queue and run
+one at a time (workers.py). Every answer comes from answers.py (weak_bpf.ops, as the CLI's do). This
 module checks the caller, and announces other runs and its own (Resolved, PropertiesChanged) as
 rootstate.py, which also caches Audit answers, sees them.
 """
@@ -38,6 +38,7 @@ from weak_bpf.daemon.answers import (
     plain_name,
     remove_kernel_answer,
     summary_json,
+    verify_answer,
 )
 from weak_bpf.daemon.interface import BUS_NAME, INTERFACE, INTERFACE_XML, OBJECT_PATH
 from weak_bpf.daemon.rootstate import PROPERTIES as PROPERTY_NAMES
@@ -107,10 +108,12 @@ class Manager:
         *,
         journal: bool,
         activity: Callable[[], None],
+        verify_new_kernels: bool = False,
     ) -> None:
         self.root = root
         self.scheduler = scheduler
         self.journal = journal
+        self.verify_new_kernels = verify_new_kernels  # verify_in_daemon
         self._activity = activity
         self.connection: Gio.DBusConnection | None = None  # set once registered
         self.stopping = False
@@ -144,6 +147,8 @@ class Manager:
                 self._add_kernel(invocation, sender, *args)
             elif method == "RemoveKernel":
                 self._remove_kernel(invocation, sender, *args)
+            elif method == "Verify":
+                self._verify(invocation, sender, *args)
             else:  # Gio checks calls against the interface: a member added there but not here
                 raise Failed(f"{method} is not served")
         except ServiceError as e:
@@ -294,6 +299,62 @@ class Manager:
 
         self._as_root(invocation, sender, method, queue)
 
+    # -- verify: each kernel's own verifier in a VM; root only, queued with the changes --
+
+    def _verify(
+        self, invocation: Gio.DBusMethodInvocation, sender: str, kernels: Sequence[str]
+    ) -> None:
+        kvers = tuple(kernels)
+        for kver in kvers:
+            plain_name(kver)
+
+        def queue() -> None:
+            if self.stopping:
+                raise Failed(STOPPING)
+            self.queue_verify(kvers, self._replier(invocation, "Verify"))
+
+        self._as_root(invocation, sender, "Verify", queue)
+
+    def queue_verify(self, kvers: tuple[str, ...], reply: Reply | None = None) -> None:
+        """Verify `kvers` (none: every kernel with an image) after the changes queued before:
+        VerifyProgress while it runs, Verified for each kernel, then `reply`. Raises Busy."""
+
+        def work(emit: Callable[[Any], None]) -> str:
+            return guarded("Verify", lambda: verify_answer(self.root, kvers, emit))
+
+        def progress(line: Any) -> None:
+            self._emit(INTERFACE, "VerifyProgress", GLib.Variant("(s)", (str(line),)))
+
+        job = Job(
+            "Verify",
+            work,
+            [self._announce_verified] + ([reply] if reply else []),
+            on_event=progress,
+            finish=False,  # it changes no link: stopping the daemon stops its VM
+        )
+        ahead = self.scheduler.submit(job)
+        log.info("Verify %s queued (%d change(s) before it)", " ".join(kvers) or "*", ahead)
+
+    def _announce_verified(self, answer: str | None, error: ServiceError | None) -> None:
+        if error is not None:
+            log.warning("Verify failed: %s", error)
+            return
+        assert answer is not None
+        for kver, run in json.loads(answer)["kernels"].items():
+            log.info("Verified %s: %s", kver, run)
+            self._emit(INTERFACE, "Verified", GLib.Variant("(ss)", (kver, json.dumps(run))))
+        self.check_stamp()  # verify moved the stamp: cached Audit answers are dropped
+
+    def _verify_added(self, resolved: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """verify_in_daemon: verify each kernel a real run just added."""
+        added = tuple(k for k, doc in resolved if doc.get("action") == "add-kernel")
+        if not added or not self.verify_new_kernels or self.stopping:
+            return
+        try:
+            self.queue_verify(added)
+        except ServiceError as e:
+            log.warning("cannot verify %s: %s", " ".join(added), e)
+
     def _as_root(
         self,
         invocation: Gio.DBusMethodInvocation,
@@ -338,6 +399,7 @@ class Manager:
             self._emit(PROPERTIES, "PropertiesChanged", args)
         for kver, doc in news.resolved:
             self.emit_resolved(kver, doc)
+        self._verify_added(news.resolved)
 
     def emit_resolved(self, kver: str, doc: dict[str, Any]) -> None:
         log.info("Resolved %s: %s", kver, doc.get("summary", ""))
@@ -370,10 +432,17 @@ class Service:
         self.root = root
         self.idle_timeout = idle_timeout
         self.loop = GLib.MainLoop()
+        settings = ops.settings(root)  # a broken file: the defaults
         if max_reads is None:
-            max_reads = ops.settings(root).daemon_max_reads  # a broken file: the defaults
+            max_reads = settings.daemon_max_reads
         self.scheduler = Scheduler(self, max_reads=max_reads, inherited=self._bus_fds)
-        self.manager = Manager(root, self.scheduler, journal=journal, activity=self._reset_idle)
+        self.manager = Manager(
+            root,
+            self.scheduler,
+            journal=journal,
+            activity=self._reset_idle,
+            verify_new_kernels=settings.verify_in_daemon,
+        )
         self._idle_source = 0
         self._monitor: Any = None
 

@@ -12,8 +12,9 @@ at most `max_reads` children at a time; a read whose key equals a running one's 
 same child. A change's child ignores SIGTERM and SIGINT: a kernel's links are never left half
 resolved because the daemon is stopped. No GLib here: service.py's `Loop` watches each child.
 
-A long job that reports progress (a future Verify) is a `Job` whose work calls `emit` and whose
-`on_event` emits a signal, given to `submit` like AddKernel's (see service.py's `_change`).
+A long job that reports progress (Verify) is a change whose work calls `emit` and whose
+`on_event` emits a signal. It is submitted with `finish=False`: it changes no link, so stopping the
+daemon stops it (SIGTERM: its VM is killed with it) instead of waiting for its end.
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def fork_worker(
 @dataclasses.dataclass(eq=False)
 class Job:
     """Work for one child, and whom to tell: every reply gets (answer, None) or (None, error).
-    `key`: reads with equal keys share a child. `on_start`: a change leaves the queue."""
+    `key`: reads with equal keys share a child. `on_start`: a change leaves the queue.
+    `finish`: a change runs to its end even when the daemon stops."""
 
     method: str
     work: Work
@@ -187,6 +189,7 @@ class Job:
     key: Hashable = None
     on_event: Emit | None = None
     on_start: Callable[[], None] | None = None
+    finish: bool = True
     child: Child | None = None
 
 
@@ -243,11 +246,13 @@ class Scheduler:
         return ahead
 
     def stop(self) -> None:
-        """Refuse the queued changes, stop the reads; a running change goes on to its end."""
+        """Refuse the queued changes, stop the reads; a running change goes on to its end
+        unless it was submitted with `finish=False`."""
         while self.queue:
             job = self.queue.popleft()
             self._reply(job, None, Failed(STOPPING))
-        for job in list(self.reads.values()):
+        stoppable = [] if self.change is None or self.change.finish else [self.change]
+        for job in [*self.reads.values(), *stoppable]:
             if job.child is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(job.child.pid, signal.SIGTERM)
@@ -258,7 +263,7 @@ class Scheduler:
             self.change = job
             if job.on_start is not None:
                 job.on_start()
-            self._start(job, finish=True)
+            self._start(job, finish=job.finish)
 
     def _fds(self) -> list[int]:
         jobs = [*self.reads.values(), *([self.change] if self.change else [])]

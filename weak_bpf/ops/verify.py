@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from weak_bpf.apply import writer
 from weak_bpf.config import Config
 from weak_bpf.engine.verified import Verification
 from weak_bpf.kernel import find as kernel
@@ -117,6 +118,8 @@ def verify(
             for path in objects[key][1]:
                 outcomes[(path, kver)] = outcome
     keys.save()
+    if cache and any(run.boot is not None for run in runs):
+        writer.bump_stamp(root)  # verdicts changed: the daemon drops the Audit answers it keeps
     return VerifyReport(fold_outcomes(static, outcomes), tuple(runs))
 
 
