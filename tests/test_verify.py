@@ -389,6 +389,7 @@ def test_a_second_verify_and_audit_boot_nothing(
         text = capsys.readouterr().out
         assert f"on {OLD}: compatible (verified)" in text
         assert "attached it (in a VM)" in text
+        assert "libbpf attached\n  each one it can" in text and "(lockdown, an LSM policy)" in text
         assert cli.main(["--root", str(root), "audit", OLD]) == cli.Exit.FINDINGS
         assert "compatible (verified)" in capsys.readouterr().out
 

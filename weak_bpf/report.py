@@ -321,9 +321,9 @@ def render_explain(audit: ProgramAudit) -> str:
             out.extend(f"    - {t}\n" for t in todo)
     if all(result.verified for result, _ in audit.results.values()) and audit.results:
         out.append(
-            "\n  Verified: each kernel's own verifier loaded every program, alone, in a VM "
-            "('weak-bpf-progs\n  verify'); not checked: attach-time refusals (kprobe blacklist, "
-            "lockdown, LSM policy).\n"
+            "\n  Verified: each kernel's own verifier loaded every program, alone, in a VM, and "
+            "libbpf attached\n  each one it can ('weak-bpf-progs verify'); not checked: what this "
+            "host adds at attach time\n  (lockdown, an LSM policy).\n"
         )
         return "".join(out)
     out.append(
