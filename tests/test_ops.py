@@ -231,11 +231,12 @@ def _pool_rounds(rounds: int) -> None:
     import multiprocessing
     import signal
 
-    judging = importlib.import_module("weak_bpf.ops.judging")
+    from weak_bpf.workerpool import pooled
+
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     context = multiprocessing.get_context("fork")
     for _ in range(rounds):
-        with judging.pooled(context, 2) as pool:
+        with pooled(context, 2) as pool:
             assert pool.map(str, [1, 2], chunksize=1) == ["1", "2"]
 
 

@@ -4,16 +4,15 @@ again. The results come back as the cache's table entries, in the order of the w
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from weak_bpf.model import KernelFacts, Result
 from weak_bpf.parsers.greylist import Greylist
 from weak_bpf.program.installed import InstalledProgram, LoadedProgram, load_program
+from weak_bpf.workerpool import pooled
 
 Entry = dict[str, Any]  # a cache table entry: {"build_kernel": ..., "result": Result JSON}
 
@@ -43,14 +42,6 @@ def evaluate(loaded: LoadedProgram, facts: KernelFacts, memo: Any = None) -> Res
         return malformed(loaded.error or "unreadable")
     native = loaded.program.native_kernel == facts.kver
     return check_object(loaded.obj, loaded.greylist, facts, native=native, memo=memo)
-
-
-def default_jobs() -> int:
-    """The processors this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def judge(
@@ -101,23 +92,6 @@ def judge(
             _WORK = None
     assert all(r is not None for r in results)
     return [r for r in results if r is not None]
-
-
-@contextlib.contextmanager
-def pooled(context: Any, processes: int) -> Iterator[Any]:
-    """A pool of `processes` workers, ended by letting each finish, not by SIGTERM: a daemon's
-    change ignores SIGTERM, and so do the workers it forks (`with Pool()` would wait for ever
-    for an idle one to die). On an error, the workers are killed."""
-    pool = context.Pool(processes)
-    try:
-        yield pool
-    except BaseException:
-        for child in context.active_children():  # this pool's: the only ones started here
-            child.kill()
-        pool.terminate()
-        raise
-    pool.close()
-    pool.join()
 
 
 def _collect(

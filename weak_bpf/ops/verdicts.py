@@ -20,7 +20,7 @@ from weak_bpf.kernel.facts import load_kernel_facts
 from weak_bpf.kernel.find import resolve_in_root, resolved_path
 from weak_bpf.model import KernelFacts, Result
 from weak_bpf.ops.audited import AuditReport, ProgramAudit
-from weak_bpf.ops.judging import Task, default_jobs, evaluate, judge
+from weak_bpf.ops.judging import Task, evaluate, judge
 from weak_bpf.ops.verified import fold_cached, fold_object
 from weak_bpf.program import installed as programs_mod
 from weak_bpf.program.installed import (
@@ -29,6 +29,7 @@ from weak_bpf.program.installed import (
     load_program,
     object_path,
 )
+from weak_bpf.workerpool import default_jobs
 
 log = logging.getLogger("weak-bpf-progs")
 
