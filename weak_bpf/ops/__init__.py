@@ -10,18 +10,6 @@ never print. Writing goes through weak_bpf.apply.writer.
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from weak_bpf.ops.kernels import KernelSummary, list_kernels
-from weak_bpf.ops.links import (
-    KernelRun,
-    KernelsFailed,
-    add_kernel,
-    add_progs,
-    remove_kernel,
-    remove_progs,
-    resolve,
-)
-from weak_bpf.ops.objects import GreylistResult, bpf_symvers, greylist, inspect_object
-
 if TYPE_CHECKING:
     from weak_bpf.ops.audited import AuditReport, ProgramAudit
     from weak_bpf.ops.kernels import KernelSummary, list_kernels

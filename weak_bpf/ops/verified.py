@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from weak_bpf.engine.verified import Verification, fold
 from weak_bpf.kernel import find as kernel
 from weak_bpf.kernel.cache import CACHE_DIR, Cache
 from weak_bpf.kernel.find import KernelArtifacts, resolve_in_root
 from weak_bpf.ops.audited import AuditReport, ProgramAudit
+
+if TYPE_CHECKING:  # the fold is imported when there is something to fold
+    from weak_bpf.engine.verified import Verification
 
 
 def fold_outcomes(
@@ -19,6 +22,8 @@ def fold_outcomes(
     """`report` with each (program path, kernel)'s outcome folded into its result."""
     if not outcomes:
         return report
+    from weak_bpf.engine.verified import fold
+
     programs = []
     for p in report.programs:
         results = {}
