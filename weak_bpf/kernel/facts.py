@@ -13,23 +13,21 @@ import json
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from weak_bpf.errors import WeakBpfError
 from weak_bpf.kernel import load as kernel_data
 from weak_bpf.kernel.cache import Cache, content_key, file_key, stat_key
 from weak_bpf.kernel.find import BtfSourceKind, KernelArtifacts
+
+if TYPE_CHECKING:
+    from weak_bpf.kernel.modscan import ModuleIndex
 from weak_bpf.model import KernelFacts, ModuleKfunc
-from weak_bpf.parsers.btf import BTF, Kind
-from weak_bpf.parsers.elf import Buffer, section_bytes, section_headers
+from weak_bpf.parsers.btf import BTF
+from weak_bpf.parsers.elf import Buffer, section_bytes
 from weak_bpf.parsers.sysmap import SystemMap
 
 INDEX_VERSION = "1"
-
-
-def module_name(path: Path) -> str:
-    """nf_conntrack.ko.xz -> nf_conntrack (dashes read as underscores, as the kernel does)."""
-    return path.name.split(".ko")[0].replace("-", "_")
 
 
 def _load_vmlinux_btf(
@@ -82,57 +80,49 @@ def _image_btf_ids(
     return found
 
 
-def _scan_module_kfuncs(
-    artifacts: KernelArtifacts, vmlinux: BTF, problems: list[str]
-) -> dict[str, ModuleKfunc]:
-    """Kfuncs of modules: only a module with a `.BTF_ids` section can register any."""
-    found: dict[str, ModuleKfunc] = {}
-    for path in artifacts.modules:
-        try:
-            with kernel_data.module_data(path) as data:
-                if not any(s.name == ".BTF_ids" for s in section_headers(data, str(path))):
-                    continue
-                raw = bytes(data)
-            from weak_bpf.parsers.kmod import read_kernel_object  # pyelftools, on a cache miss
-
-            ko = read_kernel_object(raw, str(path))
-            if ko.btf is None:
-                continue
-            btf = BTF.from_bytes(ko.btf, base=vmlinux, source=str(path))
-            name = ko.name or module_name(path)
-            for kset in ko.kfunc_sets:
-                for entry in kset.entries:
-                    if btf.start_id <= entry.btf_id < btf.nr_types:
-                        func = btf.name(entry.btf_id)
-                        rel = artifacts.relative(path) or str(path)
-                        found.setdefault(func, ModuleKfunc(name, rel, entry.flags))
-        except WeakBpfError as e:
-            problems.append(f"module {artifacts.relative(path)}: {e}")
-    return found
-
-
-def _module_kfuncs(
-    artifacts: KernelArtifacts, vmlinux: BTF, cache: Cache, problems: list[str]
-) -> dict[str, ModuleKfunc]:
-    key = content_key(INDEX_VERSION, artifacts.kver, stat_key(list(artifacts.modules)))
-    name = f"kfuncs-{key}.json"
-    cached = cache.get(name)
-    if cached is not None:
-        try:
-            raw = json.loads(cached)
-            return {k: ModuleKfunc(**v) for k, v in raw.items()}
-        except (ValueError, TypeError):
-            pass
-    scan_problems: list[str] = []
-    found = _scan_module_kfuncs(artifacts, vmlinux, scan_problems)
-    problems.extend(scan_problems)
-    if not scan_problems:
-        data = {k: dataclasses.asdict(v) for k, v in sorted(found.items())}
-        cache.put(name, json.dumps(data, indent=0).encode())
-    return found
-
-
 T = TypeVar("T")
+
+
+def _module_indexes(
+    artifacts: KernelArtifacts, vmlinux: BTF, cache: Cache, problems: list[str], jobs: int
+) -> tuple[dict[str, ModuleKfunc], Callable[[str], str | None]]:
+    """The kfuncs of K's modules, and a lookup of the module defining a FUNC or VAR name. Both
+    indexes come from the cache, or from one scan of every module (modscan.py) that fills both;
+    the symbol index is read only when a lookup is made (most programs make none)."""
+    key = content_key(INDEX_VERSION, artifacts.kver, stat_key(list(artifacts.modules)))
+    kfuncs_name, symbols_name = f"kfuncs-{key}.json", f"modsyms-{key}.json"
+    scanned: ModuleIndex | None = None
+
+    def scan() -> ModuleIndex:
+        nonlocal scanned
+        if scanned is None:
+            from weak_bpf.kernel.modscan import scan_modules  # on a cache miss only
+
+            scanned = scan_modules(artifacts, vmlinux, jobs=jobs)
+            problems.extend(scanned.problems)
+            if not scanned.problems:  # a module read again next time may read fine
+                kfuncs = {k: dataclasses.asdict(v) for k, v in sorted(scanned.kfuncs.items())}
+                cache.put(kfuncs_name, json.dumps(kfuncs, indent=0).encode())
+                cache.put(symbols_name, json.dumps(scanned.symbols, sort_keys=True).encode())
+        return scanned
+
+    cached = cache.get_json(kfuncs_name)
+    try:
+        kfuncs = {k: ModuleKfunc(**v) for k, v in cached.items()} if cached else None
+    except (AttributeError, TypeError):
+        kfuncs = None  # a damaged entry
+    if kfuncs is None:
+        kfuncs = scan().kfuncs
+    symbols: dict[str, str] | None = None
+
+    def module_of(symbol: str) -> str | None:
+        nonlocal symbols
+        if symbols is None:
+            found = scanned.symbols if scanned is not None else cache.get_json(symbols_name)
+            symbols = found if isinstance(found, dict) else scan().symbols
+        return symbols.get(symbol)
+
+    return kfuncs, module_of
 
 
 def _attempt(problems: list[str], what: str, load: Callable[[], T]) -> T | None:
@@ -143,8 +133,9 @@ def _attempt(problems: list[str], what: str, load: Callable[[], T]) -> T | None:
         return None
 
 
-def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache) -> KernelFacts:
-    """Everything the checks need from one kernel; problems are recorded, not raised."""
+def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache, *, jobs: int = 1) -> KernelFacts:
+    """Everything the checks need from one kernel; problems are recorded, not raised. `jobs`:
+    the processes that may scan its modules, when the cache does not hold their indexes."""
     a = artifacts
     problems: list[str] = []
 
@@ -170,9 +161,10 @@ def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache) -> KernelFacts:
         btf, ids = loaded if loaded is not None else (None, None)
         facts.set_fact("vmlinux_btf_ids", ids)
         if btf is not None:
-            facts.module_kfuncs_found = _module_kfuncs(a, btf, cache, problems)
+            kfuncs, module_of = _module_indexes(a, btf, cache, problems, jobs)
+            facts.module_kfuncs_found = kfuncs
             facts.load_module_btf = _module_btf_loader(a, btf, problems)
-            facts.find_module_symbol = _module_symbol_finder(a, btf, cache, problems)
+            facts.find_module_symbol = module_of
         return btf
 
     facts.defer("vmlinux", vmlinux)
@@ -183,6 +175,8 @@ def _module_btf_loader(
     artifacts: KernelArtifacts, vmlinux: BTF, problems: list[str]
 ) -> Callable[[str], BTF | None]:
     """A memoised loader of one module's split BTF, by module name."""
+    from weak_bpf.kernel.modscan import module_name
+
     by_name = {module_name(p): p for p in artifacts.modules}
     loaded: dict[str, BTF | None] = {}
 
@@ -206,55 +200,6 @@ def _module_btf(data: Buffer, path: Path, vmlinux: BTF) -> BTF | None:
     """A module's split BTF, straight from its `.BTF` section; None if it has none."""
     raw = section_bytes(data, ".BTF", str(path))
     return None if raw is None else BTF.from_bytes(raw, base=vmlinux, source=str(path))
-
-
-def _scan_module_symbols(
-    artifacts: KernelArtifacts, vmlinux: BTF, problems: list[str]
-) -> dict[str, str]:
-    """FUNC and VAR names of every module's BTF -> the first module defining each."""
-    found: dict[str, str] = {}
-    for path in artifacts.modules:
-        try:
-            with kernel_data.module_data(path) as data:
-                btf = _module_btf(data, path, vmlinux)
-            if btf is None:
-                continue
-            name = module_name(path)
-            for kind in (Kind.FUNC, Kind.VAR):
-                for type_id in btf.ids_of_kind(kind):
-                    found.setdefault(btf.name(type_id), name)
-        except WeakBpfError as e:
-            problems.append(f"module {artifacts.relative(path)}: {e}")
-    return found
-
-
-def _module_symbol_finder(
-    artifacts: KernelArtifacts, vmlinux: BTF, cache: Cache, problems: list[str]
-) -> Callable[[str], str | None]:
-    """A lookup in the index of all module symbols, built (or read from the cache) on first use:
-    most programs never need it, and scanning every module costs about a second."""
-    index: dict[str, str] | None = None
-
-    def module_of(symbol: str) -> str | None:
-        nonlocal index
-        if index is None:
-            key = content_key(INDEX_VERSION, artifacts.kver, stat_key(list(artifacts.modules)))
-            name = f"modsyms-{key}.json"
-            cached = cache.get(name)
-            if cached is not None:
-                try:
-                    index = dict(json.loads(cached))
-                except (ValueError, TypeError):
-                    index = None
-            if index is None:
-                scan_problems: list[str] = []
-                index = _scan_module_symbols(artifacts, vmlinux, scan_problems)
-                problems.extend(scan_problems)
-                if not scan_problems:
-                    cache.put(name, json.dumps(index, sort_keys=True).encode())
-        return index.get(symbol)
-
-    return module_of
 
 
 def facts_from_files(btf_file: Path, symvers_file: Path | None = None) -> KernelFacts:

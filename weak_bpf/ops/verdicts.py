@@ -84,14 +84,19 @@ def _artifacts(root: Path, kver: str, config: Config) -> kernel.KernelArtifacts:
 
 
 def kernel_facts(
-    root: Path, kvers: Sequence[str] = (), *, cache: bool = True, config: Config | None = None
+    root: Path,
+    kvers: Sequence[str] = (),
+    *,
+    cache: bool = True,
+    config: Config | None = None,
+    jobs: int = 1,
 ) -> list[KernelFacts]:
     """Facts of the given (default: every installed kernel, and the running one) kernels,
-    oldest first."""
+    oldest first. `jobs`: the processes that may scan a kernel's modules."""
     store = Cache(root, writable=cache)
     config = config or settings(root)
     wanted = list(kvers) or list(kernel.judged_kernels(root))
-    return [load_kernel_facts(_artifacts(root, k, config), store) for k in wanted]
+    return [load_kernel_facts(_artifacts(root, k, config), store, jobs=jobs) for k in wanted]
 
 
 RESULTS_VERSION = "2"
@@ -148,11 +153,12 @@ def audit(
         raise WeakBpfError(f"{root}: no such directory", hint="--root names an installed system")
     store = Cache(root, writable=cache)
     config = config or settings(root)  # read once: its errors are reported once
+    jobs = jobs if jobs is not None else default_jobs()
     facts = []
     for kver in list(kvers) or list(kernel.judged_kernels(root)):
         if progress is not None:
             progress(f"reading kernel {kver}...")
-        facts.extend(kernel_facts(root, [kver], cache=cache, config=config))
+        facts.extend(kernel_facts(root, [kver], cache=cache, config=config, jobs=jobs))
     names = {f.kver: f"results-{_kernel_key(f)}.json" for f in facts}
     tables = {kver: store.get_json(name) or {} for kver, name in names.items()}
     selected = [
@@ -186,7 +192,6 @@ def audit(
             said = tens
 
     judged_so_far(0)
-    jobs = jobs if jobs is not None else default_jobs()
     judged = judge(root, tasks, facts, jobs=jobs, progress=judged_so_far, cached_kernels=cache)
     by_path = {task.program.path: j for task, j in zip(tasks, judged)}
     changed: set[str] = set()
