@@ -56,6 +56,22 @@ def test_kernels_lists_both_kernels_with_their_artifacts(
     assert "1121 files" in out
 
 
+def test_kernels_reads_the_btf_an_audit_cached(
+    example_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kernels` reads a kernel's BTF as an audit does: unpacked from the image once, then
+    from the cache."""
+    assert run(["--root", str(example_root), "kernels"], capsys)[0] == 0
+
+    def no_unpacking(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the image was unpacked again")
+
+    monkeypatch.setattr("weak_bpf.kernel.load.load_kernel_btf", no_unpacking)
+    status, out, err = run(["--root", str(example_root), "kernels"], capsys)
+    assert status == 0, err
+    assert out.count("(inside the kernel image): 9") == 2, out
+
+
 def test_kernels_unknown_version_is_a_usage_error(
     example_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from weak_bpf.kernel import modscan
 from weak_bpf.kernel.cache import Cache
-from weak_bpf.kernel.facts import _load_vmlinux_btf, load_kernel_facts
+from weak_bpf.kernel.facts import load_kernel_facts, load_vmlinux_btf
 from weak_bpf.kernel.find import find_kernel
 
 from exampleroot import copy_root, install_kernel
@@ -28,7 +28,7 @@ def root(tmp_path_factory: pytest.TempPathFactory, debian_kernels: dict[str, Pat
 
 def test_workers_find_what_one_process_finds(root: Path) -> None:
     artifacts = find_kernel(root, NEW)
-    vmlinux, _ = _load_vmlinux_btf(artifacts, Cache(root, writable=False))
+    vmlinux, _ = load_vmlinux_btf(artifacts, Cache(root, writable=False))
     alone = modscan.scan_modules(artifacts, vmlinux, jobs=1)
     spread = modscan.scan_modules(artifacts, vmlinux, jobs=3)
     assert len(artifacts.modules) > modscan.PARALLEL_FROM  # so the pass was split
@@ -47,7 +47,7 @@ def test_an_unreadable_module_costs_only_itself(root: Path, tmp_path: Path) -> N
     victim = next(p for p in artifacts.modules if p.name == "nf_nat.ko")
     victim.unlink()  # a hard link to the shared kernel: replaced, not written through
     victim.write_bytes(b"\x7fELF" + b"\xff" * 60)
-    vmlinux, _ = _load_vmlinux_btf(artifacts, Cache(broken, writable=False))
+    vmlinux, _ = load_vmlinux_btf(artifacts, Cache(broken, writable=False))
     index = modscan.scan_modules(artifacts, vmlinux, jobs=2)
     assert len(index.problems) == 1 and "nf_nat.ko" in index.problems[0]
     assert index.kfuncs["bpf_xdp_ct_lookup"].module == "nf_conntrack"

@@ -30,9 +30,7 @@ from weak_bpf.parsers.sysmap import SystemMap
 INDEX_VERSION = "1"
 
 
-def _load_vmlinux_btf(
-    artifacts: KernelArtifacts, cache: Cache
-) -> tuple[BTF, frozenset[int] | None]:
+def load_vmlinux_btf(artifacts: KernelArtifacts, cache: Cache) -> tuple[BTF, frozenset[int] | None]:
     """K's vmlinux BTF and its `.BTF_ids` (None: unknown). A BTF unpacked from a kernel image is
     cached, with its ids: unpacking costs seconds. Other forms are read in place."""
     assert artifacts.btf is not None
@@ -157,7 +155,7 @@ def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache, *, jobs: int = 1
     facts = KernelFacts(a.kver, a, problems=problems, lazy=lazy)
 
     def vmlinux() -> BTF | None:
-        loaded = _attempt(problems, "BTF", lambda: _load_vmlinux_btf(a, cache)) if a.btf else None
+        loaded = _attempt(problems, "BTF", lambda: load_vmlinux_btf(a, cache)) if a.btf else None
         btf, ids = loaded if loaded is not None else (None, None)
         facts.set_fact("vmlinux_btf_ids", ids)
         if btf is not None:

@@ -9,6 +9,8 @@ from pathlib import Path
 from weak_bpf.errors import WeakBpfError
 from weak_bpf.kernel import find as kernel
 from weak_bpf.kernel import load as kernel_data
+from weak_bpf.kernel.cache import Cache
+from weak_bpf.kernel.facts import load_vmlinux_btf
 from weak_bpf.parsers.btf import Kind
 
 
@@ -27,18 +29,22 @@ class KernelSummary:
     symbols_count: int | None = None
 
 
-def list_kernels(root: Path, kvers: Sequence[str] = ()) -> tuple[KernelSummary, ...]:
-    """Installed kernels (or the ones named) under `root`, each read as far as it can be."""
+def list_kernels(
+    root: Path, kvers: Sequence[str] = (), *, cache: bool = True
+) -> tuple[KernelSummary, ...]:
+    """Installed kernels (or the ones named) under `root`, each read as far as it can be. A
+    kernel's BTF is read as an audit reads it: from the cache, where unpacking an image left it."""
     wanted = kvers or kernel.judged_kernels(root)
-    return tuple(_summarise(kernel.find_kernel(root, kver)) for kver in wanted)
+    store = Cache(root, writable=cache)
+    return tuple(_summarise(kernel.find_kernel(root, kver), store) for kver in wanted)
 
 
-def _summarise(artifacts: kernel.KernelArtifacts) -> KernelSummary:
+def _summarise(artifacts: kernel.KernelArtifacts, cache: Cache) -> KernelSummary:
     problems = []
     btf_types = kfunc_tags = symvers_entries = None
     try:
         if artifacts.btf is not None:
-            btf = kernel_data.load_kernel_btf(artifacts.btf).btf
+            btf, _ = load_vmlinux_btf(artifacts, cache)
             btf_types = btf.nr_types - 1
             kfunc_tags = len(btf.find("bpf_kfunc", Kind.DECL_TAG))
     except WeakBpfError as e:
