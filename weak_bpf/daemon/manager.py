@@ -41,7 +41,7 @@ DBUS = "org.freedesktop.DBus"
 # --- the object ----------------------------------------------------------------------------------
 
 
-def _ask_bus(
+def ask_bus(
     connection: Gio.DBusConnection,
     method: str,
     args: GLib.Variant,
@@ -348,7 +348,7 @@ class Manager:
 
         assert self.connection is not None
         args = GLib.Variant("(s)", (sender,))
-        _ask_bus(self.connection, "GetConnectionUnixUser", args, "(u)", got)
+        ask_bus(self.connection, "GetConnectionUnixUser", args, "(u)", got)
 
     # -- runs: ours and others' --
 

@@ -26,7 +26,7 @@ from gi.repository import Gio, GLib
 from weak_bpf import ops
 from weak_bpf.apply import writer as actions
 from weak_bpf.daemon.interface import BUS_NAME, INTERFACE, INTERFACE_XML, OBJECT_PATH
-from weak_bpf.daemon.manager import Manager, _ask_bus
+from weak_bpf.daemon.manager import Manager, ask_bus
 from weak_bpf.daemon.workers import Child, Scheduler
 
 # What __main__, the tests and harden/ import from here.
@@ -169,7 +169,7 @@ class Service:
         )
         try:
             args = GLib.Variant("(su)", (BUS_NAME, 4))  # DO_NOT_QUEUE
-            (code,) = _ask_bus(connection, "RequestName", args, "(u)").unpack()
+            (code,) = ask_bus(connection, "RequestName", args, "(u)").unpack()
             if code != 1:  # 1: we own it; 3: another connection does
                 raise RuntimeError("the name is owned by another connection")
         except BaseException:
@@ -180,7 +180,7 @@ class Service:
     def _unpublish(self, connection: Gio.DBusConnection, registration: int) -> None:
         with contextlib.suppress(GLib.Error):  # the bus may be gone already
             connection.unregister_object(registration)
-            _ask_bus(connection, "ReleaseName", GLib.Variant("(s)", (BUS_NAME,)), None)
+            ask_bus(connection, "ReleaseName", GLib.Variant("(s)", (BUS_NAME,)), None)
             connection.flush_sync(None)
 
     def run(self) -> int:
