@@ -1,6 +1,12 @@
-"""The D-Bus object org.weakbpf.Manager1 (SPEC §7): each call checked, then answered at once or
-handed to the scheduler (workers.py) and answered when its worker is done; the runs it sees
-announced as signals. Imports gi, as service.py, which publishes it, does.
+"""org.weakbpf.Manager1, weak-bpf-progsd's D-Bus object (SPEC §7): Gio's handler of its calls.
+
+A reply goes out when the call's worker is done, not when the handler returns: the main loop
+(service.py) never waits for work. Properties and cached Audit answers are answered at once; Audit
+and Explain run in workers side by side; AddKernel, RemoveKernel and Verify wait in a queue and run
+one at a time (workers.py). Every answer comes from answers.py (weak_bpf.ops, as the CLI's do).
+This module checks the caller, and announces other runs and its own (Resolved, PropertiesChanged)
+as rootstate.py, which also caches Audit answers, sees them. With service.py, the only modules
+that import gi.
 """
 
 from __future__ import annotations

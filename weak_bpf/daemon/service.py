@@ -1,12 +1,9 @@
-"""weak-bpf-progsd's D-Bus service (SPEC §7): org.weakbpf.Manager1 on the system bus.
+"""weak-bpf-progsd's D-Bus service (SPEC §7): the main loop that serves org.weakbpf.Manager1 on
+the system bus.
 
-The only module that imports gi (or pydbus). The object is registered with Gio directly, so that
-a reply goes out when the call's worker is done, not when the handler returns: the main loop
-never waits for work. Properties and cached Audit answers are answered at once; Audit and
-Explain run in workers side by side; AddKernel, RemoveKernel and Verify wait in a queue and run
-one at a time (workers.py). Every answer comes from answers.py (weak_bpf.ops, as the CLI's do). This
-module checks the caller, and announces other runs and its own (Resolved, PropertiesChanged) as
-rootstate.py, which also caches Audit answers, sees them.
+It registers the object (manager.py) with Gio and then owns the name, watches the workers
+(workers.py) and the stamp every run rewrites, tells systemd it is ready, and exits when idle or on
+SIGTERM, after the change in progress. With manager.py, the only modules that import gi.
 """
 
 from __future__ import annotations
