@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s: no such directory", root)
         log.error("hint: --root names an installed system")
         return 2
-    from weak_bpf.daemon.service import Service  # pydbus and gi load only here
+    from weak_bpf.daemon.service import Service  # gi loads only here
 
     service = Service(root, idle_timeout=args.idle_timeout, journal=not args.no_journal)
     return service.run()

@@ -1,6 +1,6 @@
 """The answers of weak-bpf-progsd's methods: arguments checked, weak_bpf.ops called, the result
 rendered as the CLI's JSON, every failure turned into an error the caller is sent. No D-Bus here:
-these run in the workers (workers.py), and service.py sends what they return.
+these run in the workers (workers.py), and manager.py sends what they return.
 """
 
 from __future__ import annotations

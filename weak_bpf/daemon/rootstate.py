@@ -1,6 +1,6 @@
 """What weak-bpf-progsd knows of its root between calls: the stamp every run rewrites and the
 reports, to tell what another run changed; the Audit answers cached until then; the listings
-behind the Kernels and Programs properties. No D-Bus here: service.py announces what `news`
+behind the Kernels and Programs properties. No D-Bus here: manager.py announces what `news`
 returns (PropertiesChanged, Resolved).
 """
 
