@@ -139,7 +139,7 @@ def test_only_entry_points_import_the_cli() -> None:
 
 # The floors of the package, top first: a module imports only from its own floor or below.
 FLOORS = (
-    ("weak_bpf.__main__", "weak_bpf.cli", "weak_bpf.daemon"),
+    ("weak_bpf.__main__", "weak_bpf.cli", "weak_bpf.cli_parser", "weak_bpf.daemon"),
     ("weak_bpf.report",),
     ("weak_bpf.ops",),
     ("weak_bpf.program",),
