@@ -46,7 +46,7 @@ IMPURE_IMPORTS = {
     "gi",
 }
 IMPURE_CALLS = {"open", "print", "input", "exit", "quit"}
-# Only these modules may import the CLI.
+# Only these modules may import the CLI's modules (weak_bpf.cli, weak_bpf.cli_parser).
 CLI_USERS = {"weak_bpf.__main__", "weak_bpf.cli"}
 
 

@@ -1,4 +1,5 @@
-"""The command line. The only module that prints to stdout or chooses an exit code."""
+"""The command line: runs the verb that cli_parser parsed. The only module that prints to stdout
+or chooses an exit code."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
 
-from weak_bpf.cli_parser import Verb, _normalise, build_parser
+from weak_bpf.cli_parser import Verb, build_parser, normalise
 from weak_bpf.errors import ApplyError, WeakBpfError
 
 if TYPE_CHECKING:
@@ -335,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any("\0" in word for word in words):  # only from a caller in Python: exec cannot pass one
         print("weak-bpf-progs: an argument holds a NUL byte", file=sys.stderr)
         return Exit.USAGE
-    args = build_parser().parse_args(_normalise(words))
+    args = build_parser().parse_args(normalise(words))
     logging.basicConfig(
         format="weak-bpf-progs: %(message)s",
         level=logging.DEBUG if args.verbose else logging.WARNING,

@@ -46,7 +46,7 @@ _VERB_HELP = {
 }
 
 # weak-modules spellings, normalised to verbs before parsing.
-_ALIASES: dict[str, str] = {
+ALIASES: dict[str, str] = {
     "--add-kernel": Verb.ADD_KERNEL.value,
     "--remove-kernel": Verb.REMOVE_KERNEL.value,
     "--add-progs": Verb.ADD_PROGS.value,
@@ -57,8 +57,9 @@ _ALIASES: dict[str, str] = {
 }
 
 
-def _normalise(argv: Sequence[str]) -> list[str]:
-    return [_ALIASES.get(arg, arg) for arg in argv]
+def normalise(argv: Sequence[str]) -> list[str]:
+    """`argv` with the weak-modules spellings turned into verbs and options."""
+    return [ALIASES.get(arg, arg) for arg in argv]
 
 
 def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
