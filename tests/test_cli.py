@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from weak_bpf import cli
+from weak_bpf.cli_parser import normalise
 
 import exampleroot
 from conftest import REPO
@@ -261,12 +262,12 @@ def test_greylist_and_symvers_usage_errors(
 
 def test_weak_modules_spellings() -> None:
     parser = cli.build_parser()
-    args = parser.parse_args(cli._normalise(["--basedir", "/srv/root", "--add-kernel", "5.14.0"]))
+    args = parser.parse_args(normalise(["--basedir", "/srv/root", "--add-kernel", "5.14.0"]))
     assert (args.verb, args.kernel, args.root) == ("add-kernel", "5.14.0", Path("/srv/root"))
-    args = parser.parse_args(cli._normalise(["--remove-kernel", "5.14.0", "--dry-run"]))
+    args = parser.parse_args(normalise(["--remove-kernel", "5.14.0", "--dry-run"]))
     assert (args.verb, args.kernel, args.dry_run) == ("remove-kernel", "5.14.0", True)
     for spelling, verb in (("--add-modules", "add-progs"), ("--remove-modules", "remove-progs")):
-        assert parser.parse_args(cli._normalise([spelling])).verb == verb
+        assert parser.parse_args(normalise([spelling])).verb == verb
 
 
 def test_regression_a_nul_byte_in_an_argument(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from weak_bpf import cli
+from weak_bpf import cli, cli_parser
 
 from conftest import REPO, require_tool
 
@@ -55,7 +55,7 @@ def test_every_command_and_option_is_documented(built: Path) -> None:
     text = render(built / "weak-bpf-progs.8")
     for verb in cli.Verb:
         assert verb.value in text, verb
-    for alias in cli._ALIASES:
+    for alias in cli_parser.ALIASES:
         assert alias in text, alias
     parser = cli.build_parser()
     for action in parser._actions:
