@@ -4,7 +4,8 @@ What libbpf would see, without loading anything: programs (FUNC symbols in execu
 other than `.text`) with their section-implied type and target, `.text` subprograms, license,
 maps, `.ksyms`/`.kconfig` externs (ELF symbols cross-checked with the BTF DATASECs), helper ids,
 kfunc call sites, extern loads, BPF-to-BPF calls, the object's BTF and `.BTF.ext` with its CO-RE
-relocations, and the raw `.greylist` section.
+relocations, and the raw `.greylist` section. What each function calls is read in `objcalls.py`,
+the externs in `objexterns.py`.
 
 Instruction indexes are slots in the code section (byte offset / 8), as in relocations and
 `.BTF.ext`; `Function.insn_start` converts them to program-relative ones.
@@ -22,8 +23,8 @@ from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.btfext import BtfExt, parse_btf_ext
 from weak_bpf.parsers.elf import Buffer, elf_header, section_headers
 from weak_bpf.parsers.insn import Insn, decode
-from weak_bpf.parsers.objcalls import _function
-from weak_bpf.parsers.objexterns import _externs
+from weak_bpf.parsers.objcalls import summarise_function
+from weak_bpf.parsers.objexterns import read_externs
 from weak_bpf.parsers.objvalues import (
     SHN_UNDEF,
     STB_LOCAL,
@@ -115,7 +116,7 @@ class _Reader:
         functions = self._functions(code, relocs)
         programs = tuple(f for f in functions if f.section != TEXT)
         subprograms = tuple(f for f in functions if f.section == TEXT)
-        ksyms, kconfig, problems = _externs(self.symbols, btf, relocs)
+        ksyms, kconfig, problems = read_externs(self.symbols, btf, relocs)
         core = self._core_relos(btf, btf_ext, programs, subprograms)
         return BpfObject(
             source=self.source,
@@ -321,7 +322,7 @@ class _Reader:
                     )
                 start, end = sym.value // 8, (sym.value + sym.size) // 8
                 out.append(
-                    _function(
+                    summarise_function(
                         sym, sec.name, info, insns[start:end], start, by_insn, self.code_sections
                     )
                 )

@@ -20,7 +20,7 @@ from weak_bpf.parsers.objvalues import (
 from weak_bpf.parsers.sections import SectionInfo
 
 
-def _function(  # noqa: PLR0917
+def summarise_function(  # noqa: PLR0917
     sym: Symbol,
     section: str,
     info: SectionInfo,
@@ -29,7 +29,8 @@ def _function(  # noqa: PLR0917
     by_insn: dict[int, Relocation],
     code_sections: frozenset[str],
 ) -> Function:
-    """Summarise one function; `insns` are its own, `start` its first slot."""
+    """Summarise one function; `insns` are its own, `start` its first slot, `by_insn` the
+    relocations of its section by slot, `code_sections` the names of all code sections."""
     helpers = set()
     kfuncs = []
     extern_refs = []

@@ -12,16 +12,17 @@ from weak_bpf.errors import BTFError
 from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.objvalues import STB_LOCAL, Extern, ExternKind, Relocation, Symbol
 
-R_BPF_64_64 = 1  # ld_imm64
-R_BPF_64_32 = 10  # call
+R_BPF_64_32 = 10  # the relocation of a call
 
 KSYMS = ".ksyms"
 KCONFIG = ".kconfig"
 
 
-def _externs(
+def read_externs(
     symbols: list[Symbol], btf: BTF | None, relocs: dict[int, tuple[Relocation, ...]]
 ) -> tuple[tuple[Extern, ...], tuple[Extern, ...], tuple[str, ...]]:
+    """The `.ksyms` externs, the `.kconfig` externs, and what does not pair up; `relocs` tell
+    which externs are called."""
     problems: list[str] = []
     undefined = {s.name: s for s in symbols if s.undefined and s.name and s.bind != STB_LOCAL}
     called = {r.symbol for rs in relocs.values() for r in rs if r.type == R_BPF_64_32}
@@ -53,6 +54,7 @@ def _externs(
 
 
 def _btf_externs(btf: BTF, section: str) -> list[Extern]:
+    """The VARs and FUNCs of the DATASEC `section`, not yet paired with ELF symbols."""
     out = []
     for datasec_id in btf.find(section, Kind.DATASEC):
         for info in btf.type(datasec_id).secinfos:
