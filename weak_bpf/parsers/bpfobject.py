@@ -4,7 +4,8 @@ What libbpf would see, without loading anything: programs (FUNC symbols in execu
 other than `.text`) with their section-implied type and target, `.text` subprograms, license,
 maps, `.ksyms`/`.kconfig` externs (ELF symbols cross-checked with the BTF DATASECs), helper ids,
 kfunc call sites, extern loads, BPF-to-BPF calls, the object's BTF and `.BTF.ext` with its CO-RE
-relocations, and the raw `.greylist` section.
+relocations, and the raw `.greylist` section. What each function calls is read in `objcalls.py`,
+the externs in `objexterns.py`.
 
 Instruction indexes are slots in the code section (byte offset / 8), as in relocations and
 `.BTF.ext`; `Function.insn_start` converts them to program-relative ones.
@@ -21,25 +22,22 @@ from weak_bpf.errors import BTFError, ELFError, ParseError
 from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.btfext import BtfExt, parse_btf_ext
 from weak_bpf.parsers.elf import Buffer, elf_header, section_headers
-from weak_bpf.parsers.insn import Insn, LdImm64Src, decode
+from weak_bpf.parsers.insn import Insn, decode
+from weak_bpf.parsers.objcalls import summarise_function
+from weak_bpf.parsers.objexterns import read_externs
 from weak_bpf.parsers.objvalues import (
     SHN_UNDEF,
     STB_LOCAL,
     BpfObject,
     CoreReloSite,
     DataSection,
-    Extern,
-    ExternKind,
-    ExternRef,
     Function,
-    KfuncCall,
     Map,
     Relocation,
-    SubprogCall,
     Symbol,
     function_containing,
 )
-from weak_bpf.parsers.sections import SectionInfo, section_info
+from weak_bpf.parsers.sections import section_info
 
 EM_BPF = 247
 ET_REL = 1
@@ -53,12 +51,7 @@ SHF_EXECINSTR = 0x4
 SHN_ABS = 0xFFF1
 STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION = 0, 1, 2, 3
 
-R_BPF_64_64 = 1  # ld_imm64
-R_BPF_64_32 = 10  # call
-
 TEXT = ".text"
-KSYMS = ".ksyms"
-KCONFIG = ".kconfig"
 MAPS = ".maps"
 LEGACY_MAPS = "maps"
 GREYLIST = ".greylist"
@@ -123,7 +116,7 @@ class _Reader:
         functions = self._functions(code, relocs)
         programs = tuple(f for f in functions if f.section != TEXT)
         subprograms = tuple(f for f in functions if f.section == TEXT)
-        ksyms, kconfig, problems = self._externs(btf, relocs)
+        ksyms, kconfig, problems = read_externs(self.symbols, btf, relocs)
         core = self._core_relos(btf, btf_ext, programs, subprograms)
         return BpfObject(
             source=self.source,
@@ -328,65 +321,12 @@ class _Reader:
                         offset=sec.offset + min(sym.value, sec.size),
                     )
                 start, end = sym.value // 8, (sym.value + sym.size) // 8
-                out.append(self._function(sym, sec.name, info, insns[start:end], start, by_insn))
+                out.append(
+                    summarise_function(
+                        sym, sec.name, info, insns[start:end], start, by_insn, self.code_sections
+                    )
+                )
         return out
-
-    def _function(  # noqa: PLR0917
-        self,
-        sym: Symbol,
-        section: str,
-        info: SectionInfo,
-        insns: tuple[Insn, ...],
-        start: int,
-        by_insn: dict[int, Relocation],
-    ) -> Function:
-        """Summarise one function; `insns` are its own, `start` its first slot."""
-        helpers = set()
-        kfuncs = []
-        extern_refs = []
-        calls = []
-        for index, insn in enumerate(insns, start):
-            reloc = by_insn.get(index)
-            if insn.is_call:
-                if reloc is None:
-                    if insn.src == 0:
-                        helpers.add(insn.imm)
-                    elif insn.src == 1:
-                        calls.append(SubprogCall(section, index, section, index + 1 + insn.imm))
-                    elif insn.src == 2:
-                        kfuncs.append(KfuncCall("", section, index, insn.imm))
-                elif reloc.against_extern:
-                    kfuncs.append(KfuncCall(reloc.symbol, section, index))
-                elif insn.src == 1:
-                    calls.append(self._call_target(section, index, insn.imm, reloc))
-            elif insn.is_ld_imm64 and reloc is not None:
-                if reloc.against_extern:
-                    extern_refs.append(ExternRef(reloc.symbol, section, index))
-                elif reloc.symbol_section in self.code_sections or insn.src == LdImm64Src.FUNC:
-                    # a function's address (a callback for bpf_loop & co): clang leaves src_reg 0
-                    calls.append(self._call_target(section, index, insn.imm, reloc, True))
-        return Function(
-            name=sym.name,
-            section=section,
-            offset=sym.value,
-            size=sym.size,
-            is_global=sym.bind != STB_LOCAL,
-            info=info,
-            instructions=insns,
-            helper_ids=frozenset(helpers),
-            kfunc_calls=tuple(kfuncs),
-            extern_refs=tuple(extern_refs),
-            subprog_calls=tuple(calls),
-        )
-
-    @staticmethod
-    def _call_target(
-        section: str, index: int, imm: int, reloc: Relocation, callback: bool = False
-    ) -> SubprogCall:
-        # libbpf: a call against a section symbol lands at value/8 + imm + 1; against a function
-        # symbol clang leaves imm = -1, so the same sum gives the function's first slot.
-        target = (reloc.symbol_value + imm) // 8 if callback else reloc.symbol_value // 8 + imm + 1
-        return SubprogCall(section, index, reloc.symbol_section, target, callback)
 
     # --- maps ----------------------------------------------------------------------------------
 
@@ -424,42 +364,6 @@ class _Reader:
             values[slot] = int(struct.unpack_from(self.endian + "I", raw, slot * 4)[0])
         return Map(sym.name, LEGACY_MAPS, *values)
 
-    # --- externs -------------------------------------------------------------------------------
-
-    def _externs(
-        self, btf: BTF | None, relocs: dict[int, tuple[Relocation, ...]]
-    ) -> tuple[tuple[Extern, ...], tuple[Extern, ...], tuple[str, ...]]:
-        problems: list[str] = []
-        undefined = {
-            s.name: s for s in self.symbols if s.undefined and s.name and s.bind != STB_LOCAL
-        }
-        called = {r.symbol for rs in relocs.values() for r in rs if r.type == R_BPF_64_32}
-        from_btf: dict[str, Extern] = {}
-        if btf is not None:
-            for section in (KSYMS, KCONFIG):
-                for ext in _btf_externs(btf, section):
-                    from_btf[ext.name] = ext
-        out: dict[str, list[Extern]] = {KSYMS: [], KCONFIG: []}
-        for name, ext in from_btf.items():
-            sym = undefined.get(name)
-            if sym is None:
-                problems.append(f"extern {name!r} is in BTF {ext.section} but has no ELF symbol")
-                weak = False
-            else:
-                weak = sym.weak
-            if ext.kind is ExternKind.VAR and name in called:
-                problems.append(f"extern {name!r} is a BTF VAR but is called like a function")
-            out[ext.section].append(dataclasses.replace(ext, weak=weak))
-        for name, sym in undefined.items():
-            if name not in from_btf:
-                kind = ExternKind.FUNC if name in called else ExternKind.VAR
-                problems.append(
-                    f"undefined symbol {name!r} has no BTF in .ksyms or .kconfig"
-                    + ("" if btf is not None else " (the object has no BTF)")
-                )
-                out[KSYMS].append(Extern(name, "", kind, sym.weak, False, 0, 0))
-        return tuple(out[KSYMS]), tuple(out[KCONFIG]), tuple(problems)
-
     # --- CO-RE ---------------------------------------------------------------------------------
 
     def _core_relos(
@@ -488,29 +392,6 @@ class _Reader:
                 )
             )
         return tuple(out)
-
-
-def _btf_externs(btf: BTF, section: str) -> list[Extern]:
-    out = []
-    for datasec_id in btf.find(section, Kind.DATASEC):
-        for info in btf.type(datasec_id).secinfos:
-            member = btf.type(info.type)
-            if member.kind == Kind.FUNC:
-                out.append(
-                    Extern(
-                        member.name, section, ExternKind.FUNC, False, True, member.id, member.type
-                    )
-                )
-            elif member.kind == Kind.VAR:
-                typed = btf.resolve(member.type) != 0
-                out.append(
-                    Extern(
-                        member.name, section, ExternKind.VAR, False, typed, member.id, member.type
-                    )
-                )
-            else:
-                raise BTFError(f"DATASEC {section} holds a {member.kind.name}, not a VAR or FUNC")
-    return out
 
 
 _MAP_INT_FIELDS = ("type", "max_entries", "key_size", "value_size", "map_flags")
