@@ -2,9 +2,9 @@
 the FUNC and VAR names of their BTF (to find which module defines a kprobe or fentry target).
 
 A distribution kernel has about 1,100 modules. Each is opened once for both indexes, and the pass
-is split over worker processes, forked after vmlinux's BTF is read (a module's BTF is split BTF
-on it): each worker takes a contiguous share, and the shares are joined in module order, so that
-the first module defining a name wins, as in one process.
+is split in contiguous shares: this process scans the first, worker processes forked after
+vmlinux's BTF is read (a module's BTF is split BTF on it) the others. The shares are joined in
+module order, so that the first module defining a name wins, as in one process.
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ def scan_modules(artifacts: KernelArtifacts, vmlinux: BTF, *, jobs: int = 1) -> 
         _WORK = (artifacts, vmlinux)
         size = -(-len(paths) // shares)
         cuts = [paths[i : i + size] for i in range(0, len(paths), size)]
-        try:
-            with pooled(multiprocessing.get_context("fork"), len(cuts)) as pool:
-                parts = pool.map(_scan_in_worker, cuts, chunksize=1)
+        try:  # this process scans the first share while the workers scan the others
+            with pooled(multiprocessing.get_context("fork"), len(cuts) - 1) as pool:
+                others = pool.map_async(_scan_in_worker, cuts[1:], chunksize=1)
+                parts = [_scan(artifacts, vmlinux, cuts[0]), *others.get()]
         finally:
             _WORK = None
     index = ModuleIndex({}, {}, [])
