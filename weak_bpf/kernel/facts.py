@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, TypeVar
 from weak_bpf.errors import WeakBpfError
 from weak_bpf.kernel import load as kernel_data
 from weak_bpf.kernel.cache import Cache, content_key, file_key, stat_key
-from weak_bpf.kernel.find import BtfSourceKind, KernelArtifacts
-
-if TYPE_CHECKING:
-    from weak_bpf.kernel.modscan import ModuleIndex
+from weak_bpf.kernel.find import BtfSourceKind, KernelArtifacts, module_name
 from weak_bpf.model import KernelFacts, ModuleKfunc
 from weak_bpf.parsers.btf import BTF
 from weak_bpf.parsers.elf import Buffer, section_bytes
 from weak_bpf.parsers.sysmap import SystemMap
+
+if TYPE_CHECKING:
+    from weak_bpf.kernel.modscan import ModuleIndex
 
 INDEX_VERSION = "1"
 
@@ -173,8 +173,6 @@ def _module_btf_loader(
     artifacts: KernelArtifacts, vmlinux: BTF, problems: list[str]
 ) -> Callable[[str], BTF | None]:
     """A memoised loader of one module's split BTF, by module name."""
-    from weak_bpf.kernel.modscan import module_name
-
     by_name = {module_name(p): p for p in artifacts.modules}
     loaded: dict[str, BTF | None] = {}
 

@@ -41,6 +41,13 @@ _ARCH_ALIASES = {
 }
 
 
+def module_name(file_or_name: str | Path) -> str:
+    """nf_conntrack.ko.xz -> nf_conntrack; dashes and underscores are the same to the kernel."""
+    name = Path(file_or_name).name
+    bare = next((name[: -len(s)] for s in MODULE_SUFFIXES if name.endswith(s)), name)
+    return bare.replace("-", "_")
+
+
 class BtfSourceKind(str, enum.Enum):
     """Where a kernel's BTF comes from, best first."""
 

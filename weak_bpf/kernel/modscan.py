@@ -16,18 +16,13 @@ from pathlib import Path
 
 from weak_bpf.errors import WeakBpfError
 from weak_bpf.kernel import load as kernel_data
-from weak_bpf.kernel.find import KernelArtifacts
+from weak_bpf.kernel.find import KernelArtifacts, module_name
 from weak_bpf.model import ModuleKfunc
 from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.elf import section_headers
 from weak_bpf.workerpool import pooled
 
 PARALLEL_FROM = 300  # fewer modules are scanned in this process: forking costs more
-
-
-def module_name(path: Path) -> str:
-    """nf_conntrack.ko.xz -> nf_conntrack (dashes read as underscores, as the kernel does)."""
-    return path.name.split(".ko")[0].replace("-", "_")
 
 
 @dataclasses.dataclass

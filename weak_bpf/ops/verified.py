@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from weak_bpf.kernel import find as kernel
 from weak_bpf.kernel.cache import CACHE_DIR, Cache
-from weak_bpf.kernel.find import KernelArtifacts, resolve_in_root
+from weak_bpf.kernel.find import KernelArtifacts, module_name, resolve_in_root
 from weak_bpf.ops.audited import AuditReport, ProgramAudit
 
 if TYPE_CHECKING:  # the fold is imported when there is something to fold
@@ -55,8 +55,6 @@ def fold_object(root: Path, audited: ProgramAudit, loose: Path | None) -> Progra
 
 def module_files(artifacts: KernelArtifacts) -> dict[str, Path]:
     """{module name: its file} of a kernel."""
-    from weak_bpf.verify.initramfs import module_name
-
     return {module_name(ko.name): ko for ko in artifacts.modules}
 
 

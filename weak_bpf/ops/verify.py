@@ -18,7 +18,7 @@ from weak_bpf.config import Config
 from weak_bpf.engine.verified import Verification
 from weak_bpf.kernel import find as kernel
 from weak_bpf.kernel.cache import Cache
-from weak_bpf.kernel.find import KernelArtifacts, resolve_in_root
+from weak_bpf.kernel.find import KernelArtifacts, module_name, resolve_in_root
 from weak_bpf.ops.audited import AuditReport
 from weak_bpf.ops.verdicts import audit, kernel_facts, settings
 from weak_bpf.ops.verified import fold_outcomes, module_files
@@ -26,7 +26,7 @@ from weak_bpf.parsers.btf import Kind
 from weak_bpf.parsers.sections import TargetKind
 from weak_bpf.program.installed import load_program
 from weak_bpf.verify import Boot, GuestObject, store, verify_objects
-from weak_bpf.verify.initramfs import InitramfsError, module_name, module_order
+from weak_bpf.verify.initramfs import InitramfsError, module_order
 from weak_bpf.verify.tools import Tools, find_tools, loader_identity
 
 log = logging.getLogger("weak-bpf-progs")

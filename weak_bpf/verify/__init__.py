@@ -16,6 +16,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from weak_bpf.engine.verified import Verification
+from weak_bpf.kernel.find import module_name
 from weak_bpf.verify import guest, initramfs, vm
 from weak_bpf.verify.guest import GuestError, GuestReport
 from weak_bpf.verify.tools import Tools
@@ -119,7 +120,7 @@ def verify_objects(
     missing = {**(unresolved or {}), **report.module_failures()}
     outcomes = {}
     for name, obj in objects.items():
-        lacking = sorted(initramfs.module_name(m) for m in obj.modules)
+        lacking = sorted(module_name(m) for m in obj.modules)
         lacking = [m for m in lacking if m in missing]
         if lacking:
             why = "; ".join(f"module {m} was not inserted: {missing[m]}" for m in lacking)

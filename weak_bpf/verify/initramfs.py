@@ -13,20 +13,15 @@ from pathlib import Path
 
 from weak_bpf.errors import WeakBpfError
 from weak_bpf.kernel.compression import read_maybe_compressed
+from weak_bpf.kernel.find import MODULE_SUFFIXES, module_name
 from weak_bpf.parsers.kmod import read_kernel_object
 
 # A cpio entry: (path in the archive, mode with its file type bits, content, rdev major:minor).
 CpioEntry = tuple[str, int, bytes, tuple[int, int]]
-_KO = re.compile(r"\.ko(\.(?:xz|zst|gz))?$")
 
 
 class InitramfsError(WeakBpfError):
     """A file the initramfs needs cannot be read, or a module cannot be found."""
-
-
-def module_name(file_or_name: str) -> str:
-    """nf_conntrack.ko.xz -> nf_conntrack; dashes and underscores are the same to the kernel."""
-    return _KO.sub("", Path(file_or_name).name).replace("-", "_")
 
 
 def module_order(
@@ -103,7 +98,9 @@ def files(
 
     def read(path: Path) -> bytes:
         try:
-            return read_maybe_compressed(path) if _KO.search(path.name) else path.read_bytes()
+            if path.name.endswith(MODULE_SUFFIXES):
+                return read_maybe_compressed(path)
+            return path.read_bytes()
         except OSError as e:
             raise InitramfsError(f"{path}: cannot read: {e.strerror}") from None
 
