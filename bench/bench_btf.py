@@ -81,7 +81,7 @@ def _debian_vmlinux(workdir: Path) -> Path | None:
     vmlinuz = kernels[0] / "boot" / f"vmlinuz-{kver}"
     if not vmlinuz.exists():
         return None
-    from weak_bpf.kernel.compression import decompress
+    from weak_bpf.files.compression import decompress
     from weak_bpf.parsers.vmlinuz import vmlinux_from_vmlinuz
 
     path = workdir / f"vmlinux-{kver}"

@@ -72,7 +72,7 @@ def _line_slices(data: bytes, pieces: int, lines: int) -> list[bytes]:
 
 
 def _compressed(data: bytes) -> list[bytes]:
-    from weak_bpf.kernel import compression
+    from weak_bpf.files import compression
 
     out = [
         data,
@@ -182,7 +182,7 @@ def _walk_btf(btf: Any) -> None:
 
 def _readers() -> dict[str, Callable[[bytes], object]]:
     from weak_bpf import config
-    from weak_bpf.kernel import compression
+    from weak_bpf.files import compression
     from weak_bpf.parsers import bpfobject, btfext, greylist, kabi, kconfig, kmod, symvers, sysmap
     from weak_bpf.parsers.btf import BTF
     from weak_bpf.parsers.vmlinuz import vmlinux_from_vmlinuz
@@ -246,7 +246,7 @@ _BASE: list[Any] = []
 
 def _base_btf() -> bytes:
     """The older Debian kernel's vmlinux BTF (raw), the base of its modules' split BTF."""
-    from weak_bpf.kernel import compression
+    from weak_bpf.files import compression
     from weak_bpf.parsers.btf import BTF
     from weak_bpf.parsers.vmlinuz import vmlinux_from_vmlinuz
 

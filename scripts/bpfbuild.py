@@ -52,7 +52,7 @@ def _run(argv: list[str], what: str) -> bytes:
 
 def vmlinux_of(vmlinuz: Path) -> Path:
     """The ELF vmlinux inside `vmlinuz`, unpacked once into the cache."""
-    from weak_bpf.kernel.compression import decompress
+    from weak_bpf.files.compression import decompress
     from weak_bpf.parsers.vmlinuz import vmlinux_from_vmlinuz
 
     data = vmlinuz.read_bytes()

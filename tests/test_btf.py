@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from weak_bpf.errors import BTFError
-from weak_bpf.kernel.compression import decompress
+from weak_bpf.files.compression import decompress
 from weak_bpf.parsers import btf as btf_module
 from weak_bpf.parsers import btftypes
 from weak_bpf.parsers.btf import BTF, Kind, Type

@@ -1,4 +1,4 @@
-"""weak_bpf.kernel.compression: round trips through the real programs, both the module and
+"""weak_bpf.files.compression: round trips through the real programs, both the module and
 program paths, bounds, trailing data, and corrupt input."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weak_bpf.errors import DecompressError
-from weak_bpf.kernel import compression
-from weak_bpf.kernel.compression import Format, decompress, detect, maybe_decompress
+from weak_bpf.files import compression
+from weak_bpf.files.compression import Format, decompress, detect, maybe_decompress
 
 from conftest import require_tool
 

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weak_bpf.errors import ELFError, FormatError, KernelNotFound, ParseError
+from weak_bpf.files.compression import Format, decompress, detect
 from weak_bpf.kernel import load as kernel_data
-from weak_bpf.kernel.compression import Format, decompress, detect
 from weak_bpf.kernel.find import (
     BtfSourceKind,
     arch_of,

@@ -148,6 +148,7 @@ FLOORS = (
     ("weak_bpf.kernel", "weak_bpf.verify"),
     ("weak_bpf.engine", "weak_bpf.apply"),
     ("weak_bpf.config", "weak_bpf.model"),
+    ("weak_bpf.files",),
     ("weak_bpf.parsers", "weak_bpf.versions", "weak_bpf.errors", "weak_bpf"),
 )
 

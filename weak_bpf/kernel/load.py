@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable, TypeVar
 
 from weak_bpf.errors import BTFError, ParseError, WeakBpfError
-from weak_bpf.kernel import compression
+from weak_bpf.files import compression
 from weak_bpf.kernel.find import KernelArtifacts, resolve_in_root
 from weak_bpf.parsers.btf import BTF
 from weak_bpf.parsers.elf import Buffer, section_bytes

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from weak_bpf.errors import ParseError
-from weak_bpf.kernel import compression
+from weak_bpf.files import compression
 from weak_bpf.kernel import load as kernel_data
 from weak_bpf.kernel.find import module_dirs, resolve_in_root
 from weak_bpf.parsers.greylist import Greylist, parse_greylist

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from weak_bpf.errors import WeakBpfError
-from weak_bpf.kernel.compression import read_maybe_compressed
+from weak_bpf.files.compression import read_maybe_compressed
 from weak_bpf.kernel.find import MODULE_SUFFIXES, module_name
 from weak_bpf.parsers.kmod import read_kernel_object
 
