@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from weak_bpf.errors import ELFError, FormatError, KernelNotFound, ParseError
 from weak_bpf.files.compression import Format, decompress, detect
+from weak_bpf.files.paths import resolve_in_root
 from weak_bpf.kernel import load as kernel_data
 from weak_bpf.kernel.find import (
     BtfSourceKind,
@@ -27,7 +28,6 @@ from weak_bpf.kernel.find import (
     find_kernel,
     find_kernels,
     installed_kernels,
-    resolve_in_root,
 )
 from weak_bpf.parsers.btf import BTF
 from weak_bpf.parsers.elf import section_bytes, section_headers

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path, PurePosixPath
 
-from weak_bpf.kernel.find import resolve_in_root
+from weak_bpf.files.paths import resolve_in_root
 
 # where an ESP or /boot holding loader/ may be mounted
 _LOADER_DIRS = ("boot/loader", "efi/loader", "boot/efi/loader")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from weak_bpf.errors import WeakBpfError
+from weak_bpf.files.read import read_file
 from weak_bpf.kernel import load as kernel_data
 from weak_bpf.kernel.cache import Cache, content_key, file_key, stat_key
 from weak_bpf.kernel.find import BtfSourceKind, KernelArtifacts, module_name
@@ -36,7 +37,7 @@ def load_vmlinux_btf(artifacts: KernelArtifacts, cache: Cache) -> tuple[BTF, fro
     assert artifacts.btf is not None
     source = str(artifacts.btf)
     if artifacts.btf_source_kind is BtfSourceKind.SYSFS:  # raw BTF, compared with the image's
-        raw = kernel_data.read_file(artifacts.btf)
+        raw = read_file(artifacts.btf)
         return BTF.from_bytes(raw, source=source), _image_btf_ids(artifacts, raw, cache)
     if artifacts.btf_source_kind is not BtfSourceKind.VMLINUZ:
         found = kernel_data.load_kernel_btf(artifacts.btf)
@@ -177,7 +178,7 @@ def _module_btf_loader(
     loaded: dict[str, BTF | None] = {}
 
     def load(path: Path) -> BTF | None:
-        return _module_btf(kernel_data.read_file(path), path, vmlinux)
+        return _module_btf(read_file(path), path, vmlinux)
 
     def module_btf(module: str) -> BTF | None:
         if module not in loaded:

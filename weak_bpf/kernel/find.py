@@ -11,14 +11,12 @@ import dataclasses
 import enum
 import os
 import re
-import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from weak_bpf.errors import KernelNotFound
+from weak_bpf.files.paths import module_dirs, resolve_in_root
 from weak_bpf.versions import kernel_sort_key
-
-_MAX_LINKS = 40  # like the kernel's limit on nested symlinks
 
 SYSFS_BTF = "sys/kernel/btf/vmlinux"
 SYMVERS_SUFFIXES = (".gz", ".xz", ".zst", "")
@@ -84,44 +82,6 @@ class KernelArtifacts:
         return None if path is None else str(path.relative_to(self.root))
 
 
-def resolve_in_root(root: Path, relative: str) -> Path | None:
-    """`root/relative` with symlinks resolved inside the root; None if absent or if a link leads
-    out of the root (or loops)."""
-    found = resolved_path(str(root), relative)
-    return None if found is None else Path(found)
-
-
-def resolved_path(top: str, relative: str) -> str | None:
-    """resolve_in_root on strings, for the paths of many programs."""
-    parts = [p for p in relative.split("/") if p not in ("", ".")]
-    parts.reverse()  # a stack: the next component is last
-    done: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop()
-        if part == "..":
-            if not done:
-                return None  # above the root
-            done.pop()
-            continue
-        here = os.path.join(top, *done, part)
-        try:
-            mode = os.lstat(here).st_mode
-        except (OSError, ValueError):
-            return None
-        if not stat.S_ISLNK(mode):
-            done.append(part)
-            continue
-        links += 1
-        if links > _MAX_LINKS:
-            return None
-        target = os.readlink(here)
-        if target.startswith("/"):
-            done = []  # chroot semantics: absolute targets start at the root
-        parts.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
-    return os.path.join(top, *done)
-
-
 def _file(root: Path, relative: str) -> Path | None:
     path = resolve_in_root(root, relative)
     return path if path is not None and path.is_file() else None
@@ -138,15 +98,6 @@ def _first_file(root: Path, candidates: Iterable[str]) -> Path | None:
         if found is not None:
             return found
     return None
-
-
-def module_dirs(root: Path) -> tuple[str, ...]:
-    """The module trees to look in: usr/lib/modules, and lib/modules on a root whose lib is a
-    real directory (no merged /usr)."""
-    lib = root / "lib"
-    if lib.is_dir() and not lib.is_symlink():
-        return ("usr/lib/modules", "lib/modules")
-    return ("usr/lib/modules",)
 
 
 def _absolute(root: Path) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from weak_bpf.engine import symbols
 from weak_bpf.errors import ParseError, WeakBpfError
-from weak_bpf.kernel import load as kernel_data
+from weak_bpf.files.read import read_file
 from weak_bpf.kernel.facts import facts_from_files
 from weak_bpf.ops.verdicts import kernel_facts
 from weak_bpf.parsers.bpfobject import read_bpf_object
@@ -25,7 +25,7 @@ def inspect_object(root: Path, path: Path) -> BpfObject:
         shown = str(where.resolve().relative_to(root.resolve()))
     except ValueError:
         shown = str(where)
-    data = kernel_data.read_file(where, max_size=programs_mod.MAX_OBJECT_SIZE)
+    data = read_file(where, max_size=programs_mod.MAX_OBJECT_SIZE)
     try:
         return read_bpf_object(data, shown)
     except ParseError as e:

@@ -14,10 +14,10 @@ from pathlib import Path
 from weak_bpf import __version__
 from weak_bpf.config import Config, load_config
 from weak_bpf.errors import WeakBpfError
+from weak_bpf.files.paths import resolve_in_root, resolved_path
 from weak_bpf.kernel import find as kernel
 from weak_bpf.kernel.cache import Cache, content_key, stat_key
 from weak_bpf.kernel.facts import load_kernel_facts
-from weak_bpf.kernel.find import resolve_in_root, resolved_path
 from weak_bpf.model import KernelFacts, Result
 from weak_bpf.ops.audited import AuditReport, ProgramAudit
 from weak_bpf.ops.judging import Task, evaluate, judge

@@ -7,9 +7,10 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from weak_bpf.files.paths import resolve_in_root
 from weak_bpf.kernel import find as kernel
 from weak_bpf.kernel.cache import CACHE_DIR, Cache
-from weak_bpf.kernel.find import KernelArtifacts, module_name, resolve_in_root
+from weak_bpf.kernel.find import KernelArtifacts, module_name
 from weak_bpf.ops.audited import AuditReport, ProgramAudit
 
 if TYPE_CHECKING:  # the fold is imported when there is something to fold

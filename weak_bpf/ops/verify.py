@@ -16,9 +16,10 @@ from pathlib import Path
 from weak_bpf.apply import writer
 from weak_bpf.config import Config
 from weak_bpf.engine.verified import Verification
+from weak_bpf.files.paths import resolve_in_root
 from weak_bpf.kernel import find as kernel
 from weak_bpf.kernel.cache import Cache
-from weak_bpf.kernel.find import KernelArtifacts, module_name, resolve_in_root
+from weak_bpf.kernel.find import KernelArtifacts, module_name
 from weak_bpf.ops.audited import AuditReport
 from weak_bpf.ops.verdicts import audit, kernel_facts, settings
 from weak_bpf.ops.verified import fold_outcomes, module_files

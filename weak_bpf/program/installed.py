@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from weak_bpf.errors import ParseError
 from weak_bpf.files import compression
-from weak_bpf.kernel import load as kernel_data
-from weak_bpf.kernel.find import module_dirs, resolve_in_root
+from weak_bpf.files.paths import module_dirs, resolve_in_root
+from weak_bpf.files.read import mapped, read_file
 from weak_bpf.parsers.greylist import Greylist, parse_greylist
 from weak_bpf.versions import kernel_sort_key
 
@@ -144,7 +144,7 @@ def load_program(root: Path, program: InstalledProgram) -> LoadedProgram:
                 source=greylist_source,
             )
         if sidecar is not None:
-            raw = kernel_data.read_file(sidecar, max_size=MAX_GREYLIST_SIZE)
+            raw = read_file(sidecar, max_size=MAX_GREYLIST_SIZE)
             digest.update(b"\0greylist\0" + raw)
             greylist = parse_greylist(raw, greylist_source)
         elif obj.greylist is not None:
@@ -161,17 +161,17 @@ def _read_object(path: Path, source: str) -> BpfObject:
     compressed one is unpacked first."""
     from weak_bpf.parsers.bpfobject import read_bpf_object  # a warm run reads no object
 
-    with kernel_data.mapped(path, max_size=MAX_OBJECT_SIZE) as mapped:
-        head = bytes(mapped[:16])  # enough for every compression magic
+    with mapped(path, max_size=MAX_OBJECT_SIZE) as data:
+        head = bytes(data[:16])  # enough for every compression magic
         if compression.detect(head) is not None:
-            data = compression.maybe_decompress(bytes(mapped), str(path), max_size=MAX_OBJECT_SIZE)
-            return read_bpf_object(data, source)
-        if len(mapped) > MAX_OBJECT_SIZE:
+            raw = compression.maybe_decompress(bytes(data), str(path), max_size=MAX_OBJECT_SIZE)
+            return read_bpf_object(raw, source)
+        if len(data) > MAX_OBJECT_SIZE:
             raise ParseError(
                 f"larger than {compression.size_text(MAX_OBJECT_SIZE)}, the most it reads",
                 source=str(path),
             )
-        return read_bpf_object(mapped, source)
+        return read_bpf_object(data, source)
 
 
 def loose_program(path: Path) -> LoadedProgram:
