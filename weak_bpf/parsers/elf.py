@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Collection
 from typing import Union
 
 from weak_bpf.errors import ELFError, ParseError
@@ -54,61 +55,102 @@ def section_headers(
     data: Buffer, source: str | None = None, *, error: type[ParseError] = ELFError
 ) -> tuple[SectionHeader, ...]:
     """Every section header, checked to lie inside the file. Raises `error` (ELFError)."""
-
-    def fail(message: str, offset: int) -> ParseError:
-        return error(message, source=source, offset=offset)
-
-    size = len(data)
-    if size < 0x34 or bytes(data[:4]) != b"\x7fELF":
-        raise fail("not an ELF file (bad magic or truncated header)", 0)
-    elf_class, elf_data = data[4], data[5]
-    if elf_data not in (1, 2):
-        raise fail(f"bad ELF data encoding {elf_data}", 5)
-    order = "<" if elf_data == 1 else ">"
-    if elf_class == 2:
-        if size < 0x40:
-            raise fail("ELF header is truncated", 0)
-        (shoff,) = struct.unpack_from(order + "Q", data, 0x28)
-        shentsize, shnum, shstrndx = struct.unpack_from(order + "3H", data, 0x3A)
-        sh_format, sh_min = order + "IIQQQQII", 0x40
-    elif elf_class == 1:
-        (shoff,) = struct.unpack_from(order + "I", data, 0x20)
-        shentsize, shnum, shstrndx = struct.unpack_from(order + "3H", data, 0x2E)
-        sh_format, sh_min = order + "IIIIIIII", 0x28
-    else:
-        raise fail(f"bad ELF class {elf_class}", 4)
-
-    def raw(index: int) -> tuple[int, int, int, int, int, int, int, int]:
-        at = shoff + index * shentsize
-        if at + sh_min > size:
-            raise fail(f"ELF section header {index} is outside the file", at)
-        return struct.unpack_from(sh_format, data, at)  # type: ignore[return-value]
-
-    if shoff == 0 or shentsize < sh_min:
-        raise fail("ELF file has no usable section headers", 0x20)
-    if shnum == 0:  # extended numbering: the count is in section 0
-        shnum = raw(0)[5]
-    if shstrndx == 0xFFFF:  # SHN_XINDEX: the index is section 0's sh_link
-        shstrndx = raw(0)[6]
-    if shoff + shnum * shentsize > size:
-        raise fail(f"ELF section headers ({shnum} at {shoff:#x}) run past the file", 0x20)
-    if shstrndx >= shnum:
-        raise fail(f"ELF section name table index {shstrndx} is out of range", 0x3E)
-    _n, _t, _f, _a, names_at, names_size, _l, _i = raw(shstrndx)
-    if names_at + names_size > size:
-        raise fail("ELF section name table runs past the file", shoff + shstrndx * shentsize)
-    names = bytes(data[names_at : names_at + names_size])
-
+    table = _Table(data, source, error)
     headers = []
-    for index in range(shnum):
-        name_off, sh_type, flags, _addr, offset, sh_size, link, info = raw(index)
-        at = shoff + index * shentsize
-        if sh_type != SHT_NOBITS and offset + sh_size > size:
-            raise fail(f"ELF section {index} ({offset:#x}+{sh_size:#x}) runs past the file", at)
-        end = names.find(b"\0", name_off)
-        name = names[name_off:end].decode("utf-8", "replace") if 0 <= name_off < end else ""
-        headers.append(SectionHeader(index, name, sh_type, flags, offset, sh_size, link, info, at))
+    for index, (name_off, sh_type, flags, _addr, offset, size, link, info) in enumerate(table.rows):
+        at = table.header_offset(index)
+        table.check_inside(index, sh_type, offset, size)
+        end = table.names.find(b"\0", name_off)
+        name = table.names[name_off:end].decode("utf-8", "replace") if 0 <= name_off < end else ""
+        headers.append(SectionHeader(index, name, sh_type, flags, offset, size, link, info, at))
     return tuple(headers)
+
+
+def find_sections(
+    data: Buffer, names: Collection[str], source: str | None = None
+) -> dict[str, tuple[int, int]]:
+    """(offset, size) of the first section of each of `names` that the file has, with the checks
+    of section_headers on the table and on those sections: a scan of a thousand modules looks
+    for two sections in each, and builds no header it does not return. Raises ELFError."""
+    table = _Table(data, source, ELFError)
+    wanted = {name.encode(): name for name in names}
+    found: dict[str, tuple[int, int]] = {}
+    for index, (name_off, sh_type, _f, _a, offset, size, _l, _i) in enumerate(table.rows):
+        name = wanted.get(table.names[name_off : table.names.find(b"\0", name_off)])
+        if name is not None and name not in found:
+            table.check_inside(index, sh_type, offset, size)
+            found[name] = (offset, size)
+    return found
+
+
+class _Table:
+    """The section header table of an ELF file, checked to lie inside it, as rows of raw fields
+    (name, type, flags, addr, offset, size, link, info), and the section names."""
+
+    def __init__(self, data: Buffer, source: str | None, error: type[ParseError]) -> None:
+        self.source, self.error = source, error
+        self.size = size = len(data)
+        if size < 0x34 or bytes(data[:4]) != b"\x7fELF":
+            raise self.fail("not an ELF file (bad magic or truncated header)", 0)
+        elf_class, elf_data = data[4], data[5]
+        if elf_data not in (1, 2):
+            raise self.fail(f"bad ELF data encoding {elf_data}", 5)
+        order = "<" if elf_data == 1 else ">"
+        if elf_class == 2:
+            if size < 0x40:
+                raise self.fail("ELF header is truncated", 0)
+            (shoff,) = struct.unpack_from(order + "Q", data, 0x28)
+            shentsize, shnum, shstrndx = struct.unpack_from(order + "3H", data, 0x3A)
+            sh_format, sh_min = order + "IIQQQQII", 0x40
+        elif elf_class == 1:
+            (shoff,) = struct.unpack_from(order + "I", data, 0x20)
+            shentsize, shnum, shstrndx = struct.unpack_from(order + "3H", data, 0x2E)
+            sh_format, sh_min = order + "IIIIIIII", 0x28
+        else:
+            raise self.fail(f"bad ELF class {elf_class}", 4)
+        self.shoff, self.shentsize = shoff, shentsize
+
+        def raw(index: int) -> tuple[int, ...]:
+            at = shoff + index * shentsize
+            if at + sh_min > size:
+                raise self.fail(f"ELF section header {index} is outside the file", at)
+            return struct.unpack_from(sh_format, data, at)
+
+        if shoff == 0 or shentsize < sh_min:
+            raise self.fail("ELF file has no usable section headers", 0x20)
+        if shnum == 0:  # extended numbering: the count is in section 0
+            shnum = raw(0)[5]
+        if shstrndx == 0xFFFF:  # SHN_XINDEX: the index is section 0's sh_link
+            shstrndx = raw(0)[6]
+        if shoff + shnum * shentsize > size:
+            raise self.fail(f"ELF section headers ({shnum} at {shoff:#x}) run past the file", 0x20)
+        if shstrndx >= shnum:
+            raise self.fail(f"ELF section name table index {shstrndx} is out of range", 0x3E)
+        _n, _t, _f, _a, names_at, names_size, _l, _i = raw(shstrndx)
+        if names_at + names_size > size:
+            raise self.fail(
+                "ELF section name table runs past the file", self.header_offset(shstrndx)
+            )
+        self.names = bytes(data[names_at : names_at + names_size])
+        if shentsize == sh_min:  # the usual case: every header in one call
+            padded = f"{sh_format}{sh_min - struct.calcsize(sh_format)}x"
+            table = data[shoff : shoff + shnum * shentsize]
+            self.rows: list[tuple[int, ...]] = list(struct.iter_unpack(padded, table))
+        else:
+            self.rows = [raw(index) for index in range(shnum)]
+
+    def fail(self, message: str, offset: int) -> ParseError:
+        return self.error(message, source=self.source, offset=offset)
+
+    def header_offset(self, index: int) -> int:
+        return self.shoff + index * self.shentsize
+
+    def check_inside(self, index: int, sh_type: int, offset: int, size: int) -> None:
+        if sh_type != SHT_NOBITS and offset + size > self.size:
+            raise self.fail(
+                f"ELF section {index} ({offset:#x}+{size:#x}) runs past the file",
+                self.header_offset(index),
+            )
 
 
 def section_bytes(data: Buffer, name: str, source: str | None = None) -> bytes | None:
