@@ -1,11 +1,20 @@
-"""The one pass over a real Debian kernel's modules (kernel/modscan.py): split over worker
-processes, it finds what one process finds, in the same order; an unreadable module is a problem
-that costs only itself; a cold kernel read fills both module indexes of the cache at once."""
+"""The one pass over a real Debian kernel's modules (kernel/modscan.py): a name found by its
+strings is the module a full index of every module's FUNC and VAR names gives; split over worker
+processes, the pass keeps what one process keeps, in the same order; an unreadable module is a
+problem that costs only itself; a cold kernel read fills both cache entries at once."""
 
 from __future__ import annotations
 
+import gzip
+import json
+import multiprocessing
+import random
 import shutil
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -13,10 +22,13 @@ from weak_bpf.kernel import modscan
 from weak_bpf.kernel.cache import Cache
 from weak_bpf.kernel.facts import load_kernel_facts, load_vmlinux_btf
 from weak_bpf.kernel.find import find_kernel
+from weak_bpf.parsers.btf import BTF, Kind
 
+from conftest import REPO, require_tool
 from exampleroot import copy_root, install_kernel
 
 NEW = "6.1.0-56-cloud-amd64"
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +38,95 @@ def root(tmp_path_factory: pytest.TempPathFactory, debian_kernels: dict[str, Pat
     return root
 
 
-def test_workers_find_what_one_process_finds(root: Path) -> None:
+@pytest.fixture(scope="module")
+def scanned(root: Path) -> tuple[BTF, modscan.ModuleScan]:
     artifacts = find_kernel(root, NEW)
     vmlinux, _ = load_vmlinux_btf(artifacts, Cache(root, writable=False))
-    alone = modscan.scan_modules(artifacts, vmlinux, jobs=1)
-    spread = modscan.scan_modules(artifacts, vmlinux, jobs=3)
-    assert len(artifacts.modules) > modscan.PARALLEL_FROM  # so the pass was split
+    return vmlinux, modscan.scan_modules(artifacts)
+
+
+def _full_index(vmlinux: BTF, raw_btf: dict[str, modscan.Buffer]) -> dict[str, str]:
+    """Every module's FUNC and VAR names, the first module winning: what a search must match."""
+    index: dict[str, str] = {}
+    for module, raw in raw_btf.items():
+        btf = BTF.from_bytes(raw, base=vmlinux)
+        for kind in (Kind.FUNC, Kind.VAR):
+            for type_id in btf.ids_of_kind(kind):
+                index.setdefault(btf.name(type_id), module)
+    return index
+
+
+def test_a_search_finds_what_a_full_index_finds(scanned: tuple[BTF, modscan.ModuleScan]) -> None:
+    vmlinux, scan = scanned
+    assert scan.problems == []
+    assert len(scan.raw_btf) > 1000
+    problems: list[str] = []
+    kfuncs = modscan.name_kfuncs(scan, vmlinux, problems)
+    assert problems == []
+    assert kfuncs["bpf_xdp_ct_lookup"].module == "nf_conntrack"
+    assert (
+        kfuncs["bpf_xdp_ct_lookup"].path
+        == f"usr/lib/modules/{NEW}/kernel/net/netfilter/nf_conntrack.ko"
+    )
+    index = _full_index(vmlinux, scan.raw_btf)
+    assert len(index) > 40_000
+    names = random.Random(13).sample(sorted(index), 300)
+    # names a module defines that are also strings of vmlinux (a parameter's, a type's name)
+    shared = [n for n in sorted(index) if vmlinux.has_string(n)][:50]
+    assert len(shared) == 50
+    absent = ["ep_free", "swap_read_folio", "no_such_function_anywhere", "tcp_v4_connect"]
+    lookups = modscan.ModuleBtf(scan.raw_btf, vmlinux, [])
+    for name in ["nf_conntrack_free", *names, *shared, *absent]:
+        assert lookups.module_of(name) == index.get(name), name
+    assert lookups.module_of("nf_conntrack_free") == "nf_conntrack"
+    assert lookups.module_of("tcp_v4_connect") is None  # vmlinux's, not a module's
+
+
+def test_the_cache_entry_of_module_btf_reads_back(scanned: tuple[BTF, modscan.ModuleScan]) -> None:
+    _, scan = scanned
+    back = modscan.unpack_btf(modscan.pack_btf(scan.raw_btf))
+    assert back is not None
+    assert list(back) == list(scan.raw_btf)
+    assert all(bytes(back[m]) == bytes(scan.raw_btf[m]) for m in scan.raw_btf)
+    assert modscan.unpack_btf(b'[["nf_nat", 99]]\n' + b"\0" * 10) is None  # cut short
+    assert modscan.unpack_btf(b"not json\n") is None
+
+
+def test_workers_keep_what_one_process_keeps(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compressed modules (RHEL's .ko.xz) are unpacked by worker processes."""
+    packed = copy_root(root, tmp_path / "root")
+    kodir = packed / "usr/lib/modules" / NEW
+    chosen = sorted(kodir.rglob("*.ko"))[:40] + sorted(kodir.rglob("nf_conntrack.ko"))
+    for ko in chosen:
+        ko.with_name(ko.name + ".gz").write_bytes(gzip.compress(ko.read_bytes(), mtime=0))
+        ko.unlink()
+    for ko in kodir.rglob("*.ko"):
+        if ko not in chosen:
+            ko.unlink()
+    artifacts = find_kernel(packed, NEW)
+    assert len(artifacts.modules) == 41
+    vmlinux, _ = load_vmlinux_btf(artifacts, Cache(packed, writable=False))
+    monkeypatch.setattr(modscan, "PARALLEL_FROM", 8)
+    pools: list[int] = []
+    real = modscan.pooled
+
+    def counted(context: object, processes: int) -> object:
+        pools.append(processes)
+        return real(context, processes)
+
+    monkeypatch.setattr(modscan, "pooled", counted)
+    alone = modscan.scan_modules(artifacts, jobs=1)
+    assert pools == []
+    spread = modscan.scan_modules(artifacts, jobs=3)
+    assert pools == [2]  # three shares: this process and two workers
     assert alone.problems == spread.problems == []
-    assert alone.kfuncs == spread.kfuncs
-    assert list(alone.symbols.items()) == list(spread.symbols.items())
-    assert alone.kfuncs["bpf_xdp_ct_lookup"].module == "nf_conntrack"
-    assert alone.symbols["nf_conntrack_free"] == "nf_conntrack"
-    assert len(alone.symbols) > 40_000
+    assert alone.kfunc_sets == spread.kfunc_sets
+    kfuncs = modscan.name_kfuncs(spread, vmlinux, [])
+    assert kfuncs["bpf_xdp_ct_lookup"].module == "nf_conntrack"
+    assert list(alone.raw_btf) == list(spread.raw_btf)
+    assert all(bytes(alone.raw_btf[m]) == bytes(spread.raw_btf[m]) for m in alone.raw_btf)
 
 
 def test_an_unreadable_module_costs_only_itself(root: Path, tmp_path: Path) -> None:
@@ -48,24 +137,65 @@ def test_an_unreadable_module_costs_only_itself(root: Path, tmp_path: Path) -> N
     victim.unlink()  # a hard link to the shared kernel: replaced, not written through
     victim.write_bytes(b"\x7fELF" + b"\xff" * 60)
     vmlinux, _ = load_vmlinux_btf(artifacts, Cache(broken, writable=False))
-    index = modscan.scan_modules(artifacts, vmlinux, jobs=2)
-    assert len(index.problems) == 1 and "nf_nat.ko" in index.problems[0]
-    assert index.kfuncs["bpf_xdp_ct_lookup"].module == "nf_conntrack"
-    assert "nf_nat_setup_info" not in index.symbols
+    scan = modscan.scan_modules(artifacts, jobs=2)
+    assert len(scan.problems) == 1 and "nf_nat.ko" in scan.problems[0]
+    assert modscan.name_kfuncs(scan, vmlinux, [])["bpf_xdp_ct_lookup"].module == "nf_conntrack"
+    assert "nf_nat" not in scan.raw_btf and "nf_conntrack" in scan.raw_btf
 
     facts = load_kernel_facts(artifacts, Cache(broken, writable=True), jobs=2)
     assert facts.module_of_symbol("nf_conntrack_free") == "nf_conntrack"
+    assert facts.module_of_symbol("nf_nat_setup_info") is None
     assert any("nf_nat.ko" in p for p in facts.problems)
     cache = broken / "var/cache/weak-bpf-progs"
     assert not list(cache.rglob("kfuncs-*.json")), "an index with a problem was cached"
 
 
-def test_a_cold_read_caches_both_indexes(root: Path, tmp_path: Path) -> None:
-    """One scan fills both: a later run that looks a symbol up scans nothing."""
+def test_a_module_btf_that_does_not_parse_is_a_problem(
+    scanned: tuple[BTF, modscan.ModuleScan],
+) -> None:
+    vmlinux, scan = scanned
+    raw_btf = dict(scan.raw_btf)
+    raw_btf["nf_conntrack"] = bytes(raw_btf["nf_conntrack"])[:100]
+    problems: list[str] = []
+    lookups = modscan.ModuleBtf(raw_btf, vmlinux, problems)
+    assert lookups.btf("nf_conntrack") is None
+    assert lookups.module_of("nf_conntrack_free") is None
+    assert lookups.btf("nf-conntrack") is None  # the same module: one problem
+    assert len(problems) == 1 and problems[0].startswith("module nf_conntrack: ")
+    assert lookups.btf("nf_nat") is not None
+
+
+def test_a_vmlinux_that_does_not_read_leaves_no_worker(root: Path, tmp_path: Path) -> None:
+    """The pass runs in a worker while vmlinux is read; when that fails, it is waited for."""
+    broken = copy_root(root, tmp_path / "root")
+    shutil.rmtree(broken / "var/cache", ignore_errors=True)
+    image = broken / "usr/lib/modules" / NEW / "vmlinuz"
+    image.unlink()
+    image.write_bytes(b"MZ" + b"\0" * 4096)
+    facts = load_kernel_facts(find_kernel(broken, NEW), Cache(broken, writable=True), jobs=2)
+    assert facts.vmlinux is None
+    assert any(p.startswith("BTF: ") for p in facts.problems)
+    assert facts.module_kfuncs == {}
+    assert multiprocessing.active_children() == []
+
+
+def test_a_cold_read_caches_both_entries(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One pass, in a worker while vmlinux is read, fills both: a later run that looks a symbol
+    up scans nothing."""
+    started: list[object] = []
+    real = modscan.in_background
+
+    def counted(context: object, function: Callable[..., T], *args: object) -> Callable[[], T]:
+        started.append(function)
+        return real(context, function, *args)
+
+    monkeypatch.setattr(modscan, "in_background", counted)
     facts = load_kernel_facts(find_kernel(root, NEW), Cache(root, writable=True), jobs=2)
     assert "bpf_xdp_ct_lookup" in facts.module_kfuncs  # reads vmlinux, scans the modules
+    assert started == [modscan.scan_modules]
+    assert multiprocessing.active_children() == []
     cache = root / "var/cache/weak-bpf-progs"
-    assert list(cache.rglob("kfuncs-*.json")) and list(cache.rglob("modsyms-*.json"))
+    assert list(cache.rglob("kfuncs-*.json")) and list(cache.rglob("modbtf-*.bin"))
 
     def no_scan(*args: object, **kwargs: object) -> None:
         raise AssertionError("scanned again: the cache was not used")
@@ -75,3 +205,37 @@ def test_a_cold_read_caches_both_indexes(root: Path, tmp_path: Path) -> None:
         again = load_kernel_facts(find_kernel(root, NEW), Cache(root, writable=True), jobs=2)
         assert again.module_of_symbol("nf_conntrack_free") == "nf_conntrack"
         assert again.module_kfuncs["bpf_xdp_ct_lookup"].module == "nf_conntrack"
+        assert again.module_btf("nf_conntrack") is not None
+
+
+def test_a_root_where_no_worker_can_start_is_read_in_one_process(
+    root: Path, tmp_path: Path, old_progs: dict[str, Path]
+) -> None:
+    """An rpm scriptlet's chroot may have no /dev/shm, without which no worker pool starts: the
+    pass and the judging then run in one process, and the kernel is read all the same."""
+    fresh = copy_root(root, tmp_path / "root")
+    shutil.rmtree(fresh / "var/cache", ignore_errors=True)
+    for name in ("kfunc_module_ct", "break_attach"):
+        (fresh / "usr/lib/bpf/acme").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(old_progs[name], fresh / f"usr/lib/bpf/acme/{name}.bpf.o")
+    command = (
+        'mount -t tmpfs -o ro tmpfs /dev/shm && exec "$0" -m weak_bpf --root "$1" '
+        "--no-journal audit --json --jobs 2"
+    )
+    proc = subprocess.run(
+        [require_tool("unshare"), "-m", "sh", "-c", command, sys.executable, str(fresh)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr  # 1: findings (break_attach), not an error
+    verdicts = {
+        p["path"].rsplit("/", 1)[1]: p["results"][NEW]["verdict"]
+        for p in json.loads(proc.stdout)["programs"]
+    }
+    assert verdicts == {
+        "kfunc_module_ct.bpf.o": "compatible",
+        "break_attach.bpf.o": "incompatible",
+    }
+    assert list((fresh / "var/cache/weak-bpf-progs").rglob("kfuncs-*.json"))

@@ -237,7 +237,7 @@ class KernelFacts:
             self._fact(name)
         if self.vmlinux is not None:
             self.vmlinux.build_index()
-            self.module_of_symbol("")  # the first lookup reads every module's symbols
+            self.module_of_symbol("")  # reads every module's BTF, for the workers to search
 
     def defer(self, name: str, loader: Callable[[], Any]) -> None:
         """Read fact `name` with `loader` when it is first asked for."""

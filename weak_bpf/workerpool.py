@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import multiprocessing
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def default_jobs() -> int:
@@ -14,6 +18,22 @@ def default_jobs() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def usable_jobs(jobs: int | None = None) -> int:
+    """`jobs` processes (None: one per processor), or 1 where no worker can start: pools need
+    POSIX semaphores (/dev/shm), which the chroot of an installer or an rpm scriptlet may lack."""
+    wanted = default_jobs() if jobs is None else jobs
+    return wanted if wanted <= 1 or _workers_start() else 1
+
+
+@functools.cache
+def _workers_start() -> bool:
+    try:
+        multiprocessing.get_context("fork").Lock()
+    except (OSError, ImportError):
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -25,9 +45,32 @@ def pooled(context: Any, processes: int) -> Iterator[Any]:
     try:
         yield pool
     except BaseException:
-        for child in context.active_children():  # the pool's: callers start no others meanwhile
-            child.kill()
-        pool.terminate()
+        _kill(context, pool)
         raise
     pool.close()
     pool.join()
+
+
+def in_background(context: Any, function: Callable[..., T], *args: Any) -> Callable[[], T]:
+    """`function(*args)` started now in a worker process; the function returned waits for its
+    result (or its error) and ends the worker, as pooled does. Call it once."""
+    pool = context.Pool(1)
+    pending = pool.apply_async(function, args)
+
+    def result() -> T:
+        try:
+            value: T = pending.get()
+        except BaseException:
+            _kill(context, pool)
+            raise
+        pool.close()
+        pool.join()
+        return value
+
+    return result
+
+
+def _kill(context: Any, pool: Any) -> None:
+    for child in context.active_children():  # the pool's: callers start no others meanwhile
+        child.kill()
+    pool.terminate()

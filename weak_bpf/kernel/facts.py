@@ -26,7 +26,7 @@ from weak_bpf.parsers.elf import Buffer, section_bytes
 from weak_bpf.parsers.sysmap import SystemMap
 
 if TYPE_CHECKING:
-    from weak_bpf.kernel.modscan import ModuleIndex
+    from weak_bpf.kernel.modscan import ModuleBtf, ModuleScan
 
 INDEX_VERSION = "1"
 
@@ -82,46 +82,64 @@ def _image_btf_ids(
 T = TypeVar("T")
 
 
-def _module_indexes(
-    artifacts: KernelArtifacts, vmlinux: BTF, cache: Cache, problems: list[str], jobs: int
-) -> tuple[dict[str, ModuleKfunc], Callable[[str], str | None]]:
-    """The kfuncs of K's modules, and a lookup of the module defining a FUNC or VAR name. Both
-    indexes come from the cache, or from one scan of every module (modscan.py) that fills both;
-    the symbol index is read only when a lookup is made (most programs make none)."""
-    key = content_key(INDEX_VERSION, artifacts.kver, stat_key(list(artifacts.modules)))
-    kfuncs_name, symbols_name = f"kfuncs-{key}.json", f"modsyms-{key}.json"
-    scanned: ModuleIndex | None = None
+class _Modules:
+    """The kfuncs of K's modules, and their BTF (modscan.ModuleBtf). Both come from the cache,
+    or from one pass over every module (modscan.py) that fills both entries. On a cache miss the
+    pass starts before vmlinux's BTF is read, in a worker process, and is waited for after; the
+    modules' BTF is read only when asked for (most programs need none)."""
 
-    def scan() -> ModuleIndex:
-        nonlocal scanned
-        if scanned is None:
-            from weak_bpf.kernel.modscan import scan_modules  # on a cache miss only
+    def __init__(self, artifacts: KernelArtifacts, cache: Cache, problems: list[str], jobs: int):
+        from weak_bpf.kernel import modscan
 
-            scanned = scan_modules(artifacts, vmlinux, jobs=jobs)
-            problems.extend(scanned.problems)
-            if not scanned.problems:  # a module read again next time may read fine
-                kfuncs = {k: dataclasses.asdict(v) for k, v in sorted(scanned.kfuncs.items())}
-                cache.put(kfuncs_name, json.dumps(kfuncs, indent=0).encode())
-                cache.put(symbols_name, json.dumps(scanned.symbols, sort_keys=True).encode())
-        return scanned
+        self.modscan, self.artifacts, self.cache = modscan, artifacts, cache
+        self.problems, self.jobs = problems, jobs
+        key = content_key(INDEX_VERSION, artifacts.kver, stat_key(list(artifacts.modules)))
+        self.kfuncs_name, self.btf_name = f"kfuncs-{key}.json", f"modbtf-{key}.bin"
+        cached = cache.get_json(self.kfuncs_name)
+        try:
+            self.kfuncs = {k: ModuleKfunc(**v) for k, v in cached.items()} if cached else None
+        except (AttributeError, TypeError):
+            self.kfuncs = None  # a damaged entry
+        self._btf: ModuleBtf | None = None
+        self._pending = (
+            None if self.kfuncs is not None else modscan.scan_in_background(artifacts, jobs=jobs)
+        )
 
-    cached = cache.get_json(kfuncs_name)
-    try:
-        kfuncs = {k: ModuleKfunc(**v) for k, v in cached.items()} if cached else None
-    except (AttributeError, TypeError):
-        kfuncs = None  # a damaged entry
-    if kfuncs is None:
-        kfuncs = scan().kfuncs
-    symbols: dict[str, str] | None = None
+    def read(self, vmlinux: BTF | None) -> dict[str, ModuleKfunc]:
+        """The modules' kfuncs, named in their BTF on `vmlinux` (None: unreadable, no kfuncs)."""
+        pending, self._pending = self._pending, None
+        scanned = pending() if pending is not None else None  # waited for, whatever happens
+        if vmlinux is None:
+            return {}
+        if scanned is not None:
+            self._scanned(scanned, vmlinux)
+        return self.kfuncs or {}
 
-    def module_of(symbol: str) -> str | None:
-        nonlocal symbols
-        if symbols is None:
-            found = scanned.symbols if scanned is not None else cache.get_json(symbols_name)
-            symbols = found if isinstance(found, dict) else scan().symbols
-        return symbols.get(symbol)
+    def _scanned(self, scanned: ModuleScan, vmlinux: BTF) -> None:
+        before = len(self.problems)
+        self.problems.extend(scanned.problems)
+        self.kfuncs = self.modscan.name_kfuncs(scanned, vmlinux, self.problems)
+        if len(self.problems) == before:  # a module read again next time may read fine
+            kfuncs = {k: dataclasses.asdict(v) for k, v in sorted(self.kfuncs.items())}
+            self.cache.put(self.kfuncs_name, json.dumps(kfuncs, indent=0).encode())
+            self.cache.put(self.btf_name, self.modscan.pack_btf(scanned.raw_btf))
+        self._btf = self._module_btf(scanned.raw_btf, vmlinux)
 
-    return kfuncs, module_of
+    def module_btf(self, vmlinux: BTF) -> ModuleBtf:
+        """The modules' BTF: kept from the pass, or from the cache, or from a pass now."""
+        if self._btf is None:
+            data = self.cache.get(self.btf_name)
+            raw_btf = self.modscan.unpack_btf(data) if data is not None else None
+            if raw_btf is None:
+                self._scanned(self.modscan.scan_modules(self.artifacts, jobs=self.jobs), vmlinux)
+            else:
+                self._btf = self._module_btf(raw_btf, vmlinux)
+        assert self._btf is not None
+        return self._btf
+
+    def _module_btf(self, raw_btf: dict[str, Buffer], vmlinux: BTF) -> ModuleBtf:
+        files = {module_name(p): p for p in self.artifacts.modules}
+        return self.modscan.ModuleBtf(raw_btf, vmlinux, self.problems, files)
 
 
 def _attempt(problems: list[str], what: str, load: Callable[[], T]) -> T | None:
@@ -156,47 +174,25 @@ def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache, *, jobs: int = 1
     facts = KernelFacts(a.kver, a, problems=problems, lazy=lazy)
 
     def vmlinux() -> BTF | None:
-        loaded = _attempt(problems, "BTF", lambda: load_vmlinux_btf(a, cache)) if a.btf else None
-        btf, ids = loaded if loaded is not None else (None, None)
+        if a.btf is None:
+            facts.set_fact("vmlinux_btf_ids", None)
+            return None
+        modules = _Modules(a, cache, problems, jobs)  # may start the pass over the modules
+        loaded = None
+        try:
+            loaded = _attempt(problems, "BTF", lambda: load_vmlinux_btf(a, cache))
+        finally:
+            btf, ids = loaded if loaded is not None else (None, None)
+            facts.module_kfuncs_found = modules.read(btf)
         facts.set_fact("vmlinux_btf_ids", ids)
         if btf is not None:
-            kfuncs, module_of = _module_indexes(a, btf, cache, problems, jobs)
-            facts.module_kfuncs_found = kfuncs
-            facts.load_module_btf = _module_btf_loader(a, btf, problems)
-            facts.find_module_symbol = module_of
+            base = btf
+            facts.load_module_btf = lambda module: modules.module_btf(base).btf(module)
+            facts.find_module_symbol = lambda name: modules.module_btf(base).module_of(name)
         return btf
 
     facts.defer("vmlinux", vmlinux)
     return facts
-
-
-def _module_btf_loader(
-    artifacts: KernelArtifacts, vmlinux: BTF, problems: list[str]
-) -> Callable[[str], BTF | None]:
-    """A memoised loader of one module's split BTF, by module name."""
-    by_name = {module_name(p): p for p in artifacts.modules}
-    loaded: dict[str, BTF | None] = {}
-
-    def load(path: Path) -> BTF | None:
-        return _module_btf(read_file(path), path, vmlinux)
-
-    def module_btf(module: str) -> BTF | None:
-        if module not in loaded:
-            path = by_name.get(module.replace("-", "_"))
-            loaded[module] = (
-                None
-                if path is None
-                else _attempt(problems, f"module {module}", partial(load, path))
-            )
-        return loaded[module]
-
-    return module_btf
-
-
-def _module_btf(data: Buffer, path: Path, vmlinux: BTF) -> BTF | None:
-    """A module's split BTF, straight from its `.BTF` section; None if it has none."""
-    raw = section_bytes(data, ".BTF", str(path))
-    return None if raw is None else BTF.from_bytes(raw, base=vmlinux, source=str(path))
 
 
 def facts_from_files(btf_file: Path, symvers_file: Path | None = None) -> KernelFacts:

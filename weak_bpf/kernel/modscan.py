@@ -1,105 +1,244 @@
-"""One pass over every module of a kernel: the kfuncs that their `.BTF_ids` sets register, and
-the FUNC and VAR names of their BTF (to find which module defines a kprobe or fentry target).
+"""Kernel modules' BTF: one pass over every module of a kernel, and the lookups in what it kept.
 
-A distribution kernel has about 1,100 modules. Each is opened once for both indexes, and the pass
-is split in contiguous shares: this process scans the first, worker processes forked after
-vmlinux's BTF is read (a module's BTF is split BTF on it) the others. The shares are joined in
-module order, so that the first module defining a name wins, as in one process.
+A distribution kernel has about 1,100 modules. The pass opens each once, finds its `.BTF` and
+`.BTF_ids` sections without building the rest of its section table, keeps the raw `.BTF` (8 MB
+for all of Debian's modules), and reads the kfunc sets of the few modules that have `.BTF_ids`.
+Compressed modules (RHEL, Fedora: `.ko.xz`) cost most in unpacking, so their pass is split in
+contiguous shares over worker processes, joined in module order.
+
+Which module defines a FUNC or VAR name (a kprobe, fentry or ksym target that vmlinux lacks) is
+found by searching each module's string section for the name first; only a module whose strings
+hold it has its BTF parsed. A name that is also a string of vmlinux's may be named through it, so
+it is looked up in an index of every module's FUNC and VAR names, built the first time one is
+asked for. The first module in module order wins.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from weak_bpf.errors import WeakBpfError
+from weak_bpf.errors import BTFError, WeakBpfError
 from weak_bpf.kernel import load as kernel_data
 from weak_bpf.kernel.find import KernelArtifacts, module_name
 from weak_bpf.model import ModuleKfunc
+from weak_bpf.parsers import btfblob
 from weak_bpf.parsers.btf import BTF, Kind
-from weak_bpf.parsers.elf import section_headers
-from weak_bpf.workerpool import pooled
+from weak_bpf.parsers.elf import Buffer, find_sections
+from weak_bpf.workerpool import in_background, pooled
 
-PARALLEL_FROM = 300  # fewer modules are scanned in this process: forking costs more
+if TYPE_CHECKING:
+    from weak_bpf.parsers.kmod import IdSetEntry
+
+PARALLEL_FROM = 300  # fewer compressed modules are unpacked in this process: forking costs more
+
+
+@dataclasses.dataclass(frozen=True)
+class KfuncSets:
+    """The kfunc set entries of one module: BTF ids, named once vmlinux's BTF is read."""
+
+    key: str  # the module's name from its file, as in ModuleScan.raw_btf
+    module: str  # the name it gives itself
+    relative: str  # its file
+    entries: tuple[IdSetEntry, ...]
 
 
 @dataclasses.dataclass
-class ModuleIndex:
-    kfuncs: dict[str, ModuleKfunc]  # kfunc -> the first module registering it
-    symbols: dict[str, str]  # FUNC or VAR name -> the first module defining it
+class ModuleScan:
+    kfunc_sets: list[KfuncSets]  # in module order
+    raw_btf: dict[str, Buffer]  # module name -> its `.BTF`, in module order
     problems: list[str]  # modules that could not be read
 
 
-def scan_modules(artifacts: KernelArtifacts, vmlinux: BTF, *, jobs: int = 1) -> ModuleIndex:
-    """Both indexes of every module of `artifacts`, in `jobs` processes at most."""
+def scan_modules(artifacts: KernelArtifacts, *, jobs: int = 1) -> ModuleScan:
+    """What the pass keeps of every module of `artifacts`, in `jobs` processes at most. It needs
+    no vmlinux BTF, so that it may run while that is unpacked (in_background)."""
     paths = list(artifacts.modules)
-    shares = min(jobs, len(paths) // (PARALLEL_FROM // 2) or 1)
-    if shares <= 1 or len(paths) < PARALLEL_FROM or multiprocessing.current_process().daemon:
-        parts = [_scan(artifacts, vmlinux, paths)]  # (a pool's worker may not start another)
+    compressed = sum(not p.name.endswith(".ko") for p in paths)
+    shares = min(jobs, compressed // (PARALLEL_FROM // 2) or 1)
+    if shares <= 1 or compressed < PARALLEL_FROM or multiprocessing.current_process().daemon:
+        parts = [_scan(artifacts, paths)]  # (a pool's worker may not start another)
     else:
-        global _WORK  # noqa: PLW0603  (what the forked workers inherit)
-        _WORK = (artifacts, vmlinux)
         size = -(-len(paths) // shares)
         cuts = [paths[i : i + size] for i in range(0, len(paths), size)]
-        try:  # this process scans the first share while the workers scan the others
-            with pooled(multiprocessing.get_context("fork"), len(cuts) - 1) as pool:
-                others = pool.map_async(_scan_in_worker, cuts[1:], chunksize=1)
-                parts = [_scan(artifacts, vmlinux, cuts[0]), *others.get()]
-        finally:
-            _WORK = None
-    index = ModuleIndex({}, {}, [])
+        # this process scans the first share while the workers scan the others
+        with pooled(multiprocessing.get_context("fork"), len(cuts) - 1) as pool:
+            others = pool.starmap_async(_scan, [(artifacts, cut) for cut in cuts[1:]], 1)
+            parts = [_scan(artifacts, cuts[0]), *others.get()]
+    scan = ModuleScan([], {}, [])
     for part in parts:
-        for name, kfunc in part.kfuncs.items():
-            index.kfuncs.setdefault(name, kfunc)
-        for name, module in part.symbols.items():
-            index.symbols.setdefault(name, module)
-        index.problems.extend(part.problems)
-    return index
+        scan.kfunc_sets.extend(part.kfunc_sets)
+        for module, raw in part.raw_btf.items():
+            scan.raw_btf.setdefault(module, raw)
+        scan.problems.extend(part.problems)
+    return scan
 
 
-_WORK: tuple[KernelArtifacts, BTF] | None = None
+def scan_in_background(artifacts: KernelArtifacts, *, jobs: int = 1) -> Callable[[], ModuleScan]:
+    """scan_modules started now in a worker process (when `jobs` allows one more), while this
+    process goes on reading vmlinux; the function returned waits for it."""
+    forking = jobs > 1 and not multiprocessing.current_process().daemon
+    compressed = sum(not p.name.endswith(".ko") for p in artifacts.modules)
+    if not forking or compressed >= PARALLEL_FROM:  # those are shared among workers instead
+        return functools.partial(scan_modules, artifacts, jobs=jobs)
+    return in_background(multiprocessing.get_context("fork"), scan_modules, artifacts)
 
 
-def _scan_in_worker(paths: Sequence[Path]) -> ModuleIndex:
-    assert _WORK is not None
-    return _scan(*_WORK, paths)
-
-
-def _scan(artifacts: KernelArtifacts, vmlinux: BTF, paths: Sequence[Path]) -> ModuleIndex:
-    index = ModuleIndex({}, {}, [])
+def _scan(artifacts: KernelArtifacts, paths: Sequence[Path]) -> ModuleScan:
+    scan = ModuleScan([], {}, [])
     for path in paths:
         try:
-            _scan_one(artifacts, vmlinux, path, index)
+            _scan_one(artifacts, path, scan)
         except WeakBpfError as e:
-            index.problems.append(f"module {artifacts.relative(path)}: {e}")
-    return index
+            scan.problems.append(f"module {artifacts.relative(path)}: {e}")
+    return scan
 
 
-def _scan_one(artifacts: KernelArtifacts, vmlinux: BTF, path: Path, index: ModuleIndex) -> None:
+def _scan_one(artifacts: KernelArtifacts, path: Path, scan: ModuleScan) -> None:
     source = str(path)
     with kernel_data.module_data(path) as data:
-        headers = {h.name: h for h in reversed(section_headers(data, source))}  # the first wins
-        btf_section = headers.get(".BTF")
-        if btf_section is None:
+        found = find_sections(data, (".BTF", ".BTF_ids"), source)
+        if ".BTF" not in found:
             return
-        btf_raw = bytes(data[btf_section.offset : btf_section.offset + btf_section.size])
-        whole = bytes(data) if ".BTF_ids" in headers else None  # only these register kfuncs
-    btf = BTF.from_bytes(btf_raw, base=vmlinux, source=source)
+        at, size = found[".BTF"]
+        raw = bytes(data[at : at + size])
+        whole = bytes(data) if ".BTF_ids" in found else None  # only these register kfuncs
     name = module_name(path)
-    for kind in (Kind.FUNC, Kind.VAR):
-        for type_id in btf.ids_of_kind(kind):
-            index.symbols.setdefault(btf.name(type_id), name)
-    if whole is None:
-        return
-    from weak_bpf.parsers.kmod import read_kernel_object  # pyelftools, on a cache miss
+    if whole is not None:
+        from weak_bpf.parsers.kmod import read_kernel_object  # pyelftools, on a cache miss
 
-    ko = read_kernel_object(whole, source)
-    module = ko.name or name
-    relative = artifacts.relative(path) or source
-    for kset in ko.kfunc_sets:
-        for entry in kset.entries:
+        ko = read_kernel_object(whole, source)
+        entries = tuple(e for kset in ko.kfunc_sets for e in kset.entries)
+        if entries:
+            relative = artifacts.relative(path) or source
+            scan.kfunc_sets.append(KfuncSets(name, ko.name or name, relative, entries))
+    scan.raw_btf.setdefault(name, raw)
+
+
+def name_kfuncs(scan: ModuleScan, vmlinux: BTF, problems: list[str]) -> dict[str, ModuleKfunc]:
+    """The kfuncs the modules' sets register, by name (the first module wins): a set gives BTF
+    ids, named in the module's BTF on vmlinux."""
+    kfuncs: dict[str, ModuleKfunc] = {}
+    for sets in scan.kfunc_sets:
+        try:
+            btf = BTF.from_bytes(scan.raw_btf[sets.key], base=vmlinux, source=sets.relative)
+        except BTFError as e:
+            problems.append(f"module {sets.relative}: {e}")
+            continue
+        for entry in sets.entries:
             if btf.start_id <= entry.btf_id < btf.nr_types:
-                kfunc = ModuleKfunc(module, relative, entry.flags)
-                index.kfuncs.setdefault(btf.name(entry.btf_id), kfunc)
+                kfunc = ModuleKfunc(sets.module, sets.relative, entry.flags)
+                kfuncs.setdefault(btf.name(entry.btf_id), kfunc)
+    return kfuncs
+
+
+class ModuleBtf:
+    """The split BTF of each module, on vmlinux, parsed when first asked for; and which module
+    defines a FUNC or VAR name. A module whose BTF does not parse is a problem, once."""
+
+    def __init__(
+        self,
+        raw_btf: dict[str, Buffer],
+        vmlinux: BTF,
+        problems: list[str],
+        files: dict[str, Path] | None = None,
+    ) -> None:
+        self.raw_btf = raw_btf
+        self.vmlinux = vmlinux
+        self.problems = problems
+        self.files = files or {}  # module name -> its file, named in errors
+        self._parsed: dict[str, BTF | None] = {}
+        self._found: dict[str, str | None] = {}
+        self._all: dict[str, str] | None = None
+
+    def btf(self, module: str) -> BTF | None:
+        """Module `module`'s BTF; None if it has none or it does not parse."""
+        module = module.replace("-", "_")
+        if module not in self._parsed:
+            self._parsed[module] = self._parse(module)
+        return self._parsed[module]
+
+    def module_of(self, name: str) -> str | None:
+        """The first module whose BTF defines FUNC or VAR `name`; None if none does."""
+        if name not in self._found:
+            self._found[name] = self._search(name) if name else None
+        return self._found[name]
+
+    def _parse(self, module: str) -> BTF | None:
+        raw = self.raw_btf.get(module)
+        source = str(self.files.get(module, f"module {module}"))
+        try:
+            return BTF.from_bytes(raw, base=self.vmlinux, source=source) if raw else None
+        except BTFError as e:
+            self.problems.append(f"module {module}: {e}")
+            return None
+
+    def _search(self, name: str) -> str | None:
+        if self.vmlinux.has_string(name):  # a module may name it with vmlinux's string
+            return self._index().get(name)
+        needle = name.encode("utf-8", "surrogatepass") + b"\0"
+        for module, raw in self.raw_btf.items():
+            btf = self.btf(module) if _strings_hold(raw, needle) else None
+            if btf is not None and any(
+                i >= btf.start_id for kind in (Kind.FUNC, Kind.VAR) for i in btf.find(name, kind)
+            ):
+                return module
+        return None
+
+    def _index(self) -> dict[str, str]:
+        """Every module's FUNC and VAR names, the first module winning; built once, keeping no
+        module's BTF."""
+        if self._all is None:
+            self._all = {}
+            for module in self.raw_btf:
+                btf = self._parsed[module] if module in self._parsed else self._parse(module)
+                if btf is None:
+                    self._parsed[module] = None  # its problem is said once
+                    continue
+                for kind in (Kind.FUNC, Kind.VAR):
+                    for type_id in btf.ids_of_kind(kind):
+                        self._all.setdefault(btf.name(type_id), module)
+        return self._all
+
+
+def _strings_hold(raw: Buffer, needle: bytes) -> bool:
+    """Whether the string section of raw BTF `raw` holds `needle` (a name and its NUL); a blob
+    whose header does not read may hold anything."""
+    try:
+        header = btfblob.read_header(memoryview(raw), _no_detail)
+    except BTFError:
+        return True
+    start = header.strings_start
+    return bytes(raw[start : start + header.strings_len]).find(needle) >= 0
+
+
+def _no_detail(message: str, offset: int, hint: str | None = None) -> BTFError:
+    return BTFError(message, offset=offset, hint=hint)
+
+
+def pack_btf(raw_btf: dict[str, Buffer]) -> bytes:
+    """The modules' raw BTF as one cache entry: a JSON line of [module, size] pairs, then the
+    blobs in that order."""
+    sizes = [[module, len(raw)] for module, raw in raw_btf.items()]
+    return b"".join([json.dumps(sizes).encode(), b"\n", *map(bytes, raw_btf.values())])
+
+
+def unpack_btf(data: bytes) -> dict[str, Buffer] | None:
+    """pack_btf's input back, as views of `data`; None if `data` is not such an entry."""
+    line, _, blobs = data.partition(b"\n")
+    try:
+        sizes = json.loads(line)
+        view = memoryview(blobs)
+        raw_btf: dict[str, Buffer] = {}
+        at = 0
+        for module, size in sizes:
+            raw_btf[module] = view[at : at + size]
+            at += size
+    except (ValueError, TypeError):
+        return None
+    return raw_btf if at == len(blobs) else None

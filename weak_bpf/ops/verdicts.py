@@ -29,7 +29,7 @@ from weak_bpf.program.installed import (
     load_program,
     object_path,
 )
-from weak_bpf.workerpool import default_jobs
+from weak_bpf.workerpool import usable_jobs
 
 log = logging.getLogger("weak-bpf-progs")
 
@@ -153,7 +153,7 @@ def audit(
         raise WeakBpfError(f"{root}: no such directory", hint="--root names an installed system")
     store = Cache(root, writable=cache)
     config = config or settings(root)  # read once: its errors are reported once
-    jobs = jobs if jobs is not None else default_jobs()
+    jobs = usable_jobs(jobs)
     facts = []
     for kver in list(kvers) or list(kernel.judged_kernels(root)):
         if progress is not None:

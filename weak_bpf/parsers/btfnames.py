@@ -56,6 +56,11 @@ class NameIndex:
             ids.extend(self.base.find(name, kind))
         return tuple(ids)
 
+    def has_string(self, name: str) -> bool:
+        """Whether a string of this blob or its base reads `name` (a type's name may point into
+        the base's strings, or at the tail of a longer string)."""
+        return bool(self._offsets_of(name.encode("utf-8", "surrogatepass")))
+
     def build_index(self) -> None:
         """Build the name index now; it is otherwise built on the first lookup."""
         self._name_index()
