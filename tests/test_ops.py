@@ -13,6 +13,7 @@ import pytest
 
 from weak_bpf import ops, report
 from weak_bpf.kernel.cache import CACHE_DIR
+from weak_bpf.parsers import bpfobject
 from weak_bpf.program.installed import InstalledProgram
 
 import exampleroot
@@ -142,12 +143,12 @@ def test_without_cache_nothing_is_written(root: Path) -> None:
     assert not (root / CACHE_DIR).exists()
 
 
-@pytest.mark.parametrize("jobs", [1, 2])
 def _two_chunks(tasks: Any) -> list[list[int]]:
-    """Two chunks that keep objects of one size together, as judging._chunks does."""
+    """Two chunks that keep objects of one size together, in a row, as judging._chunks does."""
     sizes = sorted({t.size for t in tasks})
     first = set(sizes[: len(sizes) // 2])
-    chunks = [[i for i, t in enumerate(tasks) if (t.size in first) == side] for side in (1, 0)]
+    by_size = sorted(range(len(tasks)), key=lambda i: tasks[i].size)
+    chunks = [[i for i in by_size if (tasks[i].size in first) == side] for side in (1, 0)]
     assert all(chunks), "the root has objects of too few sizes for two chunks"
     return chunks
 
@@ -178,7 +179,16 @@ def test_identical_objects_are_judged_once_per_kernel(
             f.write(f"{os.getpid()} {loaded.program.path}\n")
         return real(loaded, facts, memo)
 
+    reads = tmp_path / "read"  # one line per object read whole (past its section table)
+    real_symbols = bpfobject._Reader._symbols
+
+    def reading(reader: Any) -> Any:
+        with open(reads, "a") as f:
+            f.write(f"{reader.source}\n")
+        return real_symbols(reader)
+
     monkeypatch.setattr(judging, "evaluate", counting)
+    monkeypatch.setattr(bpfobject._Reader, "_symbols", reading)
     monkeypatch.setattr(judging, "PARALLEL_FROM", 1)
     monkeypatch.setattr(judging, "_chunks", lambda tasks, jobs: _two_chunks(tasks))
     report = ops.audit(root, cache=False, jobs=jobs)
@@ -188,6 +198,9 @@ def test_identical_objects_are_judged_once_per_kernel(
     assert (os.getpid() in map(int, workers)) == (jobs == 1)
     assert len(workers) == jobs
     same = ["usr/lib/bpf/acme-trace/exec_state.bpf.o"] + [f"usr/lib/bpf/{c}" for c in copies]
+    read = reads.read_text().splitlines()
+    assert sum(p in read for p in [*same, "usr/lib/bpf/vendor-c/exec_state.bpf.o"]) == 1
+    assert len(read) == len(set(read)) < len(report.programs)
     kernels = len(report.kernels)
     assert kernels == 2
     assert sum(judged.count(p) for p in same) == kernels  # one of the four, once per kernel

@@ -7,12 +7,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from weak_bpf.model import KernelFacts, Result
 from weak_bpf.parsers.greylist import Greylist
 from weak_bpf.program.installed import InstalledProgram, LoadedProgram, load_program
 from weak_bpf.workerpool import pooled
+
+if TYPE_CHECKING:
+    from weak_bpf.parsers.objvalues import BpfObject
 
 Entry = dict[str, Any]  # a cache table entry: {"build_kernel": ..., "result": Result JSON}
 
@@ -63,9 +66,9 @@ def judge(
     results: list[Judged | None] = [None] * len(tasks)
     done = 0
     if jobs <= 1 or len(tasks) < PARALLEL_FROM or len(chunks) < 2:
-        shared: dict[tuple[str, str], Entry] = {}
-        for index in range(len(tasks)):  # one at a time, for the progress line
-            answer = _judge_chunk(root, tasks, [index], by_kver, shared)
+        judging = _Judging()
+        for index in (i for chunk in chunks for i in chunk):  # one at a time, for progress
+            answer = _judge_chunk(root, tasks, [index], by_kver, judging)
             done = _collect(answer, results, done, progress)
     else:
         import multiprocessing
@@ -147,26 +150,45 @@ def _judge_chunk(
     tasks: Sequence[Task],
     chunk: list[int],
     by_kver: dict[str, KernelFacts],
-    shared: dict[tuple[str, str], Entry] | None = None,
+    judging: _Judging | None = None,
 ) -> list[tuple[int, Judged]]:
-    """Judge the chunk's tasks; `shared`: the entries of (object digest, kver) judged so far."""
+    """Judge the chunk's tasks; `judging`: what the tasks judged so far in this process share."""
     from weak_bpf.engine.checks import ObjectMemo
 
-    shared = {} if shared is None else shared
+    judging = _Judging() if judging is None else judging
     answer = []
     for index in chunk:
         task = tasks[index]
-        loaded = load_program(root, task.program)
+        loaded = judging.load(root, task)
         memo = ObjectMemo(loaded.obj) if loaded.obj is not None else None
         entries = {}
         for kver in task.kvers:
             same = (loaded.digest, kver) if loaded.digest else None
-            entry = shared.get(same) if same is not None else None
+            entry = judging.entries.get(same) if same is not None else None
             if entry is None:
                 result = evaluate(loaded, by_kver[kver], memo)
                 entry = {"build_kernel": loaded.build_kernel, "result": result.to_json()}
                 if same is not None:
-                    shared[same] = entry
+                    judging.entries[same] = entry
             entries[kver] = entry
         answer.append((index, Judged(loaded.build_kernel, loaded.greylist, entries)))
     return answer
+
+
+class _Judging:
+    """What the tasks judged in one process share: the entries of (object digest, kver), and
+    the objects of the size last read, by digest (identical objects are read once; tasks come
+    grouped by size, so that a few objects are kept at a time)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], Entry] = {}
+        self._objects: dict[str, BpfObject] = {}
+        self._size: int | None = None
+
+    def load(self, root: Path, task: Task) -> LoadedProgram:
+        if task.size != self._size:
+            self._objects, self._size = {}, task.size
+        loaded = load_program(root, task.program, seen=self._objects)
+        if loaded.obj is not None:
+            self._objects[loaded.obj.digest] = loaded.obj
+        return loaded

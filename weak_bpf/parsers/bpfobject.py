@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import re
 import struct
+from collections.abc import Mapping
 
 from weak_bpf.errors import BTFError, ELFError, ParseError
 from weak_bpf.parsers.btf import BTF, Kind
@@ -59,11 +60,15 @@ GREYLIST = ".greylist"
 _DATA_PREFIXES = (".data", ".rodata", ".bss")
 
 
-def read_bpf_object(data: Buffer, source: str | None = None) -> BpfObject:
+def read_bpf_object(
+    data: Buffer, source: str | None = None, *, seen: Mapping[str, BpfObject] | None = None
+) -> BpfObject:
     """Read a BPF ELF object (bytes, or a mapped file: its DWARF is never touched). Raises
-    ELFError (or BTFError for bad BTF) on bad input."""
+    ELFError (or BTFError for bad BTF) on bad input. `seen`: objects read before, by digest; an
+    object with one of their digests is that object, named `source`, and only its section table
+    is read."""
     try:
-        return _Reader(data, source).read()
+        return _Reader(data, source).read(seen or {})
     except ParseError as err:
         raise (err.located(source) if source else err) from None
     except (
@@ -97,10 +102,13 @@ class _Reader:
 
     # --- ELF structure -------------------------------------------------------------------------
 
-    def read(self) -> BpfObject:
+    def read(self, seen: Mapping[str, BpfObject]) -> BpfObject:
         if bytes(self.raw[:4]) != b"\x7fELF":
             raise ELFError("not an ELF file (bad magic)", offset=0)
         self.sections = self._elf_layout()
+        same = seen.get(self.digest)
+        if same is not None:
+            return dataclasses.replace(same, source=self.source)
         self.by_name = {sec.name: sec for sec in self.sections}
         self.symbols = self._symbols()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -118,9 +118,12 @@ def program_for_path(root: Path, path: Path) -> InstalledProgram | None:
     return next((p for p in installed_programs(root) if p.path == rel), None)
 
 
-def load_program(root: Path, program: InstalledProgram) -> LoadedProgram:
+def load_program(
+    root: Path, program: InstalledProgram, *, seen: Mapping[str, BpfObject] | None = None
+) -> LoadedProgram:
     """Read the object and its greylist (sidecar `<object>.greylist`, else the `.greylist`
-    section); a malformed one is reported in `error`, never raised."""
+    section); a malformed one is reported in `error`, never raised. `seen`: objects read before,
+    by digest, that an identical object is taken from instead of being read again."""
     source = program.path
     try:
         target = resolve_in_root(root, program.path)
@@ -129,7 +132,7 @@ def load_program(root: Path, program: InstalledProgram) -> LoadedProgram:
                 "a link leads out of the root" if os.path.lexists(root / source) else "no such file"
             )
             raise ParseError(why, source=source)
-        obj = _read_object(target, source)
+        obj = _read_object(target, source, seen)
         digest = hashlib.sha256(obj.digest.encode())
         digest.update(b"\0" + (program.native_kernel or "").encode("utf-8", "surrogateescape"))
     except ParseError as e:
@@ -156,7 +159,7 @@ def load_program(root: Path, program: InstalledProgram) -> LoadedProgram:
     return LoadedProgram(program, obj, greylist, digest=digest.hexdigest())
 
 
-def _read_object(path: Path, source: str) -> BpfObject:
+def _read_object(path: Path, source: str, seen: Mapping[str, BpfObject] | None) -> BpfObject:
     """The object at `path`, mapped so that its DWARF (most of its bytes) is never read; a
     compressed one is unpacked first."""
     from weak_bpf.parsers.bpfobject import read_bpf_object  # a warm run reads no object
@@ -165,13 +168,13 @@ def _read_object(path: Path, source: str) -> BpfObject:
         head = bytes(data[:16])  # enough for every compression magic
         if compression.detect(head) is not None:
             raw = compression.maybe_decompress(bytes(data), str(path), max_size=MAX_OBJECT_SIZE)
-            return read_bpf_object(raw, source)
+            return read_bpf_object(raw, source, seen=seen)
         if len(data) > MAX_OBJECT_SIZE:
             raise ParseError(
                 f"larger than {compression.size_text(MAX_OBJECT_SIZE)}, the most it reads",
                 source=str(path),
             )
-        return read_bpf_object(data, source)
+        return read_bpf_object(data, source, seen=seen)
 
 
 def loose_program(path: Path) -> LoadedProgram:
