@@ -73,16 +73,6 @@ def settings(root: Path) -> Config:
         return Config()
 
 
-def _artifacts(root: Path, kver: str, config: Config) -> kernel.KernelArtifacts:
-    """K's artifacts, with the kABI stablelist the configuration names for K, if any."""
-    artifacts = kernel.find_kernel(root, kver)
-    override = config.kabi_override(kver)
-    if override is not None:
-        path = resolve_in_root(root, override) or root / override
-        artifacts = dataclasses.replace(artifacts, kabi_list=path)
-    return artifacts
-
-
 def kernel_facts(
     root: Path,
     kvers: Sequence[str] = (),
@@ -95,8 +85,23 @@ def kernel_facts(
     oldest first. `jobs`: the processes that may scan a kernel's modules."""
     store = Cache(root, writable=cache)
     config = config or settings(root)
-    wanted = list(kvers) or list(kernel.judged_kernels(root))
-    return [load_kernel_facts(_artifacts(root, k, config), store, jobs=jobs) for k in wanted]
+    return [_facts(root, a, store, config, jobs) for a in _kernels(root, kvers)]
+
+
+def _kernels(root: Path, kvers: Sequence[str]) -> Sequence[kernel.KernelArtifacts]:
+    """The given kernels (each must be installed or running), or every one that can be judged."""
+    return [kernel.find_kernel(root, k) for k in kvers] if kvers else kernel.find_kernels(root)
+
+
+def _facts(
+    root: Path, artifacts: kernel.KernelArtifacts, store: Cache, config: Config, jobs: int
+) -> KernelFacts:
+    """K's facts, read on first use, with the kABI stablelist the configuration names for K."""
+    override = config.kabi_override(artifacts.kver)
+    if override is not None:
+        path = resolve_in_root(root, override) or root / override
+        artifacts = dataclasses.replace(artifacts, kabi_list=path)
+    return load_kernel_facts(artifacts, store, jobs=jobs)
 
 
 RESULTS_VERSION = "2"
@@ -155,10 +160,10 @@ def audit(
     config = config or settings(root)  # read once: its errors are reported once
     jobs = usable_jobs(jobs)
     facts = []
-    for kver in list(kvers) or list(kernel.judged_kernels(root)):
+    for artifacts in _kernels(root, kvers):
         if progress is not None:
-            progress(f"reading kernel {kver}...")
-        facts.extend(kernel_facts(root, [kver], cache=cache, config=config, jobs=jobs))
+            progress(f"reading kernel {artifacts.kver}...")
+        facts.append(_facts(root, artifacts, store, config, jobs))
     names = {f.kver: f"results-{_kernel_key(f)}.json" for f in facts}
     tables = {kver: store.get_json(name) or {} for kver, name in names.items()}
     selected = [
@@ -214,7 +219,7 @@ def audit(
     report = AuditReport(root, tuple(f.kver for f in facts), tuple(audits))
     # --- verify: fold in what K's own verifier said, when a past `verify` cached it ---
     if verified:
-        report = fold_cached(root, report)
+        report = fold_cached(report, [f.artifacts for f in facts])
     return report
 
 
@@ -253,4 +258,5 @@ def explain(root: Path, path: Path, kvers: Sequence[str] = ()) -> ProgramAudit:
     }
     audited = ProgramAudit(loaded.program, loaded.build_kernel, results, loaded.greylist)
     # --- verify: fold in what K's own verifier said, when a past `verify` cached it ---
-    return fold_object(root, audited, object_path(root, path) if program is None else None)
+    loose = object_path(root, path) if program is None else None
+    return fold_object(root, audited, loose, [f.artifacts for f in facts])

@@ -4,11 +4,11 @@ this boots nothing, and costs nothing when `verify` never ran."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from weak_bpf.files.paths import resolve_in_root
-from weak_bpf.kernel import find as kernel
 from weak_bpf.kernel.cache import CACHE_DIR, Cache
 from weak_bpf.kernel.find import KernelArtifacts, module_name
 from weak_bpf.ops.audited import AuditReport, ProgramAudit
@@ -35,22 +35,25 @@ def fold_outcomes(
     return dataclasses.replace(report, programs=tuple(programs))
 
 
-def fold_cached(root: Path, report: AuditReport) -> AuditReport:
-    """`report` with the outcomes a past `verify` cached for its objects and kernels; boots
-    nothing, and costs nothing when `verify` never ran."""
+def fold_cached(report: AuditReport, kernels: Sequence[KernelArtifacts]) -> AuditReport:
+    """`report` with the outcomes a past `verify` cached for its objects on `kernels` (its
+    kernels, as found); boots nothing, and costs nothing when `verify` never ran."""
+    root = report.root
     if not (root / CACHE_DIR / "verify").is_dir():
         return report
     files = {p.program.path: resolve_in_root(root, p.program.path) for p in report.programs}
-    return fold_outcomes(report, _cached(root, report, files))
+    return fold_outcomes(report, _cached(root, kernels, files))
 
 
-def fold_object(root: Path, audited: ProgramAudit, loose: Path | None) -> ProgramAudit:
-    """`explain`'s one program with the outcomes a past `verify` cached for it: an installed
-    program, or a `loose` object file (found by its content)."""
+def fold_object(
+    root: Path, audited: ProgramAudit, loose: Path | None, kernels: Sequence[KernelArtifacts]
+) -> ProgramAudit:
+    """`explain`'s one program with the outcomes a past `verify` cached for it on `kernels`: an
+    installed program, or a `loose` object file (found by its content)."""
     path = audited.program.path
     file = loose if loose is not None else resolve_in_root(root, path)
     report = AuditReport(root, tuple(audited.results), (audited,))
-    outcomes = _cached(root, report, {path: file}, hashing=loose is not None)
+    outcomes = _cached(root, kernels, {path: file}, hashing=loose is not None)
     return fold_outcomes(report, outcomes).programs[0]
 
 
@@ -60,9 +63,13 @@ def module_files(artifacts: KernelArtifacts) -> dict[str, Path]:
 
 
 def _cached(
-    root: Path, report: AuditReport, files: dict[str, Path | None], *, hashing: bool = False
+    root: Path,
+    kernels: Sequence[KernelArtifacts],
+    files: dict[str, Path | None],
+    *,
+    hashing: bool = False,
 ) -> dict[tuple[str, str], Verification]:
-    """The cached outcomes of `files` (program path -> its object) on the report's kernels.
+    """The cached outcomes of `files` (program path -> its object) on `kernels`.
     Content keys come from the index `verify` wrote; with `hashing`, a file it does not list
     (a loose object `explain` was given) is hashed."""
     if not (root / CACHE_DIR / "verify").is_dir():
@@ -72,8 +79,8 @@ def _cached(
     cache = Cache(root, writable=False)
     keys = store.Keys(cache, hashing=hashing)
     boots = {}
-    for kver in report.kernels:
-        artifacts = kernel.find_kernel(root, kver)
+    for artifacts in kernels:
+        kver = artifacts.kver
         image_key = keys.of(artifacts.image)
         if image_key is None:
             continue
