@@ -153,7 +153,6 @@ class BTF(NameIndex):
         self._name_keys: array | None = None
         self._str_first: dict[bytes, int] | None = None
         self._str_more: dict[bytes, list[int]] = {}
-        self._str_starts: array | None = None
         self._by_kind: dict[int, tuple[int, ...]] | None = None
         self._tags: dict[int, list[int]] | None = None
         self._ptr_size: int | None = None

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Iterable
-from itertools import accumulate, repeat
-from operator import add, lshift, or_
+from itertools import repeat
+from operator import lshift, or_
 
 from weak_bpf.parsers.btftypes import Kind
 
@@ -31,7 +30,6 @@ class NameIndex:
     _name_keys: array | None
     _str_first: dict[bytes, int] | None
     _str_more: dict[bytes, list[int]]
-    _str_starts: array | None
 
     def kind(self, type_id: int) -> Kind:
         raise NotImplementedError
@@ -57,9 +55,10 @@ class NameIndex:
         return tuple(ids)
 
     def has_string(self, name: str) -> bool:
-        """Whether a string of this blob or its base reads `name` (a type's name may point into
-        the base's strings, or at the tail of a longer string)."""
-        return bool(self._offsets_of(name.encode("utf-8", "surrogatepass")))
+        """Whether a string of this blob or its base reads `name`, or ends with it (a type's name
+        may point into the base's strings, or at the tail of a longer string)."""
+        needle = name.encode("utf-8", "surrogatepass") + b"\0"
+        return needle in self._strings or (self.base is not None and self.base.has_string(name))
 
     def build_index(self) -> None:
         """Build the name index now; it is otherwise built on the first lookup."""
@@ -81,51 +80,33 @@ class NameIndex:
         return self._name_keys
 
     def _string_index(self) -> dict[bytes, int]:
-        """String -> its first offset in this blob's own string section (built once)."""
+        """Type name -> its first offset in this blob's own string section (built once). Only
+        the strings that name a type are indexed, and no other string is copied out: a lookup
+        by name wants no other, and a kernel's index is a third of what all strings cost."""
         if self._str_first is None:
-            parts = self._strings.split(b"\0")
-            parts.pop()  # the piece after the final NUL
-            starts = list(accumulate(map(add, map(len, parts), repeat(1)), initial=self._str_start))
-            starts.pop()
-            first = dict(zip(reversed(parts), reversed(starts)))
-            if len(first) < len(parts):  # duplicate strings: rare, keep every offset
-                for text, count in Counter(parts).items():
-                    if count > 1:
-                        self._str_more[text] = []
-                for text, off in zip(parts, starts):
-                    more = self._str_more.get(text)
-                    if more is not None and first[text] != off:
-                        more.append(off)
-            self._str_starts = array("Q", starts)
+            strings, start, base = self._strings, self._str_start, self.base
+            first: dict[bytes, int] = {}
+            for off in sorted(set(self._name_offs)):
+                rel = off - start
+                if rel < 0:  # a name in the base's strings
+                    if base is None:
+                        continue
+                    text = base.string(off).encode("utf-8", "surrogatepass")
+                    if off in base._offsets_of(text):
+                        continue  # the base's own index covers it (a name of one of its types)
+                else:
+                    text = strings[rel : strings.index(b"\0", rel)]
+                    if (rel == 0 or strings[rel - 1] == 0) and text not in first:
+                        first[text] = off
+                        continue
+                # a repeated string, or a name that points into a string: rare, kept apart
+                self._str_more.setdefault(text, []).append(off)
             self._str_first = first
-            self._index_inner_names(starts)
         return self._str_first
-
-    def _index_inner_names(self, starts: list[int]) -> None:
-        """Name offsets that are no string's start (legal, rare: they point into a string, or
-        into the base's strings) are indexed one by one."""
-        base = self.base
-        for off in sorted(set(self._name_offs).difference(starts)):
-            if off < self._str_start:
-                if base is None or base._is_string_start(off):
-                    continue  # the base's own index covers it
-                text = base.string(off).encode("utf-8", "surrogatepass")
-            else:
-                rel = off - self._str_start
-                text = self._strings[rel : self._strings.index(b"\0", rel)]
-            self._str_more.setdefault(text, []).append(off)
-
-    def _is_string_start(self, off: int) -> bool:
-        if off < self._str_start:
-            return self.base is not None and self.base._is_string_start(off)
-        self._string_index()
-        assert self._str_starts is not None
-        pos = bisect_left(self._str_starts, off)
-        return pos < len(self._str_starts) and self._str_starts[pos] == off
 
     def own_strings(self) -> Iterable[bytes]:
         """The distinct strings of this blob's own string section (not the base's), undecoded."""
-        return self._string_index().keys()
+        return dict.fromkeys(self._strings.split(b"\0")[:-1]).keys()
 
     def _offsets_of(self, text: bytes) -> list[int]:
         """Every string offset, in this blob's strings or its bases', that reads `text`."""
