@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +67,15 @@ class Cache:
         except OSError:
             return None
         return data if len(data) <= MAX_ENTRY else None
+
+    def map(self, name: str) -> memoryview | None:
+        """An entry mapped, not read: processes that map it share its pages, and a page is read
+        only when touched. None if absent or empty."""
+        try:
+            with open(self.dir / name, "rb") as f:
+                return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        except (OSError, ValueError):
+            return None
 
     def get_json(self, name: str) -> Any:
         """A JSON entry, or None if absent or unreadable."""

@@ -128,7 +128,7 @@ class _Modules:
     def module_btf(self, vmlinux: BTF) -> ModuleBtf:
         """The modules' BTF: kept from the pass, or from the cache, or from a pass now."""
         if self._btf is None:
-            data = self.cache.get(self.btf_name)
+            data = self.cache.map(self.btf_name)  # shared by the workers, read where searched
             raw_btf = self.modscan.unpack_btf(data) if data is not None else None
             if raw_btf is None:
                 self._scanned(self.modscan.scan_modules(self.artifacts, jobs=self.jobs), vmlinux)

@@ -228,17 +228,26 @@ def pack_btf(raw_btf: dict[str, Buffer]) -> bytes:
     return b"".join([json.dumps(sizes).encode(), b"\n", *map(bytes, raw_btf.values())])
 
 
-def unpack_btf(data: bytes) -> dict[str, Buffer] | None:
-    """pack_btf's input back, as views of `data`; None if `data` is not such an entry."""
-    line, _, blobs = data.partition(b"\n")
+def unpack_btf(data: Buffer) -> dict[str, Buffer] | None:
+    """pack_btf's input back, as views of `data` (bytes, or a mapped cache entry); None if
+    `data` is not such an entry."""
+    view = memoryview(data)
+    size = 1 << 16
+    while True:  # the JSON line: a few dozen bytes a module
+        end = bytes(view[:size]).find(b"\n")
+        if end >= 0 or size >= len(view):
+            break
+        size *= 4
+    if end < 0:
+        return None
+    blobs = view[end + 1 :]
     try:
-        sizes = json.loads(line)
-        view = memoryview(blobs)
+        sizes = json.loads(bytes(view[:end]))
         raw_btf: dict[str, Buffer] = {}
         at = 0
-        for module, size in sizes:
-            raw_btf[module] = view[at : at + size]
-            at += size
+        for module, length in sizes:
+            raw_btf[module] = blobs[at : at + length]
+            at += length
     except (ValueError, TypeError):
         return None
     return raw_btf if at == len(blobs) else None
