@@ -157,7 +157,7 @@ def decompress(
                     offset=pos,
                 )
             break
-    return b"".join(out)
+    return out[0] if len(out) == 1 else b"".join(out)  # a vmlinux is 50 MB: no second copy
 
 
 def maybe_decompress(

@@ -81,8 +81,10 @@ def judge(
         context = multiprocessing.get_context("fork")
         try:
             if cached_kernels and len(facts) > 1:
-                # each kernel read in a worker, into the cache, from which this process reads
-                with pooled(context, min(jobs, len(facts))) as pool:
+                # the kernels read in a worker, one at a time, into the cache, from which this
+                # process reads them: unpacking an image takes 140 MB for a moment, which the
+                # worker gives back when it ends (two side by side went over 300 MB)
+                with pooled(context, 1) as pool:
                     pool.map(_read_kernel_in_worker, list(by_kver), chunksize=1)
             for f in facts:  # read once, here, and shared with the workers
                 f.read_all()
