@@ -13,20 +13,19 @@ import json
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from weak_bpf.errors import WeakBpfError
 from weak_bpf.files.read import read_file
 from weak_bpf.kernel import load as kernel_data
+from weak_bpf.kernel import modscan
 from weak_bpf.kernel.cache import Cache, content_key, file_key, stat_key
 from weak_bpf.kernel.find import BtfSourceKind, KernelArtifacts, module_name
+from weak_bpf.kernel.modscan import ModuleBtf, ModuleScan
 from weak_bpf.model import KernelFacts, ModuleKfunc
 from weak_bpf.parsers.btf import BTF
 from weak_bpf.parsers.elf import Buffer, section_bytes
 from weak_bpf.parsers.sysmap import SystemMap
-
-if TYPE_CHECKING:
-    from weak_bpf.kernel.modscan import ModuleBtf, ModuleScan
 
 INDEX_VERSION = "1"
 
@@ -89,9 +88,7 @@ class _Modules:
     modules' BTF is read only when asked for (most programs need none)."""
 
     def __init__(self, artifacts: KernelArtifacts, cache: Cache, problems: list[str], jobs: int):
-        from weak_bpf.kernel import modscan
-
-        self.modscan, self.artifacts, self.cache = modscan, artifacts, cache
+        self.artifacts, self.cache = artifacts, cache
         self.problems, self.jobs = problems, jobs
         key = content_key(INDEX_VERSION, artifacts.kver, stat_key(list(artifacts.modules)))
         self.kfuncs_name, self.btf_name = f"kfuncs-{key}.json", f"modbtf-{key}.bin"
@@ -118,20 +115,20 @@ class _Modules:
     def _scanned(self, scanned: ModuleScan, vmlinux: BTF) -> None:
         before = len(self.problems)
         self.problems.extend(scanned.problems)
-        self.kfuncs = self.modscan.name_kfuncs(scanned, vmlinux, self.problems)
+        self.kfuncs = modscan.name_kfuncs(scanned, vmlinux, self.problems)
         if len(self.problems) == before:  # a module read again next time may read fine
             kfuncs = {k: dataclasses.asdict(v) for k, v in sorted(self.kfuncs.items())}
             self.cache.put(self.kfuncs_name, json.dumps(kfuncs, indent=0).encode())
-            self.cache.put(self.btf_name, self.modscan.pack_btf(scanned.raw_btf))
+            self.cache.put(self.btf_name, modscan.pack_btf(scanned.raw_btf))
         self._btf = self._module_btf(scanned.raw_btf, vmlinux)
 
     def module_btf(self, vmlinux: BTF) -> ModuleBtf:
         """The modules' BTF: kept from the pass, or from the cache, or from a pass now."""
         if self._btf is None:
             data = self.cache.map(self.btf_name)  # shared by the workers, read where searched
-            raw_btf = self.modscan.unpack_btf(data) if data is not None else None
+            raw_btf = modscan.unpack_btf(data) if data is not None else None
             if raw_btf is None:
-                self._scanned(self.modscan.scan_modules(self.artifacts, jobs=self.jobs), vmlinux)
+                self._scanned(modscan.scan_modules(self.artifacts, jobs=self.jobs), vmlinux)
             else:
                 self._btf = self._module_btf(raw_btf, vmlinux)
         assert self._btf is not None
@@ -139,7 +136,7 @@ class _Modules:
 
     def _module_btf(self, raw_btf: dict[str, Buffer], vmlinux: BTF) -> ModuleBtf:
         files = {module_name(p): p for p in self.artifacts.modules}
-        return self.modscan.ModuleBtf(raw_btf, vmlinux, self.problems, files)
+        return ModuleBtf(raw_btf, vmlinux, self.problems, files)
 
 
 def _attempt(problems: list[str], what: str, load: Callable[[], T]) -> T | None:
