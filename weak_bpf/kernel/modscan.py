@@ -59,10 +59,9 @@ def scan_modules(artifacts: KernelArtifacts, *, jobs: int = 1) -> ModuleScan:
     """What the pass keeps of every module of `artifacts`, in `jobs` processes at most. It needs
     no vmlinux BTF, so that it may run while that is unpacked (in_background)."""
     paths = list(artifacts.modules)
-    compressed = sum(not p.name.endswith(".ko") for p in paths)
-    shares = min(jobs, compressed // (PARALLEL_FROM // 2) or 1)
-    if shares <= 1 or compressed < PARALLEL_FROM or multiprocessing.current_process().daemon:
-        parts = [_scan(artifacts, paths)]  # (a pool's worker may not start another)
+    shares = _shares(paths, jobs)
+    if shares <= 1:
+        parts = [_scan(artifacts, paths)]
     else:
         size = -(-len(paths) // shares)
         cuts = [paths[i : i + size] for i in range(0, len(paths), size)]
@@ -82,11 +81,21 @@ def scan_modules(artifacts: KernelArtifacts, *, jobs: int = 1) -> ModuleScan:
 def scan_in_background(artifacts: KernelArtifacts, *, jobs: int = 1) -> Callable[[], ModuleScan]:
     """scan_modules started now in a worker process (when `jobs` allows one more), while this
     process goes on reading vmlinux; the function returned waits for it."""
-    forking = jobs > 1 and not multiprocessing.current_process().daemon
-    compressed = sum(not p.name.endswith(".ko") for p in artifacts.modules)
-    if not forking or compressed >= PARALLEL_FROM:  # those are shared among workers instead
+    if not _may_fork(jobs) or _shares(artifacts.modules, jobs) > 1:  # then shared out instead
         return functools.partial(scan_modules, artifacts, jobs=jobs)
     return in_background(multiprocessing.get_context("fork"), scan_modules, artifacts)
+
+
+def _may_fork(jobs: int) -> bool:
+    return jobs > 1 and not multiprocessing.current_process().daemon  # (a pool's worker may not)
+
+
+def _shares(paths: Sequence[Path], jobs: int) -> int:
+    """How many processes share the pass: more than one only for many compressed modules."""
+    compressed = sum(not p.name.endswith(".ko") for p in paths)
+    if compressed < PARALLEL_FROM or not _may_fork(jobs):
+        return 1
+    return min(jobs, compressed // (PARALLEL_FROM // 2))
 
 
 def _scan(artifacts: KernelArtifacts, paths: Sequence[Path]) -> ModuleScan:
