@@ -231,13 +231,13 @@ class KernelFacts:
         return self._values[name]
 
     def read_all(self) -> None:
-        """Read every fact now, modules' symbols included: before worker processes fork, so
-        that they share what was read instead of each reading it again."""
+        """Read every fact now, and make the modules' BTF ready to search: before worker
+        processes fork, so that they share what was read instead of each reading it again."""
         for name in list(self._lazy):
             self._fact(name)
         if self.vmlinux is not None:
             self.vmlinux.build_index()
-            self.module_of_symbol("")  # reads every module's BTF, for the workers to search
+            self.module_of_symbol("")  # no name: only takes the modules' BTF from pass or cache
 
     def defer(self, name: str, loader: Callable[[], Any]) -> None:
         """Read fact `name` with `loader` when it is first asked for."""
@@ -266,8 +266,7 @@ class KernelFacts:
         return self.module_kfuncs_found
 
     def module_of_symbol(self, name: str) -> str | None:
-        """The module whose BTF defines a FUNC or VAR called `name` (all modules are scanned on
-        first use)."""
+        """The module whose BTF defines a FUNC or VAR called `name`; None for no name."""
         self._fact("vmlinux")
         return self.find_module_symbol(name)
 
