@@ -60,8 +60,7 @@ def section_headers(
     for index, (name_off, sh_type, flags, _addr, offset, size, link, info) in enumerate(table.rows):
         at = table.header_offset(index)
         table.check_inside(index, sh_type, offset, size)
-        end = table.names.find(b"\0", name_off)
-        name = table.names[name_off:end].decode("utf-8", "replace") if 0 <= name_off < end else ""
+        name = table.name(name_off).decode("utf-8", "replace")
         headers.append(SectionHeader(index, name, sh_type, flags, offset, size, link, info, at))
     return tuple(headers)
 
@@ -76,7 +75,7 @@ def find_sections(
     wanted = {name.encode(): name for name in names}
     found: dict[str, tuple[int, int]] = {}
     for index, (name_off, sh_type, _f, _a, offset, size, _l, _i) in enumerate(table.rows):
-        name = wanted.get(table.names[name_off : table.names.find(b"\0", name_off)])
+        name = wanted.get(table.name(name_off))
         if name is not None and name not in found:
             table.check_inside(index, sh_type, offset, size)
             found[name] = (offset, size)
@@ -141,6 +140,11 @@ class _Table:
 
     def fail(self, message: str, offset: int) -> ParseError:
         return self.error(message, source=self.source, offset=offset)
+
+    def name(self, offset: int) -> bytes:
+        """The section name at `offset` in the name table; empty where none ends there."""
+        end = self.names.find(b"\0", offset)
+        return self.names[offset:end] if 0 <= offset < end else b""
 
     def header_offset(self, index: int) -> int:
         return self.shoff + index * self.shentsize
