@@ -7,7 +7,6 @@ weak_bpf.apply.writer and is skipped in a dry run.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import mmap
@@ -87,8 +86,13 @@ class Cache:
         except ValueError:
             return None
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes) -> bool:
+        """Write an entry; whether it was written (a cache that cannot be written only costs
+        time, and a dry run writes none)."""
         if not self.writable:
-            return
-        with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
+            return False
+        try:
             actions.write_atomic(self.dir / name, data)
+        except OSError:
+            return False
+        return True
