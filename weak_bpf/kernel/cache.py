@@ -7,6 +7,7 @@ weak_bpf.apply.writer and is skipped in a dry run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import mmap
@@ -86,13 +87,8 @@ class Cache:
         except ValueError:
             return None
 
-    def put(self, name: str, data: bytes) -> bool:
-        """Write an entry; whether it was written (a cache that cannot be written only costs
-        time, and a dry run writes none)."""
+    def put(self, name: str, data: bytes) -> None:
         if not self.writable:
-            return False
-        try:
+            return
+        with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
             actions.write_atomic(self.dir / name, data)
-        except OSError:
-            return False
-        return True

@@ -98,10 +98,9 @@ class _Modules:
         except (AttributeError, TypeError):
             self.kfuncs = None  # a damaged entry
         self._btf: ModuleBtf | None = None
-        self._pending = None
-        if self.kfuncs is None:
-            store = partial(cache.put, self.btf_name) if cache.writable else None
-            self._pending = modscan.scan_in_background(artifacts, jobs=jobs, store=store)
+        self._pending = (
+            None if self.kfuncs is not None else modscan.scan_in_background(artifacts, jobs=jobs)
+        )
 
     def read(self, vmlinux: BTF | None) -> dict[str, ModuleKfunc]:
         """The modules' kfuncs, named in their BTF on `vmlinux` (None: unreadable, no kfuncs)."""
@@ -120,17 +119,15 @@ class _Modules:
         if len(self.problems) == before:  # a module read again next time may read fine
             kfuncs = {k: dataclasses.asdict(v) for k, v in sorted(self.kfuncs.items())}
             self.cache.put(self.kfuncs_name, json.dumps(kfuncs, indent=0).encode())
-            if not scanned.stored:
-                self.cache.put(self.btf_name, modscan.pack_btf(scanned.raw_btf))
-        # a stored pass is mapped from the cache when first asked for (module_btf)
-        self._btf = None if scanned.stored else self._module_btf(scanned.raw_btf, vmlinux)
+            self.cache.put(self.btf_name, modscan.pack_btf(scanned.raw_btf))
+        self._btf = self._module_btf(scanned.raw_btf, vmlinux)
 
     def module_btf(self, vmlinux: BTF) -> ModuleBtf:
         """The modules' BTF: kept from the pass, or from the cache, or from a pass now."""
         if self._btf is None:
             data = self.cache.map(self.btf_name)  # shared by the workers, read where searched
             raw_btf = modscan.unpack_btf(data) if data is not None else None
-            if raw_btf is None:  # gone, or damaged: a pass now, kept here
+            if raw_btf is None:
                 self._scanned(modscan.scan_modules(self.artifacts, jobs=self.jobs), vmlinux)
             else:
                 self._btf = self._module_btf(raw_btf, vmlinux)

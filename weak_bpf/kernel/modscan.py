@@ -53,16 +53,11 @@ class ModuleScan:
     kfunc_sets: list[KfuncSets]  # in module order
     raw_btf: dict[str, Buffer]  # module name -> its `.BTF`, in module order
     problems: list[str]  # modules that could not be read
-    stored: bool = False  # raw_btf was stored (`store`) and holds the kfunc sets' modules only
 
 
-def scan_modules(
-    artifacts: KernelArtifacts, *, jobs: int = 1, store: Callable[[bytes], bool] | None = None
-) -> ModuleScan:
+def scan_modules(artifacts: KernelArtifacts, *, jobs: int = 1) -> ModuleScan:
     """What the pass keeps of every module of `artifacts`, in `jobs` processes at most. It needs
-    no vmlinux BTF, so that it may run while that is unpacked (in_background). `store`: where
-    the modules' BTF goes (pack_btf) when every module read, instead of into the result: a
-    worker's result is copied to the process that waits for it, which then maps what it needs."""
+    no vmlinux BTF, so that it may run while that is unpacked (in_background)."""
     paths = list(artifacts.modules)
     shares = _shares(paths, jobs)
     if shares <= 1:
@@ -80,22 +75,15 @@ def scan_modules(
         for module, raw in part.raw_btf.items():
             scan.raw_btf.setdefault(module, raw)
         scan.problems.extend(part.problems)
-    if store is not None and not scan.problems and store(pack_btf(scan.raw_btf)):
-        named = {sets.key for sets in scan.kfunc_sets}  # name_kfuncs reads these
-        scan.raw_btf = {m: raw for m, raw in scan.raw_btf.items() if m in named}
-        scan.stored = True
     return scan
 
 
-def scan_in_background(
-    artifacts: KernelArtifacts, *, jobs: int = 1, store: Callable[[bytes], bool] | None = None
-) -> Callable[[], ModuleScan]:
+def scan_in_background(artifacts: KernelArtifacts, *, jobs: int = 1) -> Callable[[], ModuleScan]:
     """scan_modules started now in a worker process (when `jobs` allows one more), while this
     process goes on reading vmlinux; the function returned waits for it."""
-    scan = functools.partial(scan_modules, artifacts, jobs=jobs, store=store)
     if not _may_fork(jobs) or _shares(artifacts.modules, jobs) > 1:  # then shared out instead
-        return scan
-    return in_background(multiprocessing.get_context("fork"), scan)
+        return functools.partial(scan_modules, artifacts, jobs=jobs)
+    return in_background(multiprocessing.get_context("fork"), scan_modules, artifacts)
 
 
 def _may_fork(jobs: int) -> bool:
