@@ -8,15 +8,13 @@ from __future__ import annotations
 import gzip
 import json
 import multiprocessing
-import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -94,16 +92,6 @@ def test_the_cache_entry_of_module_btf_reads_back(scanned: tuple[BTF, modscan.Mo
     assert modscan.unpack_btf(b"not json\n") is None
 
 
-_REAL_SCAN = modscan._scan
-_PARENT = os.getpid()
-
-
-def _killed_in_a_worker(artifacts: object, paths: object) -> modscan.ModuleScan:
-    if os.getpid() != _PARENT:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return _REAL_SCAN(artifacts, paths)  # type: ignore[arg-type]
-
-
 def test_workers_keep_what_one_process_keeps(
     root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,11 +127,6 @@ def test_workers_keep_what_one_process_keeps(
     assert kfuncs["bpf_xdp_ct_lookup"].module == "nf_conntrack"
     assert list(alone.raw_btf) == list(spread.raw_btf)
     assert all(bytes(alone.raw_btf[m]) == bytes(spread.raw_btf[m]) for m in alone.raw_btf)
-    # a worker killed (the OOM killer) leaves its share to this process, which is not told
-    monkeypatch.setattr(modscan, "_scan", _killed_in_a_worker)
-    survived = modscan.scan_modules(artifacts, jobs=3)
-    assert survived.kfunc_sets == alone.kfunc_sets and list(survived.raw_btf) == list(alone.raw_btf)
-    assert multiprocessing.active_children() == []
 
 
 def test_an_unreadable_module_costs_only_itself(root: Path, tmp_path: Path) -> None:
@@ -223,41 +206,6 @@ def test_a_cold_read_caches_both_entries(root: Path, monkeypatch: pytest.MonkeyP
         assert again.module_of_symbol("nf_conntrack_free") == "nf_conntrack"
         assert again.module_kfuncs["bpf_xdp_ct_lookup"].module == "nf_conntrack"
         assert again.module_btf("nf_conntrack") is not None
-
-
-def test_a_pass_whose_worker_is_killed_is_done_again_here(
-    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A worker killed mid-pass (the OOM killer) hands nothing back: the parent is told, instead
-    of waiting for ever as it would on a pool, and makes the pass itself."""
-    fresh = copy_root(root, tmp_path / "root")
-    shutil.rmtree(fresh / "var/cache", ignore_errors=True)
-    real = modscan.in_background
-    started: list[object] = []
-
-    def die() -> Any:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    def killed(context: object, function: Callable[..., T], *args: object) -> Callable[[], T]:
-        started.append(function)
-        return real(context, die)
-
-    def waited_too_long(signum: int, frame: object) -> None:
-        raise TimeoutError("the parent waits for ever for a dead worker")
-
-    monkeypatch.setattr(modscan, "in_background", killed)
-    handler = signal.signal(signal.SIGALRM, waited_too_long)
-    signal.alarm(120)  # a wait for ever fails the test instead of hanging the suite
-    try:
-        facts = load_kernel_facts(find_kernel(fresh, NEW), Cache(fresh, writable=False), jobs=2)
-        assert facts.module_kfuncs["bpf_xdp_ct_lookup"].module == "nf_conntrack"
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, handler)
-    assert started == [modscan.scan_modules]
-    assert facts.module_of_symbol("nf_conntrack_free") == "nf_conntrack"
-    assert not facts.module_problems
-    assert multiprocessing.active_children() == []
 
 
 def test_a_root_where_no_worker_can_start_is_read_in_one_process(

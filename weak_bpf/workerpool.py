@@ -7,10 +7,7 @@ import functools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
-
-from weak_bpf.errors import WeakBpfError
 
 T = TypeVar("T")
 
@@ -40,66 +37,40 @@ def _workers_start() -> bool:
 
 
 @contextlib.contextmanager
-def pooled(context: Any, processes: int) -> Iterator[ProcessPoolExecutor]:
+def pooled(context: Any, processes: int) -> Iterator[Any]:
     """A pool of `processes` workers, ended by letting each finish, not by SIGTERM: a daemon's
-    change ignores SIGTERM, and so do the workers it forks. A worker that dies (the OOM killer)
-    makes the pool's results raise BrokenProcessPool, where multiprocessing.Pool would wait for
-    ever. On an error, the workers are killed."""
-    pool = ProcessPoolExecutor(processes, mp_context=context)
+    change ignores SIGTERM, and so do the workers it forks (`with Pool()` would wait for ever
+    for an idle one to die). On an error, the workers are killed."""
+    pool = context.Pool(processes)
     try:
         yield pool
     except BaseException:
-        for child in context.active_children():  # the pool's: callers start no others meanwhile
-            child.kill()
-        pool.shutdown(wait=True, cancel_futures=True)
+        _kill(context, pool)
         raise
-    pool.shutdown(wait=True)
+    pool.close()
+    pool.join()
 
 
 def in_background(context: Any, function: Callable[..., T], *args: Any) -> Callable[[], T]:
     """`function(*args)` started now in a worker process; the function returned waits for its
-    result (or its error) and ends the worker. Call it once. A worker that dies (killed by the
-    OOM killer, say) raises WorkerDied there, where a pool would wait for ever."""
-    reader, writer = context.Pipe(duplex=False)
-    process = context.Process(target=_run_and_send, args=(writer, function, args), daemon=True)
-    process.start()
-    writer.close()
+    result (or its error) and ends the worker, as pooled does. Call it once."""
+    pool = context.Pool(1)
+    pending = pool.apply_async(function, args)
 
     def result() -> T:
         try:
-            try:
-                ok, value = reader.recv()  # EOF when the worker ends without sending
-            except EOFError:
-                raise WorkerDied(
-                    f"a worker process ended without a result: {_how(process)}"
-                ) from None
+            value: T = pending.get()
         except BaseException:
-            process.kill()
+            _kill(context, pool)
             raise
-        finally:
-            process.join()
-            reader.close()
-        if not ok:
-            raise value
+        pool.close()
+        pool.join()
         return value
 
     return result
 
 
-class WorkerDied(WeakBpfError):
-    """A worker process ended without handing back its result."""
-
-
-def _run_and_send(writer: Any, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    try:
-        answer = (True, function(*args))
-    except BaseException as e:  # handed back, raised in the parent
-        answer = (False, e)
-    writer.send(answer)
-    writer.close()
-
-
-def _how(process: Any) -> str:
-    process.join()
-    code = process.exitcode
-    return f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+def _kill(context: Any, pool: Any) -> None:
+    for child in context.active_children():  # the pool's: callers start no others meanwhile
+        child.kill()
+    pool.terminate()

@@ -20,7 +20,6 @@ import functools
 import json
 import multiprocessing
 from collections.abc import Callable, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,12 +65,10 @@ def scan_modules(artifacts: KernelArtifacts, *, jobs: int = 1) -> ModuleScan:
     else:
         size = -(-len(paths) // shares)
         cuts = [paths[i : i + size] for i in range(0, len(paths), size)]
-        try:  # this process scans the first share while the workers scan the others
-            with pooled(multiprocessing.get_context("fork"), len(cuts) - 1) as pool:
-                others = [pool.submit(_scan, artifacts, cut) for cut in cuts[1:]]
-                parts = [_scan(artifacts, cuts[0]), *(share.result() for share in others)]
-        except BrokenProcessPool:  # a worker was killed (the OOM killer): all read here
-            parts = [_scan(artifacts, paths)]
+        # this process scans the first share while the workers scan the others
+        with pooled(multiprocessing.get_context("fork"), len(cuts) - 1) as pool:
+            others = pool.starmap_async(_scan, [(artifacts, cut) for cut in cuts[1:]], 1)
+            parts = [_scan(artifacts, cuts[0]), *others.get()]
     scan = ModuleScan([], {}, [])
     for part in parts:
         scan.kfunc_sets.extend(part.kfunc_sets)
