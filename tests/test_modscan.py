@@ -8,13 +8,15 @@ from __future__ import annotations
 import gzip
 import json
 import multiprocessing
+import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -206,6 +208,41 @@ def test_a_cold_read_caches_both_entries(root: Path, monkeypatch: pytest.MonkeyP
         assert again.module_of_symbol("nf_conntrack_free") == "nf_conntrack"
         assert again.module_kfuncs["bpf_xdp_ct_lookup"].module == "nf_conntrack"
         assert again.module_btf("nf_conntrack") is not None
+
+
+def test_a_pass_whose_worker_is_killed_is_done_again_here(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed mid-pass (the OOM killer) hands nothing back: the parent is told, instead
+    of waiting for ever as it would on a pool, and makes the pass itself."""
+    fresh = copy_root(root, tmp_path / "root")
+    shutil.rmtree(fresh / "var/cache", ignore_errors=True)
+    real = modscan.in_background
+    started: list[object] = []
+
+    def die() -> Any:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def killed(context: object, function: Callable[..., T], *args: object) -> Callable[[], T]:
+        started.append(function)
+        return real(context, die)
+
+    def waited_too_long(signum: int, frame: object) -> None:
+        raise TimeoutError("the parent waits for ever for a dead worker")
+
+    monkeypatch.setattr(modscan, "in_background", killed)
+    handler = signal.signal(signal.SIGALRM, waited_too_long)
+    signal.alarm(120)  # a wait for ever fails the test instead of hanging the suite
+    try:
+        facts = load_kernel_facts(find_kernel(fresh, NEW), Cache(fresh, writable=False), jobs=2)
+        assert facts.module_kfuncs["bpf_xdp_ct_lookup"].module == "nf_conntrack"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, handler)
+    assert started == [modscan.scan_modules]
+    assert facts.module_of_symbol("nf_conntrack_free") == "nf_conntrack"
+    assert not facts.module_problems
+    assert multiprocessing.active_children() == []
 
 
 def test_a_root_where_no_worker_can_start_is_read_in_one_process(

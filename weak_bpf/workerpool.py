@@ -9,6 +9,8 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from weak_bpf.errors import WeakBpfError
+
 T = TypeVar("T")
 
 
@@ -53,21 +55,51 @@ def pooled(context: Any, processes: int) -> Iterator[Any]:
 
 def in_background(context: Any, function: Callable[..., T], *args: Any) -> Callable[[], T]:
     """`function(*args)` started now in a worker process; the function returned waits for its
-    result (or its error) and ends the worker, as pooled does. Call it once."""
-    pool = context.Pool(1)
-    pending = pool.apply_async(function, args)
+    result (or its error) and ends the worker. Call it once. A worker that dies (killed by the
+    OOM killer, say) raises WorkerDied there, where a pool would wait for ever."""
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=_run_and_send, args=(writer, function, args), daemon=True)
+    process.start()
+    writer.close()
 
     def result() -> T:
         try:
-            value: T = pending.get()
+            try:
+                ok, value = reader.recv()  # EOF when the worker ends without sending
+            except EOFError:
+                raise WorkerDied(
+                    f"a worker process ended without a result: {_how(process)}"
+                ) from None
         except BaseException:
-            _kill(context, pool)
+            process.kill()
             raise
-        pool.close()
-        pool.join()
+        finally:
+            process.join()
+            reader.close()
+        if not ok:
+            raise value
         return value
 
     return result
+
+
+class WorkerDied(WeakBpfError):
+    """A worker process ended without handing back its result."""
+
+
+def _run_and_send(writer: Any, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        answer = (True, function(*args))
+    except BaseException as e:  # handed back, raised in the parent
+        answer = (False, e)
+    writer.send(answer)
+    writer.close()
+
+
+def _how(process: Any) -> str:
+    process.join()
+    code = process.exitcode
+    return f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
 
 
 def _kill(context: Any, pool: Any) -> None:

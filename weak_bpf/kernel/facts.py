@@ -26,6 +26,7 @@ from weak_bpf.model import KernelFacts, ModuleKfunc
 from weak_bpf.parsers.btf import BTF
 from weak_bpf.parsers.elf import Buffer, section_bytes
 from weak_bpf.parsers.sysmap import SystemMap
+from weak_bpf.workerpool import WorkerDied
 
 INDEX_VERSION = "1"
 
@@ -105,7 +106,10 @@ class _Modules:
     def read(self, vmlinux: BTF | None) -> dict[str, ModuleKfunc]:
         """The modules' kfuncs, named in their BTF on `vmlinux` (None: unreadable, no kfuncs)."""
         pending, self._pending = self._pending, None
-        scanned = pending() if pending is not None else None  # waited for, whatever happens
+        try:
+            scanned = pending() if pending is not None else None  # waited for, whatever happens
+        except WorkerDied:  # killed (the OOM killer): the pass once more, in this process
+            scanned = modscan.scan_modules(self.artifacts)
         if vmlinux is None:
             return {}
         if scanned is not None:
