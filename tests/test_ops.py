@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import multiprocessing
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +226,34 @@ def test_workers_give_the_verdicts_of_one_process(
     assert len(spread["programs"]) >= 8  # type: ignore[arg-type]
 
 
+def _die_in_worker(chunk: list[int]) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_worker_leaves_its_objects_to_this_process(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A judging worker killed (the OOM killer) breaks the pool: the objects are judged here,
+    where a multiprocessing.Pool waited for ever."""
+    judging = importlib.import_module("weak_bpf.ops.judging")
+    monkeypatch.setattr(judging, "PARALLEL_FROM", 1)
+    alone = report.audit_json(ops.audit(root, cache=False, jobs=1))
+    monkeypatch.setattr(judging, "_judge_in_worker", _die_in_worker)
+
+    def waited_too_long(signum: int, frame: object) -> None:
+        raise TimeoutError("the parent waits for ever for a dead worker")
+
+    handler = signal.signal(signal.SIGALRM, waited_too_long)
+    signal.alarm(120)  # a wait for ever fails the test instead of hanging the suite
+    try:
+        killed = report.audit_json(ops.audit(root, cache=False, jobs=3))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, handler)
+    assert killed == alone
+    assert multiprocessing.active_children() == []
+
+
 def test_chunks_keep_objects_of_one_size_together() -> None:
     """Identical objects have one size: a chunk holds all objects of a size, so the worker
     that judges one judges the others, and shares its results with them."""
@@ -250,7 +280,7 @@ def _pool_rounds(rounds: int) -> None:
     context = multiprocessing.get_context("fork")
     for _ in range(rounds):
         with pooled(context, 2) as pool:
-            assert pool.map(str, [1, 2], chunksize=1) == ["1", "2"]
+            assert list(pool.map(str, [1, 2])) == ["1", "2"]
 
 
 def test_pools_end_in_a_process_that_ignores_sigterm() -> None:

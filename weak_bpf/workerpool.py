@@ -7,6 +7,7 @@ import functools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
 from weak_bpf.errors import WeakBpfError
@@ -39,18 +40,20 @@ def _workers_start() -> bool:
 
 
 @contextlib.contextmanager
-def pooled(context: Any, processes: int) -> Iterator[Any]:
+def pooled(context: Any, processes: int) -> Iterator[ProcessPoolExecutor]:
     """A pool of `processes` workers, ended by letting each finish, not by SIGTERM: a daemon's
-    change ignores SIGTERM, and so do the workers it forks (`with Pool()` would wait for ever
-    for an idle one to die). On an error, the workers are killed."""
-    pool = context.Pool(processes)
+    change ignores SIGTERM, and so do the workers it forks. A worker that dies (the OOM killer)
+    makes the pool's results raise BrokenProcessPool, where multiprocessing.Pool would wait for
+    ever. On an error, the workers are killed."""
+    pool = ProcessPoolExecutor(processes, mp_context=context)
     try:
         yield pool
     except BaseException:
-        _kill(context, pool)
+        for child in context.active_children():  # the pool's: callers start no others meanwhile
+            child.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
-    pool.close()
-    pool.join()
+    pool.shutdown(wait=True)
 
 
 def in_background(context: Any, function: Callable[..., T], *args: Any) -> Callable[[], T]:
@@ -100,9 +103,3 @@ def _how(process: Any) -> str:
     process.join()
     code = process.exitcode
     return f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
-
-
-def _kill(context: Any, pool: Any) -> None:
-    for child in context.active_children():  # the pool's: callers start no others meanwhile
-        child.kill()
-    pool.terminate()

@@ -67,8 +67,8 @@ def scan_modules(artifacts: KernelArtifacts, *, jobs: int = 1) -> ModuleScan:
         cuts = [paths[i : i + size] for i in range(0, len(paths), size)]
         # this process scans the first share while the workers scan the others
         with pooled(multiprocessing.get_context("fork"), len(cuts) - 1) as pool:
-            others = pool.starmap_async(_scan, [(artifacts, cut) for cut in cuts[1:]], 1)
-            parts = [_scan(artifacts, cuts[0]), *others.get()]
+            others = [pool.submit(_scan, artifacts, cut) for cut in cuts[1:]]
+            parts = [_scan(artifacts, cuts[0]), *(share.result() for share in others)]
     scan = ModuleScan([], {}, [])
     for part in parts:
         scan.kfunc_sets.extend(part.kfunc_sets)

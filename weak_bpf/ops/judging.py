@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from concurrent.futures import as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,38 +67,66 @@ def judge(
     chunks = _chunks(tasks, jobs)
     results: list[Judged | None] = [None] * len(tasks)
     done = 0
-    if jobs <= 1 or len(tasks) < PARALLEL_FROM or len(chunks) < 2:
-        judging = _Judging()
-        for index in (i for chunk in chunks for i in chunk):  # one at a time, for progress
-            answer = _judge_chunk(root, tasks, [index], by_kver, judging)
-            done = _collect(answer, results, done, progress)
-    else:
-        import multiprocessing
-
-        from weak_bpf.engine import checks  # noqa: F401  (imported once, before the fork)
-        from weak_bpf.engine.corerelo import target_index
-
-        global _WORK  # noqa: PLW0603  (what the forked workers inherit)
-        _WORK = (root, tasks, by_kver)
-        context = multiprocessing.get_context("fork")
+    if jobs > 1 and len(tasks) >= PARALLEL_FROM and len(chunks) >= 2:
         try:
-            if cached_kernels and len(facts) > 1:
-                # the kernels read in a worker, one at a time, into the cache, from which this
-                # process reads them: unpacking an image takes 140 MB for a moment, which the
-                # worker gives back when it ends (two side by side went over 300 MB)
-                with pooled(context, 1) as pool:
-                    pool.map(_read_kernel_in_worker, list(by_kver), chunksize=1)
-            for f in facts:  # read once, here, and shared with the workers
-                f.read_all()
-                if f.vmlinux is not None:
-                    target_index(f.vmlinux)
-            with pooled(context, min(jobs, len(chunks))) as pool:
-                for answer in pool.imap_unordered(_judge_in_worker, chunks):
-                    done = _collect(answer, results, done, progress)
-        finally:
-            _WORK = None
+            done = _judge_in_workers(
+                root,
+                tasks,
+                facts,
+                chunks,
+                jobs=jobs,
+                into=results,
+                progress=progress,
+                cached_kernels=cached_kernels,
+            )
+        except BrokenProcessPool:  # a worker was killed (the OOM killer): the rest is judged here
+            done = sum(r is not None for r in results)
+    judging = _Judging()
+    for index in (i for chunk in chunks for i in chunk if results[i] is None):
+        answer = _judge_chunk(root, tasks, [index], by_kver, judging)  # one at a time: progress
+        done = _collect(answer, results, done, progress)
     assert all(r is not None for r in results)
     return [r for r in results if r is not None]
+
+
+def _judge_in_workers(
+    root: Path,
+    tasks: Sequence[Task],
+    facts: Sequence[KernelFacts],
+    chunks: list[list[int]],
+    *,
+    jobs: int,
+    into: list[Judged | None],
+    progress: Callable[[int], None] | None,
+    cached_kernels: bool,
+) -> int:
+    """The chunks judged by `jobs` forked workers, into `into`; how many tasks are done."""
+    import multiprocessing
+
+    from weak_bpf.engine import checks  # noqa: F401  (imported once, before the fork)
+    from weak_bpf.engine.corerelo import target_index
+
+    global _WORK  # noqa: PLW0603  (what the forked workers inherit)
+    _WORK = (root, tasks, {f.kver: f for f in facts})
+    context = multiprocessing.get_context("fork")
+    done = 0
+    try:
+        if cached_kernels and len(facts) > 1:
+            # the kernels read in a worker, one at a time, into the cache, from which this
+            # process reads them: unpacking an image takes 140 MB for a moment, which the
+            # worker gives back when it ends (two side by side went over 300 MB)
+            with pooled(context, 1) as pool:
+                list(pool.map(_read_kernel_in_worker, list(_WORK[2])))
+        for f in facts:  # read once, here, and shared with the workers
+            f.read_all()
+            if f.vmlinux is not None:
+                target_index(f.vmlinux)
+        with pooled(context, min(jobs, len(chunks))) as pool:
+            for judged in as_completed([pool.submit(_judge_in_worker, c) for c in chunks]):
+                done = _collect(judged.result(), into, done, progress)
+    finally:
+        _WORK = None
+    return done
 
 
 def _collect(
