@@ -94,6 +94,16 @@ def test_the_cache_entry_of_module_btf_reads_back(scanned: tuple[BTF, modscan.Mo
     assert modscan.unpack_btf(b"not json\n") is None
 
 
+_REAL_SCAN = modscan._scan
+_PARENT = os.getpid()
+
+
+def _killed_in_a_worker(artifacts: object, paths: object) -> modscan.ModuleScan:
+    if os.getpid() != _PARENT:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _REAL_SCAN(artifacts, paths)  # type: ignore[arg-type]
+
+
 def test_workers_keep_what_one_process_keeps(
     root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -129,6 +139,11 @@ def test_workers_keep_what_one_process_keeps(
     assert kfuncs["bpf_xdp_ct_lookup"].module == "nf_conntrack"
     assert list(alone.raw_btf) == list(spread.raw_btf)
     assert all(bytes(alone.raw_btf[m]) == bytes(spread.raw_btf[m]) for m in alone.raw_btf)
+    # a worker killed (the OOM killer) leaves its share to this process, which is not told
+    monkeypatch.setattr(modscan, "_scan", _killed_in_a_worker)
+    survived = modscan.scan_modules(artifacts, jobs=3)
+    assert survived.kfunc_sets == alone.kfunc_sets and list(survived.raw_btf) == list(alone.raw_btf)
+    assert multiprocessing.active_children() == []
 
 
 def test_an_unreadable_module_costs_only_itself(root: Path, tmp_path: Path) -> None:

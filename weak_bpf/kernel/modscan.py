@@ -20,6 +20,7 @@ import functools
 import json
 import multiprocessing
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,10 +66,12 @@ def scan_modules(artifacts: KernelArtifacts, *, jobs: int = 1) -> ModuleScan:
     else:
         size = -(-len(paths) // shares)
         cuts = [paths[i : i + size] for i in range(0, len(paths), size)]
-        # this process scans the first share while the workers scan the others
-        with pooled(multiprocessing.get_context("fork"), len(cuts) - 1) as pool:
-            others = [pool.submit(_scan, artifacts, cut) for cut in cuts[1:]]
-            parts = [_scan(artifacts, cuts[0]), *(share.result() for share in others)]
+        try:  # this process scans the first share while the workers scan the others
+            with pooled(multiprocessing.get_context("fork"), len(cuts) - 1) as pool:
+                others = [pool.submit(_scan, artifacts, cut) for cut in cuts[1:]]
+                parts = [_scan(artifacts, cuts[0]), *(share.result() for share in others)]
+        except BrokenProcessPool:  # a worker was killed (the OOM killer): all read here
+            parts = [_scan(artifacts, paths)]
     scan = ModuleScan([], {}, [])
     for part in parts:
         scan.kfunc_sets.extend(part.kfunc_sets)
