@@ -296,3 +296,50 @@ def test_pools_end_in_a_process_that_ignores_sigterm() -> None:
         child.join()
         pytest.fail("a pool did not end within 60 s")
     assert child.exitcode == 0
+
+
+def _locked_run_killed_amid_workers(lock: str, started: Any) -> None:
+    """As a run does: the run lock held, a pool and a background worker busy; then SIGKILL."""
+    import fcntl
+    import time
+
+    from weak_bpf.workerpool import in_background, pooled
+
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    context = multiprocessing.get_context("fork")
+    in_background(context, time.sleep, 600)
+    with pooled(context, 2) as pool:
+        busy = [pool.submit(time.sleep, 600) for _ in range(2)]
+        time.sleep(0.5)  # the workers are running
+        started.set()
+        os.kill(os.getpid(), signal.SIGKILL)
+        del busy
+
+
+def test_workers_of_a_killed_run_end_with_it_and_free_the_lock(tmp_path: Path) -> None:
+    """A run killed mid-pass (kill -9, the OOM killer) must not leave workers behind: they share
+    its flock, so the next run waited for the lock until its timeout."""
+    import fcntl
+    import time
+
+    lock = str(tmp_path / "weak-bpf-progs.lock")
+    context = multiprocessing.get_context("fork")
+    started = context.Event()
+    run = context.Process(target=_locked_run_killed_amid_workers, args=(lock, started))
+    run.start()
+    assert started.wait(60)
+    run.join(60)
+    assert run.exitcode == -signal.SIGKILL
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "a worker of the killed run holds the lock"
+                time.sleep(0.05)
+    finally:
+        os.close(fd)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -44,8 +46,8 @@ def pooled(context: Any, processes: int) -> Iterator[ProcessPoolExecutor]:
     """A pool of `processes` workers, ended by letting each finish, not by SIGTERM: a daemon's
     change ignores SIGTERM, and so do the workers it forks. A worker that dies (the OOM killer)
     makes the pool's results raise BrokenProcessPool, where multiprocessing.Pool would wait for
-    ever. On an error, the workers are killed."""
-    pool = ProcessPoolExecutor(processes, mp_context=context)
+    ever. On an error, the workers are killed; they also end when this process is killed."""
+    pool = ProcessPoolExecutor(processes, mp_context=context, initializer=end_with_parent)
     try:
         yield pool
     except BaseException:
@@ -90,7 +92,27 @@ class WorkerDied(WeakBpfError):
     """A worker process ended without handing back its result."""
 
 
+def end_with_parent() -> None:
+    """Make this forked worker be killed when its parent dies. A worker left behind would hold
+    the run lock the parent inherited to it (flock belongs to the open file, which a fork
+    shares), and wait for work for ever; with the parent killed mid-run, the next run would
+    then wait for that lock until its timeout."""
+    known = multiprocessing.parent_process()  # its pid was taken before the fork
+    parent = known.pid if known is not None else os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the worker may outlive a killed parent
+        return
+    if os.getppid() != parent:  # the parent died before prctl() took effect
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def _run_and_send(writer: Any, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    end_with_parent()
     try:
         answer = (True, function(*args))
     except BaseException as e:  # handed back, raised in the parent
