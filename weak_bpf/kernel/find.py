@@ -11,7 +11,7 @@ import dataclasses
 import enum
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from weak_bpf.errors import KernelNotFound
@@ -76,6 +76,7 @@ class KernelArtifacts:
     symbol_files: tuple[Path, ...] = ()
     running: bool = False  # K is the kernel this system runs: sysfs and kallsyms describe it
     installed: bool = True  # K has a modules directory or an image under the root
+    kallsyms: Path | None = None  # the running kernel's proc/kallsyms
 
     def relative(self, path: Path | None) -> str | None:
         """`path` as shown to users: relative to the root."""
@@ -83,13 +84,22 @@ class KernelArtifacts:
 
 
 def _file(root: Path, relative: str) -> Path | None:
-    path = resolve_in_root(root, relative)
-    return path if path is not None and path.is_file() else None
+    return _found(root, relative, Path.is_file)
 
 
 def _dir(root: Path, relative: str) -> Path | None:
+    return _found(root, relative, Path.is_dir)
+
+
+def _found(root: Path, relative: str, kind: Callable[[Path], bool]) -> Path | None:
+    """root/relative, resolved inside the root, if it is of `kind`: every lookup goes here."""
     path = resolve_in_root(root, relative)
-    return path if path is not None and path.is_dir() else None
+    return path if path is not None and kind(path) else None
+
+
+def _module_trees(root: Path, kver: str | None = None) -> list[str]:
+    """The module directories of the root (files/paths.py), or K's directory in each."""
+    return [m if kver is None else f"{m}/{kver}" for m in module_dirs(root)]
 
 
 def _first_file(root: Path, candidates: Iterable[str]) -> Path | None:
@@ -113,8 +123,7 @@ def is_installed(root: Path, kver: str) -> bool:
     """Whether K has a modules directory with an image, symvers or modules.dep, or a
     boot/vmlinuz-K (SPEC §2)."""
     root = _absolute(root)
-    for modules in module_dirs(root):
-        base = f"{modules}/{kver}"
+    for base in _module_trees(root, kver):
         if _dir(root, base) is None:
             continue
         names = ["vmlinuz", "modules.dep"] + [f"symvers{s}" for s in SYMVERS_SUFFIXES]
@@ -127,7 +136,7 @@ def installed_kernels(root: Path) -> tuple[str, ...]:
     """Installed kernel releases under `root`, oldest first (rpm's ordering)."""
     root = _absolute(root)
     candidates: set[str] = set()
-    for modules in module_dirs(root):
+    for modules in _module_trees(root):
         directory = _dir(root, modules)
         if directory is not None:
             candidates.update(p.name for p in directory.iterdir())
@@ -156,7 +165,7 @@ def find_kernel(
             f"kernel {kver} is not installed under {root}",
             hint="'weak-bpf-progs kernels' lists the installed ones",
         )
-    trees = [f"{m}/{kver}" for m in module_dirs(root)]
+    trees = _module_trees(root, kver)
     symvers = _first_file(
         root,
         [f"{t}/symvers{s}" for t in trees for s in SYMVERS_SUFFIXES]
@@ -200,6 +209,7 @@ def find_kernel(
         symbol_files=_symbol_files(root, kver, vmlinux_files),
         running=is_running,
         installed=installed,
+        kallsyms=_file(root, "proc/kallsyms") if is_running else None,
     )
 
 

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 from weak_bpf.errors import BTFError, ParseError, WeakBpfError
 from weak_bpf.files import compression
-from weak_bpf.files.paths import resolve_in_root
 from weak_bpf.files.read import MAX_FILE_SIZE, mapped, read_file
 from weak_bpf.kernel.find import KernelArtifacts
 from weak_bpf.parsers.btf import BTF
@@ -162,7 +161,7 @@ def load_symbols(kernel: KernelArtifacts) -> KernelSymbols:
             stub = stub or path == kernel.system_map
         elif found is not None:
             return KernelSymbols(found, path, False, tuple(problems), stub)
-    kallsyms = resolve_in_root(kernel.root, "proc/kallsyms") if kernel.running else None
+    kallsyms = kernel.kallsyms
     if kallsyms is not None:
         try:
             symbols = load_system_map(kallsyms)
