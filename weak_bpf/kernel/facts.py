@@ -8,7 +8,6 @@ recorded in `problems`, never raised: the checks turn it into an `unknown` verdi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from functools import partial
@@ -19,16 +18,12 @@ from weak_bpf.errors import WeakBpfError
 from weak_bpf.files.read import read_file
 from weak_bpf.kernel import load as kernel_data
 from weak_bpf.kernel import modscan
-from weak_bpf.kernel.cache import Cache, content_key, file_key, stat_key
-from weak_bpf.kernel.find import BtfSourceKind, KernelArtifacts, module_name
-from weak_bpf.kernel.modscan import ModuleBtf, ModuleScan
-from weak_bpf.model import KernelFacts, ModuleKfunc
+from weak_bpf.kernel.cache import Cache, content_key, file_key
+from weak_bpf.kernel.find import BtfSourceKind, KernelArtifacts
+from weak_bpf.model import KernelFacts
 from weak_bpf.parsers.btf import BTF
-from weak_bpf.parsers.elf import Buffer, section_bytes
+from weak_bpf.parsers.elf import section_bytes
 from weak_bpf.parsers.sysmap import SystemMap
-from weak_bpf.workerpool import WorkerDied
-
-INDEX_VERSION = "1"
 
 
 def load_vmlinux_btf(artifacts: KernelArtifacts, cache: Cache) -> tuple[BTF, frozenset[int] | None]:
@@ -82,67 +77,6 @@ def _image_btf_ids(
 T = TypeVar("T")
 
 
-class _Modules:
-    """The kfuncs of K's modules, and their BTF (modscan.ModuleBtf). Both come from the cache,
-    or from one pass over every module (modscan.py) that fills both entries. On a cache miss the
-    pass starts before vmlinux's BTF is read, in a worker process, and is waited for after; the
-    modules' BTF is read only when asked for (most programs need none)."""
-
-    def __init__(self, artifacts: KernelArtifacts, cache: Cache, problems: list[str], jobs: int):
-        self.artifacts, self.cache = artifacts, cache
-        self.problems, self.jobs = problems, jobs
-        key = content_key(INDEX_VERSION, artifacts.kver, stat_key(list(artifacts.modules)))
-        self.kfuncs_name, self.btf_name = f"kfuncs-{key}.json", f"modbtf-{key}.bin"
-        cached = cache.get_json(self.kfuncs_name)
-        try:
-            self.kfuncs = {k: ModuleKfunc(**v) for k, v in cached.items()} if cached else None
-        except (AttributeError, TypeError):
-            self.kfuncs = None  # a damaged entry
-        self._btf: ModuleBtf | None = None
-        self._pending = (
-            None if self.kfuncs is not None else modscan.scan_in_background(artifacts, jobs=jobs)
-        )
-
-    def read(self, vmlinux: BTF | None) -> dict[str, ModuleKfunc]:
-        """The modules' kfuncs, named in their BTF on `vmlinux` (None: unreadable, no kfuncs)."""
-        pending, self._pending = self._pending, None
-        try:
-            scanned = pending() if pending is not None else None  # waited for, whatever happens
-        except WorkerDied:  # killed (the OOM killer): the pass once more, in this process
-            scanned = modscan.scan_modules(self.artifacts)
-        if vmlinux is None:
-            return {}
-        if scanned is not None:
-            self._scanned(scanned, vmlinux)
-        return self.kfuncs or {}
-
-    def _scanned(self, scanned: ModuleScan, vmlinux: BTF) -> None:
-        before = len(self.problems)
-        self.problems.extend(scanned.problems)
-        self.kfuncs = modscan.name_kfuncs(scanned, vmlinux, self.problems)
-        if len(self.problems) == before:  # a module read again next time may read fine
-            kfuncs = {k: dataclasses.asdict(v) for k, v in sorted(self.kfuncs.items())}
-            self.cache.put(self.kfuncs_name, json.dumps(kfuncs, indent=0).encode())
-            self.cache.put(self.btf_name, modscan.pack_btf(scanned.raw_btf))
-        self._btf = self._module_btf(scanned.raw_btf, vmlinux)
-
-    def module_btf(self, vmlinux: BTF) -> ModuleBtf:
-        """The modules' BTF: kept from the pass, or from the cache, or from a pass now."""
-        if self._btf is None:
-            data = self.cache.map(self.btf_name)  # shared by the workers, read where searched
-            raw_btf = modscan.unpack_btf(data) if data is not None else None
-            if raw_btf is None:
-                self._scanned(modscan.scan_modules(self.artifacts, jobs=self.jobs), vmlinux)
-            else:
-                self._btf = self._module_btf(raw_btf, vmlinux)
-        assert self._btf is not None
-        return self._btf
-
-    def _module_btf(self, raw_btf: dict[str, Buffer], vmlinux: BTF) -> ModuleBtf:
-        files = {module_name(p): p for p in self.artifacts.modules}
-        return ModuleBtf(raw_btf, vmlinux, self.problems, files)
-
-
 def _attempt(problems: list[str], what: str, load: Callable[[], T]) -> T | None:
     try:
         return load()
@@ -178,7 +112,7 @@ def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache, *, jobs: int = 1
         if a.btf is None:
             facts.set_fact("vmlinux_btf_ids", None)
             return None
-        modules = _Modules(a, cache, problems, jobs)  # may start the pass over the modules
+        modules = modscan.Modules(a, cache, problems, jobs)  # may start the pass over the modules
         loaded = None
         try:
             loaded = _attempt(problems, "BTF", lambda: load_vmlinux_btf(a, cache))

@@ -1,4 +1,5 @@
-"""Kernel modules' BTF: one pass over every module of a kernel, and the lookups in what it kept.
+"""Kernel modules' BTF: one pass over every module of a kernel, the lookups in what it kept, and
+its two cache entries (the kfuncs, the raw BTF).
 
 A distribution kernel has about 1,100 modules. The pass opens each once, finds its `.BTF` and
 `.BTF_ids` sections without building the rest of its section table, keeps the raw `.BTF` (8 MB
@@ -26,16 +27,18 @@ from typing import TYPE_CHECKING
 
 from weak_bpf.errors import BTFError, WeakBpfError
 from weak_bpf.kernel import load as kernel_data
+from weak_bpf.kernel.cache import Cache, content_key, stat_key
 from weak_bpf.kernel.find import KernelArtifacts, module_name
 from weak_bpf.model import ModuleKfunc
 from weak_bpf.parsers import btfblob
 from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.elf import Buffer, find_sections
-from weak_bpf.workerpool import in_background, pooled
+from weak_bpf.workerpool import WorkerDied, in_background, pooled
 
 if TYPE_CHECKING:
     from weak_bpf.parsers.kmod import IdSetEntry
 
+INDEX_VERSION = "1"  # of the cached kfuncs and module BTF
 PARALLEL_FROM = 300  # fewer compressed modules are unpacked in this process: forking costs more
 
 
@@ -263,3 +266,64 @@ def unpack_btf(data: Buffer) -> dict[str, Buffer] | None:
     except (ValueError, TypeError):
         return None
     return raw_btf if at == len(blobs) else None
+
+
+class Modules:
+    """The kfuncs of K's modules, and their BTF (ModuleBtf). Both come from the cache, or from
+    one pass over every module that fills both entries. On a cache miss the
+    pass starts before vmlinux's BTF is read, in a worker process, and is waited for after; the
+    modules' BTF is read only when asked for (most programs need none)."""
+
+    def __init__(self, artifacts: KernelArtifacts, cache: Cache, problems: list[str], jobs: int):
+        self.artifacts, self.cache = artifacts, cache
+        self.problems, self.jobs = problems, jobs
+        key = content_key(INDEX_VERSION, artifacts.kver, stat_key(list(artifacts.modules)))
+        self.kfuncs_name, self.btf_name = f"kfuncs-{key}.json", f"modbtf-{key}.bin"
+        cached = cache.get_json(self.kfuncs_name)
+        try:
+            self.kfuncs = {k: ModuleKfunc(**v) for k, v in cached.items()} if cached else None
+        except (AttributeError, TypeError):
+            self.kfuncs = None  # a damaged entry
+        self._btf: ModuleBtf | None = None
+        self._pending = (
+            None if self.kfuncs is not None else scan_in_background(artifacts, jobs=jobs)
+        )
+
+    def read(self, vmlinux: BTF | None) -> dict[str, ModuleKfunc]:
+        """The modules' kfuncs, named in their BTF on `vmlinux` (None: unreadable, no kfuncs)."""
+        pending, self._pending = self._pending, None
+        try:
+            scanned = pending() if pending is not None else None  # waited for, whatever happens
+        except WorkerDied:  # killed (the OOM killer): the pass once more, in this process
+            scanned = scan_modules(self.artifacts)
+        if vmlinux is None:
+            return {}
+        if scanned is not None:
+            self._scanned(scanned, vmlinux)
+        return self.kfuncs or {}
+
+    def _scanned(self, scanned: ModuleScan, vmlinux: BTF) -> None:
+        before = len(self.problems)
+        self.problems.extend(scanned.problems)
+        self.kfuncs = name_kfuncs(scanned, vmlinux, self.problems)
+        if len(self.problems) == before:  # a module read again next time may read fine
+            kfuncs = {k: dataclasses.asdict(v) for k, v in sorted(self.kfuncs.items())}
+            self.cache.put(self.kfuncs_name, json.dumps(kfuncs, indent=0).encode())
+            self.cache.put(self.btf_name, pack_btf(scanned.raw_btf))
+        self._btf = self._module_btf(scanned.raw_btf, vmlinux)
+
+    def module_btf(self, vmlinux: BTF) -> ModuleBtf:
+        """The modules' BTF: kept from the pass, or from the cache, or from a pass now."""
+        if self._btf is None:
+            data = self.cache.map(self.btf_name)  # shared by the workers, read where searched
+            raw_btf = unpack_btf(data) if data is not None else None
+            if raw_btf is None:
+                self._scanned(scan_modules(self.artifacts, jobs=self.jobs), vmlinux)
+            else:
+                self._btf = self._module_btf(raw_btf, vmlinux)
+        assert self._btf is not None
+        return self._btf
+
+    def _module_btf(self, raw_btf: dict[str, Buffer], vmlinux: BTF) -> ModuleBtf:
+        files = {module_name(p): p for p in self.artifacts.modules}
+        return ModuleBtf(raw_btf, vmlinux, self.problems, files)
