@@ -260,6 +260,22 @@ def test_a_pass_whose_worker_is_killed_is_done_again_here(
     assert multiprocessing.active_children() == []
 
 
+def _would_fork() -> bool:
+    return modscan._may_fork(4)
+
+
+def test_a_worker_starts_no_workers_of_its_own() -> None:
+    """A kernel read in a worker makes its module pass there, not in a worker beside it: an
+    image unpacking beside a module pass went over the 300 MB of the scale bench."""
+    from weak_bpf.workerpool import in_background, pooled
+
+    context = multiprocessing.get_context("fork")
+    assert _would_fork()
+    with pooled(context, 1) as pool:
+        assert pool.submit(_would_fork).result() is False
+    assert in_background(context, _would_fork)() is False
+
+
 def test_a_root_where_no_worker_can_start_is_read_in_one_process(
     root: Path, tmp_path: Path, old_progs: dict[str, Path]
 ) -> None:

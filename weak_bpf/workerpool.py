@@ -47,7 +47,7 @@ def pooled(context: Any, processes: int) -> Iterator[ProcessPoolExecutor]:
     change ignores SIGTERM, and so do the workers it forks. A worker that dies (the OOM killer)
     makes the pool's results raise BrokenProcessPool, where multiprocessing.Pool would wait for
     ever. On an error, the workers are killed; they also end when this process is killed."""
-    pool = ProcessPoolExecutor(processes, mp_context=context, initializer=end_with_parent)
+    pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_worker_starts)
     try:
         yield pool
     except BaseException:
@@ -92,11 +92,22 @@ class WorkerDied(WeakBpfError):
     """A worker process ended without handing back its result."""
 
 
-def end_with_parent() -> None:
-    """Make this forked worker be killed when its parent dies. A worker left behind would hold
-    the run lock the parent inherited to it (flock belongs to the open file, which a fork
-    shares), and wait for work for ever; with the parent killed mid-run, the next run would
-    then wait for that lock until its timeout."""
+def in_worker() -> bool:
+    """Whether this process is a worker started here; it starts no workers of its own (a kernel
+    read, a module pass in a worker stay in it: two side by side went over 300 MB)."""
+    return _IN_WORKER
+
+
+_IN_WORKER = False
+
+
+def _worker_starts() -> None:
+    """Mark this forked process as a worker, and have it killed when its parent dies. A worker
+    left behind would hold the run lock the parent inherited to it (flock belongs to the open
+    file, which a fork shares), and wait for work for ever; with the parent killed mid-run, the
+    next run would then wait for that lock until its timeout."""
+    global _IN_WORKER  # noqa: PLW0603  (this process's, set once as it starts)
+    _IN_WORKER = True
     known = multiprocessing.parent_process()  # its pid was taken before the fork
     parent = known.pid if known is not None else os.getppid()
     try:
@@ -112,7 +123,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _run_and_send(writer: Any, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    end_with_parent()
+    _worker_starts()
     try:
         answer = (True, function(*args))
     except BaseException as e:  # handed back, raised in the parent

@@ -33,7 +33,7 @@ from weak_bpf.model import ModuleKfunc
 from weak_bpf.parsers import btfblob
 from weak_bpf.parsers.btf import BTF, Kind
 from weak_bpf.parsers.elf import Buffer, find_sections
-from weak_bpf.workerpool import WorkerDied, in_background, pooled
+from weak_bpf.workerpool import WorkerDied, in_background, in_worker, pooled
 
 if TYPE_CHECKING:
     from weak_bpf.parsers.kmod import IdSetEntry
@@ -93,7 +93,7 @@ def scan_in_background(artifacts: KernelArtifacts, *, jobs: int = 1) -> Callable
 
 
 def _may_fork(jobs: int) -> bool:
-    return jobs > 1 and not multiprocessing.current_process().daemon  # (a pool's worker may not)
+    return jobs > 1 and not in_worker()
 
 
 def _shares(paths: Sequence[Path], jobs: int) -> int:
