@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +38,20 @@ def require_tool(name: str) -> str:
 
 def require_root() -> None:
     require(os.geteuid() == 0, "needs root")
+
+
+def audit_json(root: Path) -> dict[str, Any]:
+    """`weak-bpf-progs --root ROOT audit --json`, run as a command, its report read."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "weak_bpf", "--root", str(root), "--no-journal", "audit", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode in (0, 1), proc.stderr  # 1: something is incompatible or unknown
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,11 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, require_tool
+from conftest import REPO, audit_json, require_tool
 from exampleroot import build_example_root, copy_root
 
 DOC = REPO / "docs/distribution-ci.md"
@@ -22,19 +21,6 @@ def jq_steps() -> list[str]:
     """The doc's shell blocks that start with jq: the join, the table, the failures."""
     blocks = re.findall(r"```sh\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
     return [b for b in blocks if b.startswith("jq ")]
-
-
-def audit(root: Path) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-m", "weak_bpf", "--root", str(root), "--no-journal", "audit", "--json"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode in (0, 1), proc.stderr  # 1: something is incompatible or unknown
-    doc: dict = json.loads(proc.stdout)
-    return doc
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +49,10 @@ def jobs(
                         path.unlink()
             for vendor in set(vendors) - set(package_set):
                 shutil.rmtree(root / "usr/lib/bpf" / vendor)
-            report = audit(root)
+            report = audit_json(root)
             assert report["kernels"] == [kver]
             (reports / f"report-{kver}-{n}.json").write_text(json.dumps(report))
-    return reports, audit(full)
+    return reports, audit_json(full)
 
 
 def test_the_doc_has_the_three_jq_steps() -> None:

@@ -26,7 +26,7 @@ from weak_bpf.apply import journal
 from weak_bpf.apply.resolution import Action, Resolution
 
 import bpfbuild
-from conftest import REPO, require_root, require_tool
+from conftest import REPO, audit_json, require_root, require_tool
 from journald import Journald, require_journald
 
 EXAMPLES = REPO / "packaging" / "examples"
@@ -231,19 +231,6 @@ def root(tmp_path: Path, packages: dict[str, Path]) -> Path:
     return r
 
 
-def audit(root: Path) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "weak_bpf", "--root", str(root), "--no-journal", "audit", "--json"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode in (0, 1), proc.stderr
-    doc: dict[str, Any] = json.loads(proc.stdout)
-    return doc
-
-
 def links_of(root: Path, kver: str) -> set[str]:
     """The programs (paths in the root) linked for kver."""
     found = set()
@@ -265,7 +252,7 @@ def check(root: Path, programs: set[str], runs: dict[str, Run | None]) -> None:
     """The root's kernels are those of `runs`, its programs `programs`; on each kernel the
     programs whose VERDICTS are linkable are linked (audit agrees, link by link), and the last
     `runs[kver].action` for it logged exactly `runs[kver].entries` (None: not checked here)."""
-    doc = audit(root)
+    doc = audit_json(root)
     assert set(doc["kernels"]) == set(runs)
     assert {p["path"] for p in doc["programs"]} == programs
     linkable = {p for p in programs if VERDICTS[p] in LINKABLE}
@@ -423,7 +410,7 @@ def test_program_first_then_kernels_upgrade_erase(
     rpm(root, "-e", "--nodeps", "acme-example-bpf")
     erase = Run("remove-progs", gone(SYS_KEY, EXEC_STATE))
     check(root, set(), {OLD: erase, NEW: erase})
-    assert audit(root)["programs"] == []
+    assert audit_json(root)["programs"] == []
 
     rpm(root, "-i", "--nodeps", str(packages["prog-1.0"]))
     again = Run("add-progs", linked(SYS_KEY, OPEN_COUNT))
