@@ -1,8 +1,8 @@
 """weak-bpf-progsd never makes a caller wait for another's work (issue #13), on a real dbus-daemon
-and real Debian kernels: reads are answered while a slow AddKernel runs; a slow Audit runs in a
-worker, at most daemon_max_reads of them at a time; changes run one at a time in the order they
-came; a caller that leaves mid-call leaves no process and no lock behind; SIGTERM lets the
-change in progress finish; the daemon stays small."""
+and real Debian kernels: reads are answered while a slow AddKernel runs, and while a RemoveKernel
+waits behind it and runs; a slow Audit runs in a worker, at most daemon_max_reads of them at a
+time; changes run one at a time in the order they came; a caller that leaves mid-call leaves no
+process and no lock behind; SIGTERM lets the change in progress finish; the daemon stays small."""
 
 from __future__ import annotations
 
@@ -185,6 +185,43 @@ def test_reads_are_answered_while_a_slow_add_kernel_runs(
     daemon.call("after", "Audit", "(as)", [new])
     after = json.loads(daemon.wait("after")["after"][0])
     assert sum(p["results"][new]["linked"] for p in after["programs"]) == run["counts"]["linked"]
+
+
+def test_reads_are_answered_while_a_remove_kernel_waits_and_runs(
+    serve: Callable[..., Daemon], large: Path
+) -> None:
+    """A RemoveKernel queued behind a slow AddKernel, then property reads and Explain calls:
+    each read is answered before the RemoveKernel, which comes after the AddKernel and leaves
+    the kernel without links."""
+    daemon = serve(large)
+    old, new = kernels_of(daemon.root)
+    daemon.call("add", "AddKernel", "(sb)", new, False)
+    daemon.call("remove", "RemoveKernel", "(sb)", new, False)
+    daemon.wait_for_worker()  # the AddKernel is running, the RemoveKernel waits
+    reads: dict[str, tuple[Any, ...]] = {}
+    for i in range(8):
+        reads[f"kernels{i}"] = ("Get", "(ss)", INTERFACE, "Kernels")
+    for i, kver in enumerate((old, new)):
+        reads[f"explain{i}"] = ("Explain", "(ss)", "usr/lib/bpf/acme-net/xdp_ct.bpf.o", kver)
+    for tag, (method, signature, *args) in reads.items():
+        daemon.call(tag, method, signature, *args)
+    daemon.wait("add", "remove", *reads)
+
+    order = [tag for tag, _, _ in daemon.replies]
+    assert order.index("add") < order.index("remove") == len(order) - 1, daemon.when
+    got = {tag: (value, error) for tag, value, error in daemon.replies}
+    assert not [(tag, e) for tag, (_, e) in got.items() if e], "every call succeeds"
+    for i in range(8):
+        assert got[f"kernels{i}"][0] == [old, new]
+    for i, kver in enumerate((old, new)):
+        assert list(json.loads(got[f"explain{i}"][0])["kernels"]) == [kver]
+    linked = json.loads(got["add"][0])[0]["counts"]["linked"]
+    (removed,) = json.loads(got["remove"][0])
+    assert removed["action"] == "remove-kernel" and removed["counts"]["changed"] == linked > COPIES
+    links = daemon.root / f"usr/lib/modules/{new}/bpf"
+    assert not [p for p in links.rglob("*.bpf.o") if p.is_symlink()]
+    assert no_children_soon(daemon)
+    assert lock_is_free(daemon.root)
 
 
 def test_a_slow_audit_runs_in_a_worker_and_reads_are_bounded(
