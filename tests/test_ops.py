@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import multiprocessing
@@ -224,6 +225,42 @@ def test_workers_give_the_verdicts_of_one_process(
     spread = report.audit_json(ops.audit(root, cache=False, jobs=3))
     assert alone == spread
     assert len(spread["programs"]) >= 8  # type: ignore[arg-type]
+
+
+def test_each_kernel_is_read_and_indexed_once_for_all_workers(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent reads each kernel's BTF and builds its CO-RE index once, before it forks; the
+    workers judge with them and build neither again."""
+    from weak_bpf.engine import corerelo
+    from weak_bpf.kernel import facts
+
+    judging = importlib.import_module("weak_bpf.ops.judging")
+    monkeypatch.setattr(judging, "PARALLEL_FROM", 1)
+    log = tmp_path / "log"
+
+    def logged(what: str, function: Any) -> Any:
+        @functools.wraps(function)  # the workers find it by this name
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with log.open("a") as f:
+                f.write(f"{what} {os.getpid()}\n")
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    index = corerelo.TargetIndex
+    monkeypatch.setattr(index, "__init__", logged("index", index.__init__))
+    monkeypatch.setattr(facts, "load_vmlinux_btf", logged("btf", facts.load_vmlinux_btf))
+    monkeypatch.setattr(judging, "_judge_in_worker", logged("judge", judging._judge_in_worker))
+    audited = ops.audit(root, cache=False, jobs=2)  # (with the cache, a worker fills it first)
+    lines = [line.split() for line in log.read_text().splitlines()]
+    here = str(os.getpid())
+    assert len({pid for what, pid in lines if what == "judge"} - {here}) == 2, "two workers judged"
+    built = sorted(what for what, pid in lines if what != "judge")
+    assert {pid for what, pid in lines if what != "judge"} == {here}, "built in a worker"
+    assert built == ["btf"] * len(audited.kernels) + ["index"] * len(audited.kernels)
+    assert len(audited.kernels) == 2
+    assert multiprocessing.active_children() == []
 
 
 def _die_in_worker(chunk: list[int]) -> None:
