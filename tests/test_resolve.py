@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from weak_bpf import cli, ops
 from weak_bpf.apply.writer import current_links
 
@@ -323,12 +325,15 @@ def test_the_debian_layout(tmp_path: Path, debian_kernels: dict[str, Path]) -> N
     }
 
 
-def test_bad_paths_on_stdin_are_reported_and_the_rest_handled(root: Path) -> None:
-    proc = run(
-        root, "add-progs", stdin="/etc/passwd\n../../x.bpf.o\n/usr/lib/bpf/acme-net/xdp_ct.bpf.o\n"
-    )
+@pytest.mark.parametrize("command", ["add-progs", "remove-progs"])
+def test_bad_paths_on_stdin_are_reported_and_the_rest_handled(root: Path, command: str) -> None:
+    program = "usr/lib/bpf/acme-net/tcp_retrans.bpf.o"
+    if command == "remove-progs":
+        assert run(root, "add-kernel", NEW).returncode == 0
+        (root / program).unlink()
+    proc = run(root, command, stdin=f"/etc/passwd\n../../x.bpf.o\n/{program}\n")
     assert proc.returncode == 0
-    assert "acme-net/xdp_ct.bpf.o" in links(root, NEW)
+    assert ("acme-net/tcp_retrans.bpf.o" in links(root, NEW)) == (command == "add-progs")
     # said once for the run, not once per kernel, and counted in no kernel's report
     assert proc.stderr.count("/etc/passwd: not a BPF program location") == 1, proc.stderr
     assert proc.stderr.count("not a plain path") == 1, proc.stderr

@@ -28,6 +28,7 @@ from weak_bpf.program.installed import (
     installed_programs,
     load_program,
     object_path,
+    sidecar_greylist,
 )
 from weak_bpf.workerpool import usable_jobs
 
@@ -119,7 +120,7 @@ def _program_key(root: Path, program: InstalledProgram) -> str:
     """What a program's results depend on: its object and greylist, as read inside the root,
     and the links leading to them."""
     top = str(root)
-    names = [program.path, f"{program.path}.greylist"]
+    names = [program.path, sidecar_greylist(program.path)]
     files = [f"{top}/{n}" for n in names]
     files += [resolved_path(top, n) or f"{top}/{n}.absent" for n in names]
     links = [_link(f) for f in files[:2]]
