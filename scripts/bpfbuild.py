@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -72,12 +73,28 @@ def vmlinux_h(btf_file: Path) -> Path:
     return out_dir
 
 
-def clang_id() -> bytes:
-    return _run([tool("clang"), "--version"], "clang --version")
+def clang_id(clang: str = "clang") -> bytes:
+    return _run([tool(clang), "--version"], f"{clang} --version")
+
+
+def clang_at_least(major: int) -> str:
+    """The name of an installed clang whose major version is `major` or later: `clang` itself, or
+    a versioned one such as Debian's `clang-15` beside its default `clang` 14."""
+    for name in ("clang", *(f"clang-{v}" for v in range(major, major + 12))):
+        if shutil.which(name) is None:
+            continue
+        version = re.search(rb"clang version (\d+)", clang_id(name))
+        if version and int(version[1]) >= major:
+            return name
+    raise BuildError(f"clang {major} or later is not installed (scripts/install-deps installs it)")
 
 
 def compile_program(
-    source: Path, include_dirs: list[Path], *, extra_inputs: tuple[bytes, ...] = ()
+    source: Path,
+    include_dirs: list[Path],
+    *,
+    extra_inputs: tuple[bytes, ...] = (),
+    clang: str = "clang",
 ) -> Path:
     """Compile `source` with -I for each of `include_dirs`; the object is cached by content.
 
@@ -85,7 +102,7 @@ def compile_program(
     directory name is its hash) that the program includes.
     """
     dirs = [str(d) for d in include_dirs]
-    inputs = (source.read_bytes(), clang_id(), " ".join(CLANG_FLAGS + tuple(dirs)).encode())
+    inputs = (source.read_bytes(), clang_id(clang), " ".join(CLANG_FLAGS + tuple(dirs)).encode())
     name = source.name[: -len(".c")] + ".o" if source.name.endswith(".c") else source.name + ".o"
     out = CACHE_DIR / "objs" / digest(*inputs, *extra_inputs) / name
     if not out.exists():
@@ -93,7 +110,7 @@ def compile_program(
         tmp.parent.mkdir(parents=True, exist_ok=True)
         includes = [f"-I{d}" for d in dirs]
         _run(
-            [tool("clang"), *CLANG_FLAGS, *includes, "-c", str(source), "-o", str(tmp)],
+            [tool(clang), *CLANG_FLAGS, *includes, "-c", str(source), "-o", str(tmp)],
             f"clang {source.name}",
         )
         os.replace(tmp, out)
