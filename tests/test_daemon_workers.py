@@ -91,6 +91,24 @@ def test_changes_run_one_at_a_time_in_order(tmp_path: Path) -> None:
     assert scheduler.idle
 
 
+def test_changes_waiting_are_bounded(tmp_path: Path) -> None:
+    loop, replies = PollLoop(), Replies()
+    scheduler = Scheduler(loop, max_reads=1, max_queued=2)
+    log = tmp_path / "log"
+    for tag in ("running", "waits-1", "waits-2"):
+        scheduler.submit(Job("Change", _log_run(log, tag, 0.2), [replies(tag)]))
+    with pytest.raises(Busy) as busy:
+        scheduler.submit(Job("Change", _log_run(log, "refused", 0), [replies("refused")]))
+    assert str(busy.value) == "2 changes are waiting: call again when one is done"
+    assert busy.value.dbus_name == "org.weakbpf.Manager1.Error.Busy"
+    loop.run()
+    assert [g[:2] for g in replies.got] == [(t, t) for t in ("running", "waits-1", "waits-2")]
+    assert "refused" not in log.read_text()
+    assert scheduler.submit(Job("Change", _log_run(log, "later", 0), [replies("later")])) == 0
+    loop.run()
+    assert replies.got[-1][:2] == ("later", "later")
+
+
 def test_reads_run_side_by_side_up_to_the_bound(tmp_path: Path) -> None:
     loop, replies = PollLoop(), Replies()
     scheduler = Scheduler(loop, max_reads=2)
