@@ -15,14 +15,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from weak_bpf.errors import WeakBpfError
-from weak_bpf.files.read import read_file
 from weak_bpf.kernel import load as kernel_data
 from weak_bpf.kernel import modscan
 from weak_bpf.kernel.cache import Cache, content_key, file_key
 from weak_bpf.kernel.find import BtfSourceKind, KernelArtifacts
 from weak_bpf.model import KernelFacts
 from weak_bpf.parsers.btf import BTF
-from weak_bpf.parsers.elf import section_bytes
 from weak_bpf.parsers.sysmap import SystemMap
 
 
@@ -32,8 +30,8 @@ def load_vmlinux_btf(artifacts: KernelArtifacts, cache: Cache) -> tuple[BTF, fro
     assert artifacts.btf is not None
     source = str(artifacts.btf)
     if artifacts.btf_source_kind is BtfSourceKind.SYSFS:  # raw BTF, compared with the image's
-        raw = read_file(artifacts.btf)
-        return BTF.from_bytes(raw, source=source), _image_btf_ids(artifacts, raw, cache)
+        btf, raw = kernel_data.load_raw_btf(artifacts.btf)
+        return btf, _image_btf_ids(artifacts, raw, cache)
     if artifacts.btf_source_kind is not BtfSourceKind.VMLINUZ:
         found = kernel_data.load_kernel_btf(artifacts.btf)
         return found.btf, found.btf_ids
@@ -65,11 +63,9 @@ def _image_btf_ids(
         ids = cached["ids"]
         return frozenset(ids) if isinstance(ids, list) else None
     try:
-        elf = kernel_data.load_vmlinux(artifacts.image)
-        same = section_bytes(elf, ".BTF") == sysfs_btf
+        found = kernel_data.image_btf_ids(artifacts.image, sysfs_btf)
     except WeakBpfError:
         return None  # not cached: the next run tries again (a decompressor installed, ...)
-    found = kernel_data.btf_ids_of(elf, str(artifacts.image)) if same else None
     cache.put(name, json.dumps({"ids": None if found is None else sorted(found)}).encode())
     return found
 

@@ -114,6 +114,21 @@ def load_kernel_btf(path: Path) -> KernelBtf:
     return _elf_btf(elf, source)
 
 
+def load_raw_btf(path: Path) -> tuple[BTF, bytes]:
+    """A raw BTF file, such as the running kernel's /sys/kernel/btf/vmlinux, and its bytes."""
+    raw = read_file(path)
+    return BTF.from_bytes(raw, source=str(path)), raw
+
+
+def image_btf_ids(image: Path, btf: bytes) -> frozenset[int] | None:
+    """The `.BTF_ids` of the kernel image `image` when its `.BTF` is `btf` byte for byte (the ids
+    only hold for that BTF), else None."""
+    elf = load_vmlinux(image)
+    if section_bytes(elf, ".BTF", str(image)) != btf:
+        return None
+    return btf_ids_of(elf, str(image))
+
+
 def _elf_btf(elf: Buffer, source: str) -> KernelBtf:
     try:
         return KernelBtf(BTF.from_bytes(elf, source=source), btf_ids_of(elf, source))
