@@ -110,6 +110,47 @@ def test_inspect_names_the_greylist_shipped_beside_the_object(
     assert re.search(rf"^  greylist +{re.escape(obj)}\.greylist$", out, re.MULTILINE), out
 
 
+@pytest.mark.parametrize(
+    ("link", "shown"),
+    [
+        ("real.greylist", "{obj}.greylist"),  # a link inside the root: the name beside it
+        ("/etc/passwd", "{obj}.greylist: the greylist is not a readable file"),  # absent in root
+        ("../../../../../../../../outside", "{obj}.greylist: the greylist is not a readable file"),
+        (None, "none"),
+    ],
+    ids=["inside", "dangling-in-root", "out-of-root", "none"],
+)
+def test_inspect_and_audit_find_the_same_sidecar_greylist(
+    example_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    link: str | None,
+    shown: str,
+) -> None:
+    """`inspect` looks the greylist up as the installed programs are read: inside the root."""
+    from weak_bpf.program.installed import InstalledProgram, load_program
+
+    root, obj = tmp_path / "root", "usr/lib/bpf/vendor/ct_keepalive.bpf.o"
+    shipped = example_root / "usr/lib/bpf/globex-net/ct_keepalive.bpf.o"
+    (root / obj).parent.mkdir(parents=True)
+    shutil.copyfile(shipped, root / obj)
+    shutil.copyfile(f"{shipped}.greylist", (root / obj).parent / "real.greylist")
+    (tmp_path / "outside").write_text("vmlinux 0x12345678 outside_of_the_root\n")
+    if link is not None:
+        (root / f"{obj}.greylist").symlink_to(link)
+    status, out, err = run(["--root", str(root), "inspect", obj], capsys)
+    assert status == 0, err
+    row = re.search(r"^  greylist +(.*)$", out, re.MULTILINE)
+    assert row is not None and row[1].startswith(shown.format(obj=obj)), out
+    loaded = load_program(root, InstalledProgram(obj, "ct_keepalive.bpf.o", None))
+    if link is None:
+        assert (loaded.error, loaded.greylist) == (None, None)
+    elif link == "real.greylist":
+        assert loaded.error is None and loaded.greylist is not None
+    else:
+        assert loaded.error is not None and row[1] == loaded.error
+
+
 def test_inspect_verbose_names_core_relocations(
     example_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -139,13 +139,7 @@ def load_program(
         return LoadedProgram(program, None, None, str(e.located(source)))
     greylist_source = sidecar_greylist(program.path)
     try:
-        sidecar = resolve_in_root(root, greylist_source)
-        if os.path.lexists(root / greylist_source) and (sidecar is None or not sidecar.is_file()):
-            raise ParseError(
-                "the greylist is not a readable file (a dangling link, a link out of the root, "
-                "or a directory)",
-                source=greylist_source,
-            )
+        sidecar = find_sidecar_greylist(root, program.path)
         if sidecar is not None:
             raw = read_file(sidecar, max_size=MAX_GREYLIST_SIZE)
             digest.update(b"\0greylist\0" + raw)
@@ -189,6 +183,22 @@ def sidecar_greylist(object_path: str) -> str:
     return f"{object_path}.greylist"
 
 
+def find_sidecar_greylist(root: Path, object_path: str) -> Path | None:
+    """The greylist shipped beside the object at `object_path` (below `root`), looked up as in a
+    chroot; None if there is none. The one lookup of a sidecar greylist: `audit` and the
+    resolver read it, `inspect` names it. Raises ParseError when the name is taken by something
+    that is not a readable file."""
+    name = sidecar_greylist(object_path)
+    found = resolve_in_root(root, name)
+    if os.path.lexists(root / name) and (found is None or not found.is_file()):
+        raise ParseError(
+            "the greylist is not a readable file (a dangling link, a link out of the root, or "
+            "a directory)",
+            source=name,
+        )
+    return found
+
+
 def object_path(root: Path, path: Path) -> Path:
     """Where OBJECT is: an absolute path as given; a relative one under the root if it is there,
     else relative to the current directory."""
@@ -199,16 +209,15 @@ def object_path(root: Path, path: Path) -> Path:
 
 
 def greylist_beside(root: Path, path: Path) -> str | None:
-    """OBJECT.greylist, the greylist a package ships next to OBJECT, as shown to users; None if
-    there is none. It wins over a .greylist section in the object."""
-    where = object_path(root, path)
-    sidecar = Path(sidecar_greylist(str(where)))
+    """OBJECT.greylist, the greylist a package ships next to OBJECT, as shown to users (with the
+    reason when it cannot be read); None if there is none. It wins over a .greylist section in
+    the object. An object outside the root is looked up from /, as a loose program is read."""
+    where = os.path.abspath(object_path(root, path))
+    top = os.path.abspath(root)
+    inside = where.startswith(top.rstrip("/") + "/")
+    base, rel = (Path(top), where[len(top.rstrip("/")) + 1 :]) if inside else (Path("/"), where)
     try:
-        if not sidecar.is_file():
-            return None
-    except OSError:  # a name too long for the extra suffix, a loop
-        return None
-    try:
-        return str(sidecar.resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(sidecar)
+        found = find_sidecar_greylist(base, rel)
+    except ParseError as e:
+        return str(e)
+    return None if found is None else sidecar_greylist(rel)
