@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import hashlib
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from weak_bpf import cli, ops
 from weak_bpf.engine.verified import ProgramLoad, Verification, fold
 from weak_bpf.model import Area, Check, Outcome, ReasonCode, Result, Verdict
 from weak_bpf.ops import verify as verify_ops
-from weak_bpf.verify import guest, tools, vm
+from weak_bpf.verify import guest, initramfs, tools, vm
 
 import bpfbuild
 import exampleroot
@@ -492,6 +493,52 @@ def test_killing_verify_leaves_no_vm(
 
 
 # --- the fold and the guest's output, without a VM --------------------------------------------
+
+
+# --- the modules a boot inserts -----------------------------------------------------------------
+
+
+def _debian_modules(kernel: tuple[str, Path]) -> list[Path]:
+    kver, unpacked = kernel
+    return sorted((unpacked / "lib/modules" / kver / "kernel").rglob("*.ko*"))
+
+
+def test_module_order_from_modinfo_and_from_modules_dep(
+    old_kernel: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Debian's package holds no modules.dep (depmod writes it on install): the modules' own
+    `depends=` order them. With a modules.dep, its list does, the last one first."""
+    kos = _debian_modules(old_kernel)
+    by_modinfo = initramfs.module_order(kos, None, ["nf_conntrack"])
+    assert [name for name, _ in by_modinfo] == [
+        "nf_defrag_ipv4", "nf_defrag_ipv6", "libcrc32c", "nf_conntrack"
+    ]  # fmt: skip
+    assert all(path.name == f"{name}.ko" for name, path in by_modinfo)
+    dep = tmp_path / "modules.dep"
+    dep.write_text(
+        "kernel/net/netfilter/nf_conntrack.ko: kernel/lib/libcrc32c.ko "
+        "kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko\n"
+        "kernel/lib/libcrc32c.ko:\nnot a module line\n"
+    )
+    by_dep = initramfs.module_order(kos, dep, ["nf-conntrack"])
+    assert [name for name, _ in by_dep] == ["nf_defrag_ipv6", "libcrc32c", "nf_conntrack"]
+
+
+def test_module_order_errors_are_initramfs_errors(
+    old_kernel: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A module that is missing or corrupt, or an unreadable modules.dep, spoils the boot's
+    modules with a sentence naming the file, never with a crash."""
+    kos = _debian_modules(old_kernel)
+    with pytest.raises(initramfs.InitramfsError, match="module no_such is not among"):
+        initramfs.module_order(kos, None, ["no_such"])
+    corrupt = tmp_path / "nf_conntrack.ko"
+    corrupt.write_bytes(b"\x7fELF" + b"\0" * 60)
+    others = [ko for ko in kos if ko.name != "nf_conntrack.ko"]
+    with pytest.raises(initramfs.InitramfsError, match=re.escape(str(corrupt))):
+        initramfs.module_order([*others, corrupt], None, ["nf_conntrack"])
+    with pytest.raises(initramfs.InitramfsError, match=r"modules\.dep: cannot read"):
+        initramfs.module_order(kos, tmp_path / "modules.dep", ["nf_conntrack"])
 
 
 def test_fold_never_makes_an_offline_failure_pass() -> None:

@@ -28,7 +28,6 @@ import struct
 import subprocess
 import threading
 import zlib
-from pathlib import Path
 from typing import Any, Callable
 
 from weak_bpf.errors import DecompressError
@@ -173,13 +172,6 @@ def maybe_decompress(
             raise DecompressError(f"larger than {size_text(max_size)}", source=source)
         return bytes(data)
     return decompress(data, source, max_size=max_size, use_modules=use_modules)
-
-
-def read_maybe_compressed(path: Path, *, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
-    """The contents of `path`, unpacked if compressed. OSError is left to the caller."""
-    with open(path, "rb") as f:
-        data = f.read(max_size + 1)
-    return maybe_decompress(data, str(path), max_size=max_size)
 
 
 # --- one stream: returns (output, offset just past the stream) ------------------------------------

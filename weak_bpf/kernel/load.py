@@ -20,6 +20,7 @@ from weak_bpf.parsers.elf import Buffer, section_bytes
 from weak_bpf.parsers.elfsyms import symbol_map
 from weak_bpf.parsers.kabi import KabiList, parse_kabi_list
 from weak_bpf.parsers.kconfig import KernelConfig, parse_kconfig
+from weak_bpf.parsers.modulesdep import parse_modules_dep
 from weak_bpf.parsers.symvers import Symvers, parse_symvers
 from weak_bpf.parsers.sysmap import SystemMap, parse_system_map
 from weak_bpf.parsers.vmlinuz import vmlinux_from_vmlinuz
@@ -64,6 +65,27 @@ def load_kernel_object(path: Path) -> KernelObject:
     from weak_bpf.parsers.kmod import read_kernel_object  # pyelftools: only when a module is read
 
     return _load(path, read_kernel_object, max_size=MAX_MODULE_SIZE)
+
+
+def load_module_bytes(path: Path) -> bytes:
+    """A module's ELF, unpacked when compressed: what insmod takes."""
+    return read_file(path, max_size=MAX_MODULE_SIZE)
+
+
+def load_module_depends(path: Path) -> list[str]:
+    """The modules a module's modinfo `depends=` names."""
+    value = load_kernel_object(path).modinfo_value("depends") or ""
+    return [name for name in value.split(",") if name]
+
+
+def load_modules_dep(path: Path) -> dict[str, tuple[str, ...]]:
+    """modules.dep: {module file: the module files it depends on}."""
+    return _load(path, parse_modules_dep, max_size=MAX_TEXT_SIZE)
+
+
+def load_config_bytes(path: Path) -> bytes:
+    """K's config file as it is (unpacked when compressed), to hand to a booted kernel."""
+    return read_file(path, max_size=MAX_TEXT_SIZE)
 
 
 def load_vmlinux(path: Path) -> bytes:

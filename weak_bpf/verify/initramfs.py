@@ -8,13 +8,12 @@ import gzip
 import re
 import stat
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from weak_bpf.errors import WeakBpfError
-from weak_bpf.files.compression import read_maybe_compressed
-from weak_bpf.kernel.find import MODULE_SUFFIXES, module_name
-from weak_bpf.parsers.kmod import read_kernel_object
+from weak_bpf.kernel import load as kernel_data
+from weak_bpf.kernel.find import module_name
 
 # A cpio entry: (path in the archive, mode with its file type bits, content, rdev major:minor).
 CpioEntry = tuple[str, int, bytes, tuple[int, int]]
@@ -31,38 +30,32 @@ def module_order(
     modules.dep orders them when K has one, else by each module's modinfo `depends=`."""
     index = {module_name(ko.name): ko for ko in sorted(modules)}
     deps: dict[str, list[str]] = {}
-    if modules_dep is not None:
-        try:
-            for line in modules_dep.read_text(errors="replace").splitlines():
-                head, _, rest = line.partition(":")
-                if head:
-                    deps[module_name(head)] = [module_name(d) for d in rest.split()]
-        except OSError as e:
-            raise InitramfsError(f"{modules_dep}: cannot read: {e.strerror}") from None
-    ordered: list[str] = []
+    try:
+        if modules_dep is not None:
+            listed = kernel_data.load_modules_dep(modules_dep)
+            deps = {module_name(k): [module_name(d) for d in v] for k, v in listed.items()}
+        ordered: list[str] = []
 
-    def depends(name: str) -> list[str]:
-        if name in deps:
-            return list(reversed(deps[name]))  # modprobe inserts the last one first
-        ko = index[name]
-        try:
-            data = read_maybe_compressed(ko)
-        except OSError as e:
-            raise InitramfsError(f"{ko}: cannot read: {e.strerror}") from None
-        value = read_kernel_object(data, str(ko)).modinfo_value("depends") or ""
-        return [module_name(d) for d in value.split(",") if d]
+        def depends(name: str) -> list[str]:
+            if name in deps:
+                return list(reversed(deps[name]))  # modprobe inserts the last one first
+            return [module_name(d) for d in kernel_data.load_module_depends(index[name])]
 
-    def visit(name: str, path: tuple[str, ...]) -> None:
-        if name in ordered or name in path:
-            return  # a cycle cannot load anyway; insmod will say so
-        if name not in index:
-            raise InitramfsError(f"module {name} is not among the kernel's modules")
-        for dep in depends(name):
-            visit(dep, (*path, name))
-        ordered.append(name)
+        def visit(name: str, path: tuple[str, ...]) -> None:
+            if name in ordered or name in path:
+                return  # a cycle cannot load anyway; insmod will say so
+            if name not in index:
+                raise InitramfsError(f"module {name} is not among the kernel's modules")
+            for dep in depends(name):
+                visit(dep, (*path, name))
+            ordered.append(name)
 
-    for name in wanted:
-        visit(module_name(name), ())
+        for name in wanted:
+            visit(module_name(name), ())
+    except InitramfsError:
+        raise
+    except WeakBpfError as e:
+        raise InitramfsError(str(e)) from None
     return [(name, index[name]) for name in ordered]
 
 
@@ -98,11 +91,15 @@ def files(
 
     def read(path: Path) -> bytes:
         try:
-            if path.name.endswith(MODULE_SUFFIXES):
-                return read_maybe_compressed(path)
             return path.read_bytes()
         except OSError as e:
             raise InitramfsError(f"{path}: cannot read: {e.strerror}") from None
+
+    def kernel_file(load: Callable[[Path], bytes], path: Path) -> bytes:
+        try:
+            return load(path)
+        except WeakBpfError as e:
+            raise InitramfsError(str(e)) from None
 
     for guest, host in programs.items():
         content[guest] = (0o755, read(host))
@@ -111,9 +108,9 @@ def files(
     for name, data in objects.items():
         content[f"objects/{name}.o"] = (0o644, data)
     for module, ko in modules:
-        content[f"modules/{module}.ko"] = (0o644, read(ko))
+        content[f"modules/{module}.ko"] = (0o644, kernel_file(kernel_data.load_module_bytes, ko))
     if config is not None:
-        content[config[0]] = (0o644, read(config[1]))
+        content[config[0]] = (0o644, kernel_file(kernel_data.load_config_bytes, config[1]))
 
     dirs = {"proc", "sys", "dev", "tmp", "usr/sbin", "bin"}
     for member in content:
