@@ -180,7 +180,8 @@ def find_kernel(
         return _first_file(root, [f"{t}/{name}" for t in trees] + [f"boot/{name}-{kver}"])
 
     image = per_kernel("vmlinuz")
-    config = per_kernel("config")
+    # the running kernel's own config, when CONFIG_IKCONFIG_PROC put it there
+    config = per_kernel("config") or (_file(root, "proc/config.gz") if is_running else None)
     vmlinux_files = _vmlinux_files(root, kver, trees)
     btf, btf_kind = _find_btf(root, is_running, vmlinux_files, image)
     arch = arch_of(kver) or _arch_from_config(config)
