@@ -58,6 +58,19 @@ def compile_all(btf_file: Path) -> dict[str, Path]:
         return {name: future.result() for name, future in futures.items()}
 
 
+def compile_source(
+    text: str, name: str, btf_file: Path, work: Path, *, clang: str = "clang"
+) -> Path:
+    """C source `text`, written as work/NAME.bpf.c, compiled as tests/progs are (their
+    common.h included) against the vmlinux (or BTF) `btf_file`."""
+    require_tool(clang)
+    src = work / f"{name}.bpf.c"
+    src.write_text(text)
+    headers = tuple(h.read_bytes() for h in sorted(PROGS_DIR.glob("*.h")))
+    include = [_built(lambda: bpfbuild.vmlinux_h(btf_file)), PROGS_DIR]
+    return _built(lambda: bpfbuild.compile_program(src, include, extra_inputs=headers, clang=clang))
+
+
 @pytest.fixture(scope="session")
 def bpf_compiler() -> Compiler:
     """compile(btf_file) -> {program name: compiled object}, memoized per file."""

@@ -33,7 +33,8 @@ from weak_bpf.parsers.btfext import CoreReloKind
 from weak_bpf.parsers.objvalues import BpfObject
 
 import bpfbuild
-from conftest import REPO, require, require_root, require_tool
+from bpfprogs import compile_source
+from conftest import require, require_root
 from realload import bpftool_loadall
 
 SYSFS_BTF = Path("/sys/kernel/btf/vmlinux")
@@ -259,17 +260,10 @@ def running_target() -> TargetIndex:
 @pytest.fixture(scope="session")
 def own_objects(old_vmlinux: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The programs above, compiled against the old Debian kernel like tests/progs."""
-    require_tool("clang")
-    src_dir = tmp_path_factory.mktemp("corerelo")
-    progs = REPO / "tests" / "progs"
-    headers = tuple(h.read_bytes() for h in sorted(progs.glob("*.h")))
-    include = [bpfbuild.vmlinux_h(old_vmlinux), progs]
-    objects = {}
-    for name, text in OWN_PROGRAMS.items():
-        src = src_dir / f"{name}.bpf.c"
-        src.write_text(text)
-        objects[name] = bpfbuild.compile_program(src, include, extra_inputs=headers)
-    return objects
+    work = tmp_path_factory.mktemp("corerelo")
+    return {
+        name: compile_source(text, name, old_vmlinux, work) for name, text in OWN_PROGRAMS.items()
+    }
 
 
 @pytest.fixture(scope="session")
@@ -279,12 +273,8 @@ def type_matches_object(old_vmlinux: Path, tmp_path_factory: pytest.TempPathFact
     except bpfbuild.BuildError as e:
         require(False, str(e))
         raise
-    src = tmp_path_factory.mktemp("type-matches") / "type_matches.bpf.c"
-    src.write_text(TYPE_MATCHES_SRC)
-    progs = REPO / "tests" / "progs"
-    headers = tuple(h.read_bytes() for h in sorted(progs.glob("*.h")))
-    include = [bpfbuild.vmlinux_h(old_vmlinux), progs]
-    return bpfbuild.compile_program(src, include, extra_inputs=headers, clang=clang)
+    work = tmp_path_factory.mktemp("type-matches")
+    return compile_source(TYPE_MATCHES_SRC, "type_matches", old_vmlinux, work, clang=clang)
 
 
 @pytest.fixture(scope="session")

@@ -230,11 +230,16 @@ class KernelFacts:
             self._values[name] = loader() if loader is not None else None
         return self._values[name]
 
+    # read when a program needs them, never ahead: costly, and few programs do
+    ON_DEMAND = frozenset({"error_injection"})
+
     def read_all(self) -> None:
-        """Read every fact now, and make the modules' BTF ready to search: before worker
-        processes fork, so that they share what was read instead of each reading it again."""
+        """Read every fact now (but ON_DEMAND ones), and make the modules' BTF ready to search:
+        before worker processes fork, so that they share what was read instead of each reading
+        it again."""
         for name in list(self._lazy):
-            self._fact(name)
+            if name not in self.ON_DEMAND:
+                self._fact(name)
         if self.vmlinux is not None:
             self.vmlinux.build_index()
             self.module_of_symbol("")  # no name: only takes the modules' BTF from pass or cache
@@ -283,9 +288,16 @@ class KernelFacts:
         return self._fact("config")
 
     @property
+    def error_injection(self) -> frozenset[int] | None:
+        """The addresses of the functions on K's error-injection list (ALLOW_ERROR_INJECTION),
+        the only ones besides security_*() whose return value an fmod_ret program may change;
+        empty when K is built without the list; None when unknown."""
+        return self._fact("error_injection")
+
+    @property
     def system_map(self) -> SystemMap | None:
         """System.map, or the running kernel's kallsyms; None when missing or a placeholder.
-        The lazy fact "symbols" gives both, as (map, is_kallsyms)."""
+        The lazy fact "symbols" gives both, as (map, is_kallsyms, the file read)."""
         symbols = self._fact("symbols")
         return None if symbols is None else symbols[0]
 

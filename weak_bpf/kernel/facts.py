@@ -17,9 +17,10 @@ from typing import TypeVar
 from weak_bpf.errors import WeakBpfError
 from weak_bpf.kernel import load as kernel_data
 from weak_bpf.kernel import modscan
-from weak_bpf.kernel.cache import Cache, content_key, file_key
+from weak_bpf.kernel.cache import Cache, content_key, file_key, stat_key
 from weak_bpf.kernel.find import BtfSourceKind, KernelArtifacts
 from weak_bpf.model import KernelFacts
+from weak_bpf.parsers import errinject
 from weak_bpf.parsers.btf import BTF
 from weak_bpf.parsers.sysmap import SystemMap
 
@@ -70,6 +71,33 @@ def _image_btf_ids(
     return found
 
 
+def error_injection(facts: KernelFacts, cache: Cache) -> frozenset[int] | None:
+    """The addresses of the functions on K's error-injection list: none when K is built without
+    one; None when unknown (K's symbols do not place it, or no vmlinux or image holds it). It is
+    read from a vmlinux ELF of K (debuginfo, or the BTF's), else from its image (cached)."""
+    a = facts.artifacts
+    config = facts.config
+    if config is not None and not config.builtin("FUNCTION_ERROR_INJECTION"):
+        return frozenset()
+    symbols = facts.system_map
+    if symbols is None or facts.system_map_is_kallsyms:  # kallsyms' addresses are randomized
+        return None
+    start, stop = symbols.get(errinject.START), symbols.get(errinject.STOP)
+    if start is None or stop is None:  # a whole symbol table: K is built without the list
+        return frozenset()
+    elfs = [*a.symbol_files]
+    if a.btf is not None and a.btf_source_kind in (BtfSourceKind.VMLINUX, BtfSourceKind.DEBUGINFO):
+        elfs.append(a.btf)
+    name = f"errinject-{stat_key([*elfs, a.image or '', a.system_map or ''])}.json"
+    cached = cache.get_json(name)
+    if isinstance(cached, dict) and isinstance(cached.get("addresses"), list):
+        return frozenset(cached["addresses"])
+    found = kernel_data.load_error_injection(elfs, a.image, start.address, stop.address)
+    if found is not None:
+        cache.put(name, json.dumps({"addresses": sorted(found)}).encode())
+    return found
+
+
 T = TypeVar("T")
 
 
@@ -90,10 +118,10 @@ def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache, *, jobs: int = 1
     def lazily(what: str, load: Callable[[Path], T], path: Path) -> Callable[[], T | None]:
         return partial(_attempt, problems, what, partial(load, path))
 
-    def symbols() -> tuple[SystemMap | None, bool]:
+    def symbols() -> tuple[SystemMap | None, bool, Path | None]:
         found = kernel_data.load_symbols(a)
         problems.extend(found.problems)
-        return found.symbols, found.is_kallsyms
+        return found.symbols, found.is_kallsyms, found.source
 
     lazy: dict[str, Callable[[], object]] = {"symbols": symbols}
     if a.symvers is not None:
@@ -103,6 +131,10 @@ def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache, *, jobs: int = 1
     if a.config is not None:
         lazy["config"] = lazily("config", kernel_data.load_config, a.config)
     facts = KernelFacts(a.kver, a, problems=problems, lazy=lazy)
+    facts.defer(
+        "error_injection",
+        lambda: _attempt(problems, "error-injection list", partial(error_injection, facts, cache)),
+    )
 
     def vmlinux() -> BTF | None:
         if a.btf is None:

@@ -7,7 +7,7 @@ import array
 import contextlib
 import dataclasses
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
@@ -18,6 +18,7 @@ from weak_bpf.kernel.find import KernelArtifacts
 from weak_bpf.parsers.btf import BTF
 from weak_bpf.parsers.elf import Buffer, section_bytes
 from weak_bpf.parsers.elfsyms import symbol_map
+from weak_bpf.parsers.errinject import error_injection_addresses
 from weak_bpf.parsers.kabi import KabiList, parse_kabi_list
 from weak_bpf.parsers.kconfig import KernelConfig, parse_kconfig
 from weak_bpf.parsers.modulesdep import parse_modules_dep
@@ -168,6 +169,28 @@ def btf_ids_of(elf: Buffer, source: str) -> frozenset[int]:
     if (elf[5] == 2) != (sys.byteorder == "big"):
         words.byteswap()
     return frozenset(words)
+
+
+def load_error_injection(
+    elfs: Sequence[Path], image: Path | None, start: int, stop: int
+) -> frozenset[int] | None:
+    """The function addresses on K's error-injection list, read from the first of `elfs` that is
+    a vmlinux ELF (read in place), else from the kernel image; None if there is neither.
+    `start`, `stop`: where K's symbols put the list."""
+    for path in elfs:
+        with mapped(path) as data:
+            if bytes(data[:4]) == ELF_MAGIC:
+                try:
+                    return error_injection_addresses(data, start, stop, str(path))
+                except ParseError as e:
+                    raise e.located(str(path)) from None
+    if image is None:
+        return None
+    elf = load_vmlinux(image)
+    try:
+        return error_injection_addresses(elf, start, stop, str(image))
+    except ParseError as e:
+        raise e.located(str(image)) from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -111,7 +111,7 @@ RESULTS_VERSION = "2"
 def _kernel_key(facts: KernelFacts) -> str:
     """What a kernel's results depend on: every artifact read, and this tool's version."""
     a = facts.artifacts
-    files = [a.btf, a.symvers, a.system_map, a.config, a.kabi_list, a.kallsyms]
+    files = [a.btf, a.image, a.symvers, a.system_map, a.config, a.kabi_list, a.kallsyms]
     files += list(a.symbol_files) + list(a.modules)
     return content_key(RESULTS_VERSION, __version__, a.kver, stat_key([f for f in files if f]))
 

@@ -30,6 +30,7 @@ class SectionHeader:
     link: int
     info: int
     header_offset: int  # where this header is in the file, for error messages
+    address: int = 0  # sh_addr: where an allocated section is in memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,11 +58,13 @@ def section_headers(
     """Every section header, checked to lie inside the file. Raises `error` (ELFError)."""
     table = _Table(data, source, error)
     headers = []
-    for index, (name_off, sh_type, flags, _addr, offset, size, link, info) in enumerate(table.rows):
+    for index, (name_off, sh_type, flags, addr, offset, size, link, info) in enumerate(table.rows):
         at = table.header_offset(index)
         table.check_inside(index, sh_type, offset, size)
         name = table.name(name_off).decode("utf-8", "replace")
-        headers.append(SectionHeader(index, name, sh_type, flags, offset, size, link, info, at))
+        headers.append(
+            SectionHeader(index, name, sh_type, flags, offset, size, link, info, at, addr)
+        )
     return tuple(headers)
 
 
@@ -162,4 +165,16 @@ def section_bytes(data: Buffer, name: str, source: str | None = None) -> bytes |
     for section in section_headers(data, source):
         if section.name == name:
             return bytes(data[section.offset : section.offset + section.size])
+    return None
+
+
+def bytes_at_address(
+    data: Buffer, address: int, size: int, source: str | None = None
+) -> bytes | None:
+    """The `size` bytes an executable ELF holds for memory at `address`, from the one section
+    that holds all of them; None if none does. Raises ELFError."""
+    for section in section_headers(data, source):
+        start = address - section.address
+        if section.address and section.type != SHT_NOBITS and 0 <= start <= section.size - size:
+            return bytes(data[section.offset + start : section.offset + start + size])
     return None

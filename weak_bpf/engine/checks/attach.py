@@ -73,6 +73,13 @@ class AttachChecks(CheckerBase):
             found = self._find_func(name, info.module, only=True)
             if found is not None and found[2]:
                 self.modules.add(found[2])
+            if found is not None and self._needs_error_injection(program):
+                refused = self._error_injection(program, subject, found[2])
+                if refused is not None:
+                    return refused
+                what = "sleepable programs" if info.sleepable else "fmod_ret programs"
+                where = f"is a function in the kernel's BTF, where {self.k.kver} lets {what} attach"
+                return result(True, where)
             return result(found is not None, "is a function in the kernel's BTF")
         if kind in (TargetKind.BTF_TYPEDEF, TargetKind.RAW_TP):
             found_tp = vmlinux.find(_tp_typedef(name), Kind.TYPEDEF)
@@ -117,6 +124,94 @@ class AttachChecks(CheckerBase):
                 program.name,
             )
         return None
+
+    @staticmethod
+    def _needs_error_injection(program: Function) -> bool:
+        """fmod_ret programs, and sleepable fentry and fexit ones, attach only where K allows
+        error injection (an fmod_ret program also at security_*() hooks)."""
+        tracing = (AttachType.TRACE_FENTRY, AttachType.TRACE_FEXIT)
+        info = program.info
+        return info.attach_type is AttachType.MODIFY_RETURN or (
+            info.sleepable and info.attach_type in tracing
+        )
+
+    def _error_injection(self, program: Function, subject: str, module: str | None) -> Check | None:
+        """Why K's verifier refuses the program at its target, or why that is unknown; None when
+        it accepts it. The rule is the verifier's: an fmod_ret program may change what a
+        security_*() hook or a function on K's error-injection list (ALLOW_ERROR_INJECTION)
+        returns; a sleepable one needs the list, and no kernel denylist of its own."""
+        info, k = program.info, self.k.kver
+        name = info.lookup_name
+        sleepable = info.sleepable
+        if not sleepable and name.startswith("security_"):
+            return None
+        what = (
+            f"a sleepable {info.section.split('/')[0]} program"
+            if sleepable
+            else "an fmod_ret program"
+        )
+
+        def undecided(why: str) -> Check:
+            return self._missing_data(
+                Area.ATTACH,
+                subject,
+                f"whether {k} lets {what} attach to {name} is unknown: {why}",
+                name,
+                program.name,
+            )
+
+        if module is not None:
+            return undecided(
+                f"{name} is in module {module}, and modules' error-injection lists are not read"
+            )
+        listed = self.k.error_injection
+        if listed is None:
+            return undecided(self._no_error_injection_list())
+        symbols = self.k.system_map
+        symbol = None
+        if listed and symbols is not None:
+            if name in symbols and not symbols.is_unique(name):
+                return undecided(f"{k} has several functions called {name}")
+            symbol = symbols.get(name)
+        if symbol is None or symbol.address not in listed:
+            allowed = "on its error-injection list (ALLOW_ERROR_INJECTION)"
+            if not sleepable:
+                allowed += " or a security_*() hook"
+            where = "does not list it" if listed else "is built without that list"
+            return self._check(
+                Area.ATTACH,
+                Outcome.FAIL,
+                subject,
+                f"{k}'s verifier refuses {what} at {name}: the function must be {allowed}, "
+                f"and {k} {where}",
+                code=ReasonCode.ATTACH_TARGET,
+                symbol=name,
+                program=program.name,
+            )
+        if sleepable:
+            func = self._find_func(name)
+            ids = self.k.vmlinux_btf_ids
+            if func is None or ids is None or func[1] in ids:
+                return undecided(
+                    f"{name} is on the error-injection list, but {k} may deny sleepable "
+                    "programs there (its .BTF_ids lists the function, or cannot be read)"
+                )
+        return None
+
+    def _no_error_injection_list(self) -> str:
+        k = self.k.kver
+        if any(p.startswith("error-injection list: ") for p in self.k.problems):
+            return f"{k}'s error-injection list could not be read: " + self._problem(
+                "error-injection list"
+            )
+        if self.k.system_map is None:
+            return f"{k}'s error-injection list is placed by its symbols: " + self._no_system_map()
+        if self.k.system_map_is_kallsyms:
+            return (
+                f"the running kernel's kallsyms cannot place {k}'s error-injection list (its "
+                "addresses are randomized): install its System.map or debuginfo vmlinux"
+            )
+        return f"{k} has no vmlinux or image to read its error-injection list from"
 
     def _syscall_symbols(self, syscall: str) -> list[str]:
         """The kernel symbols of a syscall: the arch's wrapper (as libbpf names it for
