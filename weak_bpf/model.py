@@ -219,6 +219,7 @@ class KernelFacts:
         self.module_kfuncs_found: dict[str, ModuleKfunc] = {}
         self.load_module_btf: Callable[[str], BTF | None] = lambda name: None
         self.find_module_symbol: Callable[[str], str | None] = lambda name: None
+        self.find_module_typedef: Callable[[str], str | None] = lambda name: None
         self._lazy = dict(lazy or {})
         self._values: dict[str, Any] = {}
         if vmlinux is not None:
@@ -274,6 +275,11 @@ class KernelFacts:
         """The module whose BTF defines a FUNC or VAR called `name`; None for no name."""
         self._fact("vmlinux")
         return self.find_module_symbol(name)
+
+    def module_of_tracepoint(self, typedef: str) -> str | None:
+        """The module whose BTF defines tracepoint typedef `typedef` (btf_trace_<name>)."""
+        self._fact("vmlinux")
+        return self.find_module_typedef(typedef)
 
     @property
     def symvers(self) -> Symvers | None:

@@ -152,6 +152,9 @@ def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache, *, jobs: int = 1
             base = btf
             facts.load_module_btf = lambda module: modules.module_btf(base).btf(module)
             facts.find_module_symbol = lambda name: modules.module_btf(base).module_of(name)
+            facts.find_module_typedef = lambda name: modules.module_btf(base).module_of_typedef(
+                name
+            )
         return btf
 
     facts.defer("vmlinux", vmlinux)

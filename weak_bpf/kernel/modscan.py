@@ -193,14 +193,27 @@ class ModuleBtf:
             self.problems.append(f"module {module}: {e}")
             return None
 
+    def module_of_typedef(self, name: str) -> str | None:
+        """The first module whose BTF defines typedef `name`, such as the btf_trace_<name> of a
+        module's tracepoint; None if none does."""
+        key = f"typedef {name}"
+        if key not in self._found:
+            self._found[key] = self._scan(name, (Kind.TYPEDEF,)) if name else None
+        return self._found[key]
+
     def _search(self, name: str) -> str | None:
         if self.vmlinux.has_string(name):  # a module may name it with vmlinux's string
             return self._index().get(name)
+        return self._scan(name, (Kind.FUNC, Kind.VAR))
+
+    def _scan(self, name: str, kinds: tuple[Kind, ...]) -> str | None:
+        """The first module that defines `name` as one of `kinds`, parsing only the modules whose
+        strings hold the name."""
         needle = name.encode("utf-8", "surrogatepass") + b"\0"
         for module, raw in self.raw_btf.items():
             btf = self.btf(module) if _strings_hold(raw, needle) else None
             if btf is not None and any(
-                i >= btf.start_id for kind in (Kind.FUNC, Kind.VAR) for i in btf.find(name, kind)
+                i >= btf.start_id for kind in kinds for i in btf.find(name, kind)
             ):
                 return module
         return None

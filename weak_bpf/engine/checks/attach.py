@@ -82,8 +82,13 @@ class AttachChecks(CheckerBase):
                 return result(True, where)
             return result(found is not None, "is a function in the kernel's BTF")
         if kind in (TargetKind.BTF_TYPEDEF, TargetKind.RAW_TP):
-            found_tp = vmlinux.find(_tp_typedef(name), Kind.TYPEDEF)
-            return result(bool(found_tp), "is a BTF tracepoint")
+            tracepoint = self._find_tracepoint(name)
+            if tracepoint is not None and tracepoint[2] is not None:
+                self.modules.add(tracepoint[2])
+                return result(
+                    True, f"is a BTF tracepoint of module {tracepoint[2]} (must be loaded)"
+                )
+            return result(tracepoint is not None, "is a BTF tracepoint")
         if kind is TargetKind.TRACEPOINT:
             event = name.split("/")[-1]
             if name.startswith("syscalls/"):
@@ -124,6 +129,20 @@ class AttachChecks(CheckerBase):
                 program.name,
             )
         return None
+
+    def _find_tracepoint(self, name: str) -> tuple[BTF, int, str | None] | None:
+        """Where K defines BTF tracepoint `name` (its typedef btf_trace_<name>): (btf, id,
+        module or None for vmlinux). libbpf looks in vmlinux, then in the modules."""
+        vmlinux = self.k.vmlinux
+        assert vmlinux is not None
+        typedef = _tp_typedef(name)
+        ids = vmlinux.find(typedef, Kind.TYPEDEF)
+        if ids:
+            return vmlinux, ids[0], None
+        module = self.k.module_of_tracepoint(typedef)
+        btf = self.k.module_btf(module) if module is not None else None
+        own = [i for i in btf.find(typedef, Kind.TYPEDEF) if i >= btf.start_id] if btf else []
+        return (btf, own[0], module) if btf is not None and own else None
 
     @staticmethod
     def _needs_error_injection(program: Function) -> bool:
@@ -240,13 +259,15 @@ class AttachChecks(CheckerBase):
             info.attach_type is AttachType.TRACE_RAW_TP
             and info.target_kind is TargetKind.BTF_TYPEDEF
         ):
-            typedef = _tp_typedef(name)
-            ids = vmlinux.find(typedef, Kind.TYPEDEF)
-            proto = _func_proto(vmlinux, ids[0]) if ids else None
+            tracepoint = self._find_tracepoint(name)
+            if tracepoint is None:
+                return None
+            btf, typedef_id, _module = tracepoint
+            proto = _func_proto(btf, typedef_id)
             if proto is None or not proto.params:
                 return None
             params = proto.params[1:]  # the first is the tracepoint's `void *__data`
-            return TargetProto.of(vmlinux, typedef[len("btf_trace_") :], params, None)
+            return TargetProto.of(btf, _tp_typedef(name)[len("btf_trace_") :], params, None)
         tracing = (AttachType.TRACE_FENTRY, AttachType.TRACE_FEXIT, AttachType.MODIFY_RETURN)
         if info.attach_type not in tracing or info.target_kind is not TargetKind.BTF_FUNC:
             return None
