@@ -219,7 +219,7 @@ class KernelFacts:
         self.module_kfuncs_found: dict[str, ModuleKfunc] = {}
         self.load_module_btf: Callable[[str], BTF | None] = lambda name: None
         self.find_module_symbol: Callable[[str], str | None] = lambda name: None
-        self.find_module_typedef: Callable[[str], str | None] = lambda name: None
+        self.find_module_type: Callable[[str, Kind], str | None] = lambda name, kind: None
         self._lazy = dict(lazy or {})
         self._values: dict[str, Any] = {}
         if vmlinux is not None:
@@ -276,10 +276,11 @@ class KernelFacts:
         self._fact("vmlinux")
         return self.find_module_symbol(name)
 
-    def module_of_tracepoint(self, typedef: str) -> str | None:
-        """The module whose BTF defines tracepoint typedef `typedef` (btf_trace_<name>)."""
+    def module_of_type(self, name: str, kind: Kind) -> str | None:
+        """The module whose BTF defines a type `name` of `kind` (a tracepoint's typedef, a
+        struct_ops struct) that vmlinux lacks."""
         self._fact("vmlinux")
-        return self.find_module_typedef(typedef)
+        return self.find_module_type(name, kind)
 
     @property
     def symvers(self) -> Symvers | None:

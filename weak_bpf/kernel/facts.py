@@ -152,8 +152,8 @@ def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache, *, jobs: int = 1
             base = btf
             facts.load_module_btf = lambda module: modules.module_btf(base).btf(module)
             facts.find_module_symbol = lambda name: modules.module_btf(base).module_of(name)
-            facts.find_module_typedef = lambda name: modules.module_btf(base).module_of_typedef(
-                name
+            facts.find_module_type = lambda name, kind: modules.module_btf(base).module_of_type(
+                name, kind
             )
         return btf
 

@@ -193,12 +193,12 @@ class ModuleBtf:
             self.problems.append(f"module {module}: {e}")
             return None
 
-    def module_of_typedef(self, name: str) -> str | None:
-        """The first module whose BTF defines typedef `name`, such as the btf_trace_<name> of a
-        module's tracepoint; None if none does."""
-        key = f"typedef {name}"
+    def module_of_type(self, name: str, kind: Kind) -> str | None:
+        """The first module whose BTF defines a type `name` of `kind`, such as the typedef
+        btf_trace_<name> of a module's tracepoint; None if none does."""
+        key = f"{kind.name} {name}"
         if key not in self._found:
-            self._found[key] = self._scan(name, (Kind.TYPEDEF,)) if name else None
+            self._found[key] = self._scan(name, (kind,)) if name else None
         return self._found[key]
 
     def _search(self, name: str) -> str | None:

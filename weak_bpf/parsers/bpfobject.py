@@ -35,6 +35,8 @@ from weak_bpf.parsers.objvalues import (
     Function,
     Map,
     Relocation,
+    StructOps,
+    StructOpsMember,
     Symbol,
     function_containing,
 )
@@ -55,6 +57,7 @@ STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION = 0, 1, 2, 3
 TEXT = ".text"
 MAPS = ".maps"
 LEGACY_MAPS = "maps"
+STRUCT_OPS_SECTIONS = (".struct_ops", ".struct_ops.link")
 GREYLIST = ".greylist"
 # Sections libbpf turns into internal array maps (global data), not user maps.
 _DATA_PREFIXES = (".data", ".rodata", ".bss")
@@ -143,6 +146,7 @@ class _Reader:
             btf=btf,
             btf_ext=btf_ext,
             greylist=self._section_bytes(GREYLIST),
+            struct_ops=self._struct_ops(btf, programs),
             digest=self.digest,
         )
 
@@ -371,6 +375,58 @@ class _Reader:
         for slot in range(len(raw) // 4):
             values[slot] = int(struct.unpack_from(self.endian + "I", raw, slot * 4)[0])
         return Map(sym.name, LEGACY_MAPS, *values)
+
+    # --- struct_ops --------------------------------------------------------------------------
+
+    def _struct_ops(self, btf: BTF | None, programs: tuple[Function, ...]) -> tuple[StructOps, ...]:
+        """Each struct_ops map: the struct its DATASEC VAR has, and what each member is set to
+        (a program, through a relocation at its offset, or bytes)."""
+        out: list[StructOps] = []
+        for name in STRUCT_OPS_SECTIONS:
+            sec = self.by_name.get(name)
+            if sec is None:
+                continue
+            datasec = btf.find(name, Kind.DATASEC) if btf is not None else []
+            if btf is None or not datasec:
+                raise ELFError(f"{name} has no BTF that describes it (libbpf refuses it)")
+            set_to = self._programs_set_in(sec, programs)
+            for info in btf.type(datasec[0]).secinfos:
+                var = btf.type(info.type)
+                struct_id = btf.resolve(var.type)
+                struct_type = btf.type(struct_id)
+                if struct_type.kind is not Kind.STRUCT:
+                    raise ELFError(f"struct_ops map {var.name} in {name} is not a struct")
+                members = []
+                for member in struct_type.members:
+                    at = info.offset + member.bit_offset // 8
+                    size = btf.type_size(member.type) if not member.bitfield_size else 0
+                    program = set_to.get(at)
+                    zero = program is None and not any(sec.data[at : at + max(size, 1)])
+                    members.append(StructOpsMember(member.name, member.type, size, program, zero))
+                out.append(StructOps(var.name, name, struct_type.name, tuple(members)))
+        return tuple(out)
+
+    def _programs_set_in(self, sec: _Section, programs: tuple[Function, ...]) -> dict[int, str]:
+        """{byte offset in `sec`: the program a relocation there points to}."""
+        fmt = struct.Struct(self.endian + "QQ")
+        found: dict[int, str] = {}
+        for rel in self.sections:
+            if rel.type != SHT_REL or rel.info != sec.index:
+                continue
+            count = len(rel.data) // fmt.size
+            for r_offset, r_info in fmt.iter_unpack(rel.data[: count * fmt.size]):
+                sym_index = r_info >> 32
+                if sym_index >= len(self.symbols):
+                    raise ELFError(
+                        f"relocation in {rel.name} names symbol {sym_index}, past the table",
+                        offset=rel.offset,
+                    )
+                sym = self.symbols[sym_index]
+                where = self._section_name(sym.shndx)
+                program = function_containing(programs, where, sym.value // 8)
+                if program is not None:
+                    found[r_offset] = program.name
+        return found
 
     # --- CO-RE ---------------------------------------------------------------------------------
 

@@ -128,6 +128,28 @@ class Map:
 
 
 @dataclasses.dataclass(frozen=True)
+class StructOpsMember:
+    """A member of a struct_ops map's struct, as the object sets it."""
+
+    name: str
+    type_id: int  # in the object's BTF
+    size: int
+    program: str | None  # the program a function pointer is set to
+    zero: bool  # nothing set: no program, every byte zero
+
+
+@dataclasses.dataclass(frozen=True)
+class StructOps:
+    """A struct_ops map: a kernel struct of function pointers (tcp_congestion_ops,
+    sched_ext_ops, ...) that the object fills with its programs, for libbpf to register."""
+
+    name: str
+    section: str  # ".struct_ops" or ".struct_ops.link"
+    type_name: str  # the struct, as the object names it
+    members: tuple[StructOpsMember, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class DataSection:
     """Global data (.data, .rodata*, .bss*): libbpf makes internal maps of them."""
 
@@ -178,6 +200,7 @@ class BpfObject:
     btf: BTF | None = dataclasses.field(compare=False, repr=False)
     btf_ext: BtfExt | None = dataclasses.field(compare=False, repr=False)
     greylist: bytes | None
+    struct_ops: tuple[StructOps, ...] = ()
     # a hash of every byte the reader used (the ELF header, and each section but DWARF, with
     # its header): objects with equal digests are equal for every check
     digest: str = dataclasses.field(default="", compare=False, repr=False)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from weak_bpf.engine.checks.attach import AttachChecks
 from weak_bpf.engine.checks.core import CoreChecks
 from weak_bpf.engine.checks.greylist import GreylistChecks
 from weak_bpf.engine.checks.kfuncs import KfuncChecks
 from weak_bpf.engine.checks.ksyms import KsymChecks
 from weak_bpf.engine.checks.license import LicenseChecks
 from weak_bpf.engine.checks.memo import ObjectMemo
+from weak_bpf.engine.checks.structops import StructOpsChecks
 from weak_bpf.model import (
     Area,
     Check,
@@ -76,7 +76,7 @@ def nothing_attaches(programs: Iterable[str], checks: tuple[Check, ...]) -> tupl
     )
 
 
-class _Checker(LicenseChecks, GreylistChecks, KfuncChecks, KsymChecks, CoreChecks, AttachChecks):
+class _Checker(LicenseChecks, GreylistChecks, KfuncChecks, KsymChecks, CoreChecks, StructOpsChecks):
     """Every kind of check, in the order `explain` shows them; poisoned code is judged last,
     once every check has said what K resolves."""
 
@@ -98,6 +98,7 @@ class _Checker(LicenseChecks, GreylistChecks, KfuncChecks, KsymChecks, CoreCheck
         yield from self._core()
         yield from self._attach_targets()
         yield from self._attach_protos()
+        yield from self._struct_ops()
         yield from self._poisoned_code()
 
     def _poisoned_code(self) -> Iterable[Check]:

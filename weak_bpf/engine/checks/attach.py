@@ -131,17 +131,20 @@ class AttachChecks(CheckerBase):
         return None
 
     def _find_tracepoint(self, name: str) -> tuple[BTF, int, str | None] | None:
-        """Where K defines BTF tracepoint `name` (its typedef btf_trace_<name>): (btf, id,
-        module or None for vmlinux). libbpf looks in vmlinux, then in the modules."""
+        """Where K defines BTF tracepoint `name` (its typedef btf_trace_<name>)."""
+        return self._find_type(_tp_typedef(name), Kind.TYPEDEF)
+
+    def _find_type(self, name: str, kind: Kind) -> tuple[BTF, int, str | None] | None:
+        """Where K defines a type `name` of `kind`: (btf, id, module or None for vmlinux).
+        libbpf looks in vmlinux, then in the modules."""
         vmlinux = self.k.vmlinux
         assert vmlinux is not None
-        typedef = _tp_typedef(name)
-        ids = vmlinux.find(typedef, Kind.TYPEDEF)
+        ids = vmlinux.find(name, kind)
         if ids:
             return vmlinux, ids[0], None
-        module = self.k.module_of_tracepoint(typedef)
+        module = self.k.module_of_type(name, kind)
         btf = self.k.module_btf(module) if module is not None else None
-        own = [i for i in btf.find(typedef, Kind.TYPEDEF) if i >= btf.start_id] if btf else []
+        own = [i for i in btf.find(name, kind) if i >= btf.start_id] if btf else []
         return (btf, own[0], module) if btf is not None and own else None
 
     @staticmethod
@@ -283,7 +286,12 @@ class AttachChecks(CheckerBase):
         ret = Param("the return value", proto.type) if returns else None
         return TargetProto.of(btf, name, proto.params, ret)
 
-    def _attach_proto(self, program: Function, proto: TargetProto) -> Iterable[Check]:
+    def _attach_proto(
+        self, program: Function, proto: TargetProto, symbol: str | None = None
+    ) -> Iterable[Check]:
+        """Hold the program's reads of its context against K's prototype of its target
+        (`symbol`, by default the program's target)."""
+        symbol = symbol or program.info.lookup_name
         subject = f"arguments of {program.info.section}"
         reach = self.memo.reachability(program, self.known)
         reachable = None
@@ -315,7 +323,7 @@ class AttachChecks(CheckerBase):
                     f"reads argument slots {', '.join(map(str, slots))}, which {k}'s "
                     f"prototype has: {proto.shown}"
                     + (f" (slot {ret} is its return value)" if ret in slots else ""),
-                    symbol=program.info.lookup_name,
+                    symbol=symbol,
                     program=program.name,
                 )
             return
@@ -332,7 +340,7 @@ class AttachChecks(CheckerBase):
                 subject,
                 detail,
                 code=ReasonCode.ATTACH_PROTO,
-                symbol=program.info.lookup_name,
+                symbol=symbol,
                 program=program.name,
             )
 
