@@ -7,6 +7,8 @@ its symbols, decides."""
 
 from __future__ import annotations
 
+import gzip
+import platform
 import shutil
 import struct
 import subprocess
@@ -23,8 +25,10 @@ from weak_bpf.parsers.errinject import START, STOP, error_injection_addresses
 import qemuload
 from bpfprogs import compile_source
 from conftest import require, require_tool
+from realload import SYSFS_BTF, install_programs, install_running_kernel
 
 OLD = "6.1.0-47-cloud-amd64"
+RUNNING = platform.release()
 SOURCE = r"""
 #include "common.h"
 
@@ -47,6 +51,8 @@ PROGRAMS = {
     "fentry_sleepable_listed": ("fentry.s/bpf_modify_return_test", ", int a, int *b"),
     "fentry_sleepable_vfs_read": ("fentry.s/vfs_read", ", struct file *file"),
     "fentry_vfs_read": ("fentry/vfs_read", ", struct file *file"),
+    "fmod_ret_syscall": ("fmod_ret/__x64_sys_openat", ", struct pt_regs *regs, int ret"),
+    "fentry_sleepable_denied": ("fentry.s/should_failslab", ", struct kmem_cache *s, gfp_t f"),
 }
 
 
@@ -75,9 +81,11 @@ def _root(root: Path, objects: dict[str, Path], kernel_files: dict[str, Path | b
     return root
 
 
-def _verdicts(root: Path) -> dict[str, Result]:
-    report = ops.audit(root, [OLD], cache=False)
-    return {Path(p.program.path).name[: -len(".bpf.o")]: p.results[OLD][0] for p in report.programs}
+def _verdicts(root: Path, kver: str = OLD) -> dict[str, Result]:
+    report = ops.audit(root, [kver], cache=False)
+    return {
+        Path(p.program.path).name[: -len(".bpf.o")]: p.results[kver][0] for p in report.programs
+    }
 
 
 def _target_check(result: Result) -> tuple[Outcome, str]:
@@ -101,6 +109,8 @@ def test_a_kernel_without_the_list_refuses_all_but_security_hooks(
     verdicts = _verdicts(_root(tmp_path / "root", objects, files))
     usable = {name for name, r in verdicts.items() if r.verdict.usable}
     assert usable == {"fmod_ret_security", "fentry_vfs_read"}, verdicts
+    # newer kernels built without the list accept syscall wrappers instead; 6.1 does not
+    assert verdicts["fmod_ret_syscall"].verdict is Verdict.UNKNOWN
     outcome, detail = _target_check(verdicts["fmod_ret_vfs_read"])
     assert outcome is Outcome.FAIL
     assert detail == (
@@ -137,6 +147,10 @@ def test_the_kernel_loads_what_is_judged_usable(
     loaded = {r.name: r.loaded for r in report.results}
     assert loaded == {name: verdicts[name].verdict.usable for name in PROGRAMS}, report.results
     assert sum(loaded.values()) == 2
+    assert (
+        "__x64_sys_openat() is not modifiable"
+        in report.results[list(PROGRAMS).index("fmod_ret_syscall")].log
+    )
     logs = {r.name: r.log for r in report.results}
     assert "vfs_read() is not modifiable" in logs["fmod_ret_vfs_read"]
     assert "vfs_read is not sleepable" in logs["fentry_sleepable_vfs_read"]
@@ -169,10 +183,14 @@ def listed_kernel(old_vmlinux: Path, tmp_path_factory: pytest.TempPathFactory) -
         require_tool(tool)
     work = tmp_path_factory.mktemp("listed-kernel")
     (work / "kernel.c").write_text(FAKE_KERNEL)
-    btf = section_bytes(old_vmlinux.read_bytes(), ".BTF")
-    require(btf is not None, f"{old_vmlinux} has no .BTF")
-    assert btf is not None
+    # the older Debian kernel's BTF and .BTF_ids: its sets name should_failslab (the kernel's
+    # denylist of sleepable programs) and not bpf_modify_return_test
+    image = old_vmlinux.read_bytes()
+    btf, btf_ids = section_bytes(image, ".BTF"), section_bytes(image, ".BTF_ids")
+    require(btf is not None and btf_ids is not None, f"{old_vmlinux} has no .BTF or .BTF_ids")
+    assert btf is not None and btf_ids is not None
     (work / "btf.bin").write_bytes(btf)
+    (work / "btf_ids.bin").write_bytes(btf_ids)
     elf = work / "vmlinux"
     defsyms = [
         f"-Wl,--defsym={START}=__start__error_injection_whitelist",
@@ -182,10 +200,8 @@ def listed_kernel(old_vmlinux: Path, tmp_path_factory: pytest.TempPathFactory) -
         ["gcc", "-O1", "-static", "-no-pie", "-nostdlib", *defsyms, "-o", str(elf), "kernel.c"],
         cwd=work, check=True, capture_output=True,
     )  # fmt: skip
-    subprocess.run(
-        ["objcopy", "--add-section", ".BTF=btf.bin", str(elf)],
-        cwd=work, check=True, capture_output=True,
-    )  # fmt: skip
+    sections = ["--add-section", ".BTF=btf.bin", "--add-section", ".BTF_ids=btf_ids.bin"]
+    subprocess.run(["objcopy", *sections, str(elf)], cwd=work, check=True, capture_output=True)
     nm = subprocess.run(["nm", "-n", str(elf)], check=True, capture_output=True, text=True)
     system_map = work / "System.map"
     system_map.write_text(nm.stdout)
@@ -214,6 +230,11 @@ def test_the_list_read_from_a_vmlinux(listed_kernel: dict[str, Path]) -> None:
         error_injection_addresses(elf.read_bytes(), 16, 32, str(elf))
     entry = struct.pack("<Qi4x", _symbol(system_map, "vfs_read"), 1)
     assert entry not in elf.read_bytes()  # the one function left off the list
+    # arm64 leaves the addresses for the boot to fill in (--no-apply-dynamic-relocs)
+    listed = struct.pack("<Q", _symbol(system_map, "should_failslab"))
+    unrelocated = elf.read_bytes().replace(listed, bytes(8))
+    with pytest.raises(ELFError, match="left for the kernel to fill in at boot"):
+        error_injection_addresses(unrelocated, start, stop, str(elf))
 
 
 @pytest.mark.parametrize("symbols", ["System.map", "symtab"])
@@ -236,6 +257,16 @@ def test_a_kernel_with_the_list_allows_the_functions_on_it(
         "fentry_sleepable_listed",
         "fentry_vfs_read",
     }, {n: r.reasons for n, r in verdicts.items()}
+    # listed, but .BTF_ids name it: perhaps in the sleepable denylist (it is)
+    denied = verdicts["fentry_sleepable_denied"]
+    assert denied.verdict is Verdict.UNKNOWN
+    assert "may deny sleepable programs there" in _target_check(denied)[1]
+    # not in the fake kernel's symbols at all: the verifier finds no address for it
+    outcome, detail = _target_check(verdicts["fmod_ret_syscall"])
+    assert (outcome, detail.endswith("has no symbol __x64_sys_openat to look it up by")) == (
+        Outcome.FAIL,
+        True,
+    )
     outcome, detail = _target_check(verdicts["fmod_ret_vfs_read"])
     assert (outcome, detail.endswith(f"and {OLD} does not list it")) == (Outcome.FAIL, True)
     outcome, detail = _target_check(verdicts["fmod_ret_listed"])
@@ -263,3 +294,43 @@ def test_a_list_no_symbols_place_is_unknown(
     assert undecided == set(PROGRAMS) - {"fmod_ret_security", "fentry_vfs_read"}
     outcome, detail = _target_check(verdicts["fmod_ret_listed"])
     assert outcome is Outcome.UNDECIDED and "install linux-image-" in detail
+
+
+# --- the running kernel ---------------------------------------------------------------------------
+
+RUNNING_SOURCE = {
+    "fmod_ret_mptcp": (
+        "fmod_ret/update_socket_protocol",
+        ", int family, int type, int protocol, int ret",
+    ),
+    "fmod_ret_security": ("fmod_ret/security_file_open", ", struct file *file, int ret"),
+}
+
+
+def test_a_kernel_with_fmod_ret_sets_of_its_own(tmp_path: Path) -> None:
+    """Since 6.3 a subsystem may name fmod_ret targets (MPTCP names update_socket_protocol),
+    listed in .BTF_ids, which the running kernel's sysfs BTF lacks: unknown, not refused, even
+    though its config (/proc/config.gz) says it has no error-injection list."""
+    require(SYSFS_BTF.exists() and Path("/proc/config.gz").exists(), "no sysfs BTF or config.gz")
+    config = gzip.decompress(Path("/proc/config.gz").read_bytes()).decode()
+    require("CONFIG_FUNCTION_ERROR_INJECTION=y" not in config, "this kernel has the list")
+    root = tmp_path / "root"
+    install_running_kernel(root, RUNNING)
+    shutil.copyfile("/proc/config.gz", root / "proc/config.gz")
+    work = tmp_path / "src"
+    work.mkdir()
+    objects = {
+        name: compile_source(SOURCE % {"section": sec, "args": args}, name, SYSFS_BTF, work)
+        for name, (sec, args) in RUNNING_SOURCE.items()
+    }
+    install_programs(root, objects)
+    verdicts = _verdicts(root, RUNNING)
+    assert verdicts["fmod_ret_security"].verdict is Verdict.COMPATIBLE
+    mptcp = verdicts["fmod_ret_mptcp"]
+    assert mptcp.verdict is Verdict.UNKNOWN, mptcp.checks
+    outcome, detail = _target_check(mptcp)
+    assert outcome is Outcome.UNDECIDED
+    assert detail.endswith(
+        "(register_btf_fmodret_id_set), and whether update_socket_protocol is one cannot be told "
+        "from its BTF alone (no .BTF_ids)"
+    )

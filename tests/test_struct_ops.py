@@ -69,15 +69,65 @@ struct tcp_congestion_ops___extra {
 SEC("struct_ops/wbp_ssthresh")
 __u32 BPF_PROG(wbp_ssthresh, struct sock *sk) { return 10; }
 
+SEC("struct_ops/wbp_undo_cwnd")
+__u32 BPF_PROG(wbp_undo_cwnd, struct sock *sk) { return 10; }
+
+#ifdef SET
 SEC("struct_ops/wbp_other")
-__u32 BPF_PROG(wbp_other, struct sock *sk) { return 10; }
+void BPF_PROG(wbp_other, struct sock *sk) {}
+#endif
 
 SEC(".struct_ops")
 struct tcp_congestion_ops___extra wbp_extra = {
 	.ssthresh = (void *)wbp_ssthresh,
-	.undo_cwnd = (void *)wbp_ssthresh,
-	NO_SUCH_OP
+	.undo_cwnd = (void *)wbp_undo_cwnd,
+#ifdef SET
+	.no_such_op = (void *)wbp_other,
+#endif
 	.name = "wbp_extra",
+};
+
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+# What libbpf refuses whatever the kernel: one program set to two members, a struct_ops program
+# no member is set to, a member of another size (even left zero).
+REFUSED = r"""
+#include "common.h"
+
+struct tcp_congestion_ops___wide {
+	u32 (*ssthresh)(struct sock *);
+	u32 (*undo_cwnd)(struct sock *);
+	__u64 flags;
+	char name[16];
+};
+
+SEC("struct_ops/wbp_ssthresh")
+__u32 BPF_PROG(wbp_ssthresh, struct sock *sk) { return 10; }
+
+#if !defined(REUSE)
+SEC("struct_ops/wbp_undo_cwnd")
+__u32 BPF_PROG(wbp_undo_cwnd, struct sock *sk) { return 10; }
+#endif
+
+#if defined(UNBOUND)
+SEC("struct_ops/wbp_unbound")
+__u32 BPF_PROG(wbp_unbound, struct sock *sk) { return 10; }
+#endif
+
+SEC(".struct_ops")
+#if defined(WIDE)
+struct tcp_congestion_ops___wide wbp_refused = {
+#else
+struct tcp_congestion_ops wbp_refused = {
+#endif
+	.ssthresh = (void *)wbp_ssthresh,
+#if defined(REUSE)
+	.undo_cwnd = (void *)wbp_ssthresh,
+#else
+	.undo_cwnd = (void *)wbp_undo_cwnd,
+#endif
+	.name = "wbp_refused",
 };
 
 char LICENSE[] SEC("license") = "GPL";
@@ -107,15 +157,17 @@ def objects(old_vmlinux: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     return {
         "cc_new": compile_source(NEW_ARGS + CC, "cc_new", SYSFS_BTF, work),
         "cc_61": compile_source(OLD_ARGS + CC, "cc_61", old_vmlinux, work),
-        "extra_set": compile_source(
-            EXTRA.replace("NO_SUCH_OP", ".no_such_op = (void *)wbp_other,"),
-            "extra_set",
+        "cc_link": compile_source(
+            NEW_ARGS + CC.replace('SEC(".struct_ops")', 'SEC(".struct_ops.link")'),
+            "cc_link",
             SYSFS_BTF,
             work,
         ),
-        "extra_unset": compile_source(
-            EXTRA.replace("NO_SUCH_OP", ""), "extra_unset", SYSFS_BTF, work
-        ),
+        "extra_set": compile_source("#define SET\n" + EXTRA, "extra_set", SYSFS_BTF, work),
+        "extra_unset": compile_source(EXTRA, "extra_unset", SYSFS_BTF, work),
+        "reuse": compile_source("#define REUSE\n" + REFUSED, "reuse", SYSFS_BTF, work),
+        "unbound": compile_source("#define UNBOUND\n" + REFUSED, "unbound", SYSFS_BTF, work),
+        "wide": compile_source("#define WIDE\n" + REFUSED, "wide", SYSFS_BTF, work),
         "no_such_type": compile_source(NO_SUCH_TYPE, "no_such_type", SYSFS_BTF, work),
     }
 
@@ -139,11 +191,23 @@ def test_on_the_running_kernel_as_it_loads(tmp_path: Path, objects: dict[str, Pa
     verdicts = _verdicts(root, RUNNING)
     assert {n: r.verdict for n, r in verdicts.items()} == {
         "cc_new": Verdict.COMPATIBLE,
+        "cc_link": Verdict.COMPATIBLE,
         "cc_61": Verdict.INCOMPATIBLE,
         "extra_set": Verdict.INCOMPATIBLE,
         "extra_unset": Verdict.UNKNOWN,
+        "reuse": Verdict.INCOMPATIBLE,
+        "unbound": Verdict.INCOMPATIBLE,
+        "wide": Verdict.INCOMPATIBLE,
         "no_such_type": Verdict.INCOMPATIBLE,
     }
+    assert _failures(verdicts["reuse"]) == [("attach-target", "wbp_ssthresh")]
+    assert _failures(verdicts["unbound"]) == [("attach-target", "wbp_unbound")]
+    assert _failures(verdicts["wide"]) == [("attach-target", "tcp_congestion_ops.flags")]
+    [wide] = [c for c in verdicts["wide"].checks if c.outcome is Outcome.FAIL]
+    assert wide.detail == (
+        f"tcp_congestion_ops.flags is 8 bytes in the object and 4 on {RUNNING}: libbpf cannot "
+        "register the map"
+    )
     assert _failures(verdicts["cc_61"]) == [("attach-proto", "tcp_congestion_ops.cong_control")]
     [proto] = [c for c in verdicts["cc_61"].checks if c.outcome is Outcome.FAIL]
     assert proto.detail.startswith(
@@ -154,18 +218,20 @@ def test_on_the_running_kernel_as_it_loads(tmp_path: Path, objects: dict[str, Pa
     assert _failures(verdicts["no_such_type"]) == [("attach-target", "wbp_no_such_ops")]
     [unset] = [c for c in verdicts["extra_unset"].checks if c.outcome is Outcome.UNDECIDED]
     assert unset.detail == (
-        "the object names it tcp_congestion_ops___extra, which libbpf 1.4 and later take for "
-        f"tcp_congestion_ops; {RUNNING}'s tcp_congestion_ops lacks no_such_op, which the object "
-        "leaves unset and libbpf 1.3 and later pass over: older libbpf refuses the map, so "
-        "whether it loads depends on the libbpf of its loader"
+        f"{RUNNING}'s tcp_congestion_ops lacks no_such_op, which the object leaves unset and "
+        "libbpf 1.4 and later pass over: older libbpf refuses the map, so whether it loads "
+        "depends on the libbpf of its loader"
     )
 
     loads = {name: load_running(obj, name) for name, obj in objects.items()}
+    # this machine's bpftool has libbpf 1.1: older than the unknown one needs (1.4), and than
+    # .struct_ops.link (1.2), which the loader shipped with such an object has
+    too_old = {"extra_unset", "cc_link"}
     for name, result in verdicts.items():
-        if result.verdict is not Verdict.UNKNOWN:
+        if name not in too_old:
             assert loads[name].ok == result.verdict.usable, (name, loads[name].log)
-    # this machine's bpftool has a libbpf older than 1.3: it refuses the unknown one
     assert not loads["extra_unset"].ok
+    assert "skipping unrecognized data section(8) .struct_ops.link" in loads["cc_link"].log
 
 
 def test_on_the_older_debian_kernel_as_it_loads(
@@ -175,13 +241,19 @@ def test_on_the_older_debian_kernel_as_it_loads(
     _, unpacked = old_kernel
     root = tmp_path / "root"
     exampleroot.install_kernel(root, OLD, unpacked)
-    cc = {name: objects[name] for name in ("cc_new", "cc_61")}
+    cc = {name: objects[name] for name in ("cc_new", "cc_61", "cc_link")}
     install_programs(root, cc)
     verdicts = _verdicts(root, OLD)
     assert {n: r.verdict for n, r in verdicts.items()} == {
         "cc_new": Verdict.INCOMPATIBLE,  # it reads its rate sample from the 4th argument
         "cc_61": Verdict.COMPATIBLE,
+        "cc_link": Verdict.INCOMPATIBLE,  # struct_ops links came in 6.4
     }
     assert _failures(verdicts["cc_new"]) == [("attach-proto", "tcp_congestion_ops.cong_control")]
+    assert _failures(verdicts["cc_link"]) == [("attach-target", "tcp_congestion_ops")]
     report = qemuload.boot_and_load(unpacked / f"boot/vmlinuz-{OLD}", None, cc, modules_to_load=())
-    assert {r.name: r.loaded for r in report.results} == {"cc_new": False, "cc_61": True}
+    assert {r.name: r.loaded for r in report.results} == {
+        "cc_new": False,
+        "cc_61": True,
+        "cc_link": False,
+    }

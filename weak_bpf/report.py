@@ -161,8 +161,8 @@ _ADVICE = {
     ReasonCode.KSYM_MISSING: _UPDATE + "; for your own build, declare optional ksyms __weak",
     ReasonCode.CORE_RELO: _UPDATE + "; for your own build, test fields, types and enum values "
     "that may be missing (bpf_core_field_exists() and the like) before using them",
-    ReasonCode.ATTACH_TARGET: _UPDATE + ": the kernel function or tracepoint it attaches to is "
-    "gone in {k}, or {k} refuses the program there",
+    ReasonCode.ATTACH_TARGET: _UPDATE + ": the kernel function, tracepoint or struct_ops it "
+    "attaches to is gone in {k}, or {k} refuses the program there",
     ReasonCode.ATTACH_PROTO: _UPDATE + ": the arguments of the function or tracepoint it "
     "attaches to changed in {k}; for your own build, read only the arguments {k} has (or test "
     "for them with CO-RE before reading)",

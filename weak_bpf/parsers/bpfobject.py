@@ -57,7 +57,7 @@ STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION = 0, 1, 2, 3
 TEXT = ".text"
 MAPS = ".maps"
 LEGACY_MAPS = "maps"
-STRUCT_OPS_SECTIONS = (".struct_ops", ".struct_ops.link")
+STRUCT_OPS_SECTIONS = (".struct_ops", ".struct_ops.link", "?.struct_ops", "?.struct_ops.link")
 GREYLIST = ".greylist"
 # Sections libbpf turns into internal array maps (global data), not user maps.
 _DATA_PREFIXES = (".data", ".rodata", ".bss")
@@ -392,6 +392,8 @@ class _Reader:
             set_to = self._programs_set_in(sec, programs)
             for info in btf.type(datasec[0]).secinfos:
                 var = btf.type(info.type)
+                if info.offset + info.size > len(sec.data):
+                    raise ELFError(f"struct_ops map {var.name} runs past the end of {name}")
                 struct_id = btf.resolve(var.type)
                 struct_type = btf.type(struct_id)
                 if struct_type.kind is not Kind.STRUCT:
@@ -402,7 +404,21 @@ class _Reader:
                     size = btf.type_size(member.type) if not member.bitfield_size else 0
                     program = set_to.get(at)
                     zero = program is None and not any(sec.data[at : at + max(size, 1)])
-                    members.append(StructOpsMember(member.name, member.type, size, program, zero))
+                    bitfield = bool(member.bitfield_size)
+                    members.append(
+                        StructOpsMember(member.name, member.type, size, program, zero, bitfield)
+                    )
+                starts = {info.offset + m.bit_offset // 8 for m in struct_type.members}
+                stray = [
+                    at
+                    for at in set_to
+                    if info.offset <= at < info.offset + info.size and at not in starts
+                ]
+                if stray:
+                    raise ELFError(
+                        f"a relocation of struct_ops map {var.name} at {stray[0]:#x} is at no "
+                        "member's start (libbpf refuses it)"
+                    )
                 out.append(StructOps(var.name, name, struct_type.name, tuple(members)))
         return tuple(out)
 

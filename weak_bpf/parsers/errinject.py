@@ -31,4 +31,10 @@ def error_injection_addresses(
     if data is None:
         raise ELFError(f"no section holds the error-injection list at {start:#x}", source=source)
     fmt = ("<" if header.byteorder == "little" else ">") + word
-    return frozenset(struct.unpack_from(fmt, data, at)[0] for at in range(0, len(data), entry))
+    found = frozenset(struct.unpack_from(fmt, data, at)[0] for at in range(0, len(data), entry))
+    if 0 in found:  # arm64 links with --no-apply-dynamic-relocs: the boot fills them in
+        raise ELFError(
+            "the error-injection list's addresses are left for the kernel to fill in at boot",
+            source=source,
+        )
+    return found

@@ -136,6 +136,7 @@ class StructOpsMember:
     size: int
     program: str | None  # the program a function pointer is set to
     zero: bool  # nothing set: no program, every byte zero
+    bitfield: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,9 +145,19 @@ class StructOps:
     sched_ext_ops, ...) that the object fills with its programs, for libbpf to register."""
 
     name: str
-    section: str  # ".struct_ops" or ".struct_ops.link"
+    section: str  # ".struct_ops" or ".struct_ops.link", "?"-prefixed when not created by default
     type_name: str  # the struct, as the object names it
     members: tuple[StructOpsMember, ...]
+
+    @property
+    def link(self) -> bool:
+        """Registered through a BPF link (BPF_F_LINK), which kernels before 6.4 refuse."""
+        return self.section.endswith(".link")
+
+    @property
+    def optional(self) -> bool:
+        """SEC("?.struct_ops"): libbpf creates it only when the loader asks."""
+        return self.section.startswith("?")
 
 
 @dataclasses.dataclass(frozen=True)

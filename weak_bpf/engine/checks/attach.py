@@ -101,7 +101,11 @@ class AttachChecks(CheckerBase):
                 return result(
                     any(vmlinux.find(f, Kind.FUNC) for f in funcs), "is a syscall with tracepoints"
                 )
-            return result(bool(vmlinux.find(f"btf_trace_{event}", Kind.TYPEDEF)), "is a tracepoint")
+            tracepoint = self._find_tracepoint(event)
+            if tracepoint is not None and tracepoint[2] is not None:
+                self.modules.add(tracepoint[2])
+                return result(True, f"is a tracepoint of module {tracepoint[2]} (must be loaded)")
+            return result(tracepoint is not None, "is a tracepoint")
         if kind in (TargetKind.KSYM, TargetKind.SYSCALL):
             symbols = [name] if kind is TargetKind.KSYM else self._syscall_symbols(name)
             if config is not None and config.get("KPROBES") == "n":
@@ -196,10 +200,23 @@ class AttachChecks(CheckerBase):
                 return undecided(f"{k} has several functions called {name}")
             symbol = symbols.get(name)
         if symbol is None or symbol.address not in listed:
+            if not listed and name.startswith(_SYSCALL_WRAPPER_PREFIXES):
+                return undecided(
+                    f"{k} is built without the error-injection list, and kernels since 6.x "
+                    "built so accept syscall wrappers such as this one instead"
+                )
+            own_sets = self._fmodret_set_may_hold(name)
+            if own_sets is not None:
+                return undecided(own_sets)
             allowed = "on its error-injection list (ALLOW_ERROR_INJECTION)"
             if not sleepable:
                 allowed += " or a security_*() hook"
-            where = "does not list it" if listed else "is built without that list"
+            if not listed:
+                where = "is built without that list"
+            elif symbol is None:
+                where = f"has no symbol {name} to look it up by"
+            else:
+                where = "does not list it"
             return self._check(
                 Area.ATTACH,
                 Outcome.FAIL,
@@ -213,12 +230,30 @@ class AttachChecks(CheckerBase):
         if sleepable:
             func = self._find_func(name)
             ids = self.k.vmlinux_btf_ids
-            if func is None or ids is None or func[1] in ids:
+            if func is None or not ids or func[1] in ids:
                 return undecided(
                     f"{name} is on the error-injection list, but {k} may deny sleepable "
                     "programs there (its .BTF_ids lists the function, or cannot be read)"
                 )
         return None
+
+    def _fmodret_set_may_hold(self, name: str) -> str | None:
+        """Why K may let fmod_ret attach to `name` through a set of its own: since 6.3 a
+        subsystem can name such targets (register_btf_fmodret_id_set), and they are listed in
+        `.BTF_ids` among every other set. None when K has no such sets or does not list `name`."""
+        vmlinux = self.k.vmlinux
+        assert vmlinux is not None
+        if not vmlinux.find("register_btf_fmodret_id_set", Kind.FUNC):
+            return None
+        func = self._find_func(name)
+        ids = self.k.vmlinux_btf_ids
+        if func is not None and ids and func[1] not in ids:
+            return None
+        return (
+            f"{self.k.kver} lets subsystems name fmod_ret targets of their own "
+            f"(register_btf_fmodret_id_set), and whether {name} is one cannot be told from "
+            + ("its .BTF_ids, which list it" if ids else "its BTF alone (no .BTF_ids)")
+        )
 
     def _no_error_injection_list(self) -> str:
         k = self.k.kver
@@ -388,6 +423,9 @@ class AttachChecks(CheckerBase):
                     return essential_name(own.name(root))
         return None
 
+
+# the verifier's has_arch_syscall_prefix(), every architecture's
+_SYSCALL_WRAPPER_PREFIXES = ("__x64_", "__ia32_", "__s390x_", "__arm64_", "__riscv_", "sys_")
 
 # the syscall wrappers' prefixes by RPM architecture (libbpf's arch_specific_syscall_pfx)
 _SYSCALL_PREFIXES = {

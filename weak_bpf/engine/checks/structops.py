@@ -12,88 +12,92 @@ from weak_bpf.engine.checks.attach import AttachChecks, TargetProto
 from weak_bpf.model import Area, Check, Outcome, ReasonCode
 from weak_bpf.parsers.btf import BTF, Kind, Type
 from weak_bpf.parsers.objvalues import Function, StructOps
+from weak_bpf.parsers.sections import TargetKind
 
 VALUE_PREFIX = "bpf_struct_ops_"  # the kernel's wrapper of each struct_ops struct
 
 
 class StructOpsChecks(AttachChecks):
     def _struct_ops(self) -> Iterable[Check]:
+        yield from self._unbound_programs()
         for ops in self.obj.struct_ops:
-            yield from self._one_struct_ops(ops)
+            if not ops.optional:
+                yield from self._one_struct_ops(ops)
+
+    def _unbound_programs(self) -> Iterable[Check]:
+        """A struct_ops program that no map's member is set to has no attach point: the kernel
+        refuses it. One set to two members is refused by libbpf."""
+        members: dict[str, list[str]] = {}
+        for ops in self.obj.struct_ops:
+            for member in ops.members:
+                if member.program is not None:
+                    members.setdefault(member.program, []).append(f"{ops.name}.{member.name}")
+        for program in self.obj.programs:
+            if program.info.target_kind is not TargetKind.STRUCT_OPS:
+                continue
+            bound = members.get(program.name, [])
+            if len(bound) == 1:
+                continue
+            why = (
+                "no struct_ops map sets a member to it: the kernel refuses a struct_ops program "
+                "with nothing to attach to"
+                if not bound
+                else f"it is set to {' and '.join(bound)}: libbpf refuses a program set to two "
+                "members"
+            )
+            yield self._check(
+                Area.ATTACH,
+                Outcome.FAIL,
+                f"struct_ops program {program.name}",
+                why,
+                code=ReasonCode.ATTACH_TARGET,
+                symbol=program.name,
+                program=program.name,
+            )
 
     def _one_struct_ops(self, ops: StructOps) -> Iterable[Check]:
         k = self.k.kver
         name = essential_name(ops.type_name)
         subject = f"struct_ops {ops.name}"
-        found = self._find_type(name, Kind.STRUCT)
+        # as libbpf 1.7 does: the value type first, then the struct in the same BTF
         value = self._find_type(VALUE_PREFIX + name, Kind.STRUCT)
-        if found is None or value is None:
-            missing = name if found is None else VALUE_PREFIX + name
-            yield self._check(
-                Area.ATTACH,
-                Outcome.FAIL,
+        struct_ids = value[0].find(name, Kind.STRUCT) if value is not None else []
+        if value is None or not struct_ids:
+            missing = VALUE_PREFIX + name if value is None else name
+            yield self._fail(
                 subject,
                 f"{k} has no struct_ops {name} (struct {missing} is not in its BTF): libbpf "
                 "cannot register the map",
-                code=ReasonCode.ATTACH_TARGET,
-                symbol=name,
+                name,
             )
             return
-        btf, struct_id, module = found
-        # what only newer libbpf accepts: the loader's libbpf decides
-        newer_libbpf: list[str] = []
-        if ops.type_name != name:
-            newer_libbpf.append(
-                f"the object names it {ops.type_name}, which libbpf 1.4 and later take for {name}"
+        btf, _, module = value
+        vmlinux = self.k.vmlinux
+        assert vmlinux is not None
+        if ops.link and not vmlinux.find("bpf_struct_ops_link_create", Kind.FUNC):
+            yield self._fail(
+                subject,
+                f'the map is registered through a BPF link (SEC(".struct_ops.link")), which '
+                f"{k} does not have (kernels before 6.4)",
+                name,
             )
+            return
+        # What only newer libbpf accepts, the loader's libbpf decides: unknown. What the object
+        # needed on its build kernel too (a .struct_ops.link map, a flavored struct name) its
+        # own loader does.
+        newer_libbpf: list[str] = []
         if module is not None:
             self.modules.add(module)
             newer_libbpf.append(f"{k} has it in module {module}, where libbpf 1.4 and later look")
-        on_k = {m.name: m for m in btf.type(struct_id).members}
-        problems: list[tuple[str, str]] = []  # (member, why)
-        unset_gone: list[str] = []
-        protos: list[tuple[Function, TargetProto, str]] = []
-        for member in ops.members:
-            theirs = on_k.get(member.name)
-            if theirs is None:
-                if member.zero:
-                    unset_gone.append(member.name)
-                else:
-                    problems.append((member.name, f"{k}'s {name} has no member {member.name}"))
-                continue
-            proto = _pointed_proto(btf, theirs.type)
-            if member.program is not None:
-                if proto is None:
-                    problems.append(
-                        (member.name, f"{name}.{member.name} is no function pointer on {k}")
-                    )
-                    continue
-                program = next((p for p in self.obj.programs if p.name == member.program), None)
-                if program is not None:
-                    label = f"{name}.{member.name}"
-                    protos.append((program, TargetProto.of(btf, label, proto.params, None), label))
-            elif not member.zero and btf.type_size(theirs.type) != member.size:
-                size = btf.type_size(theirs.type)
-                problems.append(
-                    (
-                        member.name,
-                        f"it sets {name}.{member.name} as {member.size} bytes, and {k} makes it "
-                        f"{size}",
-                    )
-                )
+        problems, unset_gone, protos = self._members(ops, name, btf, struct_ids[0])
         for member_name, why in problems:
-            yield self._check(
-                Area.ATTACH,
-                Outcome.FAIL,
-                subject,
-                f"{why}: libbpf cannot register the map",
-                code=ReasonCode.ATTACH_TARGET,
-                symbol=f"{name}.{member_name}",
+            yield self._fail(
+                subject, f"{why}: libbpf cannot register the map", f"{name}.{member_name}"
             )
         if unset_gone:
             newer_libbpf.append(
                 f"{k}'s {name} lacks {', '.join(unset_gone)}, which the object leaves unset and "
-                "libbpf 1.3 and later pass over"
+                "libbpf 1.4 and later pass over"
             )
         if newer_libbpf and not problems:
             yield self._check(
@@ -107,10 +111,83 @@ class StructOpsChecks(AttachChecks):
                 symbol=name,
             )
         elif not problems:
-            detail = f"{k}'s {name} has every member the object sets"
+            detail = (
+                f"{k}'s {name} has every member the object sets, of the same kind and size (the "
+                f"kernel's own rules for each member are applied when it loads)"
+            )
             yield self._check(Area.ATTACH, Outcome.PASS, subject, detail, symbol=name)
         for program, target, label in protos:
             yield from self._attach_proto(program, target, label)
+
+    def _members(
+        self, ops: StructOps, name: str, btf: BTF, struct_id: int
+    ) -> tuple[list[tuple[str, str]], list[str], list[tuple[Function, TargetProto, str]]]:
+        """libbpf's rules for each member K has: no bitfield on either side, the same kind, the
+        same size for a non-pointer (set or not), a function pointer for a program. Returns the
+        (member, why) refused, the unset members K lacks, and the programs' prototypes on K."""
+        k = self.k.kver
+        on_k = {m.name: m for m in btf.type(struct_id).members}
+        problems: list[tuple[str, str]] = []
+        unset_gone: list[str] = []
+        protos: list[tuple[Function, TargetProto, str]] = []
+        local = self.obj.btf
+        assert local is not None  # a struct_ops map is read from the object's BTF
+        for member in ops.members:
+            theirs = on_k.get(member.name)
+            label = f"{name}.{member.name}"
+            if theirs is None:
+                if member.zero:
+                    unset_gone.append(member.name)
+                else:
+                    problems.append((member.name, f"{k}'s {name} has no member {member.name}"))
+                continue
+            if member.bitfield or theirs.bitfield_size:
+                problems.append((member.name, f"{label} is a bitfield, which libbpf cannot fill"))
+                continue
+            ours_kind, theirs_kind = _kind(local, member.type_id), _kind(btf, theirs.type)
+            if ours_kind is not theirs_kind:
+                problems.append(
+                    (
+                        member.name,
+                        f"{label} is a {ours_kind.name.lower()} in the object and a "
+                        f"{theirs_kind.name.lower()} on {k}",
+                    )
+                )
+                continue
+            if ours_kind is Kind.PTR:
+                if member.program is None:
+                    continue
+                proto = _pointed_proto(btf, theirs.type)
+                program = next((p for p in self.obj.programs if p.name == member.program), None)
+                if proto is None:
+                    problems.append((member.name, f"{label} is no function pointer on {k}"))
+                elif program is None or program.info.target_kind is not TargetKind.STRUCT_OPS:
+                    problems.append(
+                        (
+                            member.name,
+                            f"{label} is set to {member.program}, which is no struct_ops program",
+                        )
+                    )
+                else:
+                    protos.append((program, TargetProto.of(btf, label, proto.params, None), label))
+                continue
+            size = btf.type_size(theirs.type)
+            if size != member.size:
+                problems.append(
+                    (member.name, f"{label} is {member.size} bytes in the object and {size} on {k}")
+                )
+        return problems, unset_gone, protos
+
+    def _fail(self, subject: str, detail: str, symbol: str) -> Check:
+        return self._check(
+            Area.ATTACH, Outcome.FAIL, subject, detail, code=ReasonCode.ATTACH_TARGET, symbol=symbol
+        )
+
+
+def _kind(btf: BTF, type_id: int) -> Kind:
+    """A member's kind, past modifiers and typedefs."""
+    resolved = btf.resolve(type_id)
+    return btf.kind(resolved) if resolved else Kind.UNKN
 
 
 def _pointed_proto(btf: BTF, type_id: int) -> Type | None:
