@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import platform
+import re
 import shutil
 import struct
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 
 from weak_bpf import ops
 from weak_bpf.errors import ELFError
+from weak_bpf.kernel import load as kernel_data
 from weak_bpf.model import Outcome, Result, Verdict
 from weak_bpf.parsers.elf import section_bytes
 from weak_bpf.parsers.errinject import START, STOP, error_injection_addresses
@@ -235,6 +237,23 @@ def test_the_list_read_from_a_vmlinux(listed_kernel: dict[str, Path]) -> None:
     unrelocated = elf.read_bytes().replace(listed, bytes(8))
     with pytest.raises(ELFError, match="left for the kernel to fill in at boot"):
         error_injection_addresses(unrelocated, start, stop, str(elf))
+
+
+def test_a_damaged_vmlinux_is_passed_over(tmp_path: Path, listed_kernel: dict[str, Path]) -> None:
+    """The list is read from the first vmlinux that holds it; a damaged one before it is passed
+    over, and is the error only when nothing else reads."""
+    elf, system_map = listed_kernel["vmlinux"], listed_kernel["System.map"]
+    start, stop = _symbol(system_map, START), _symbol(system_map, STOP)
+    damaged = tmp_path / "vmlinux"
+    damaged.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(100))
+    found = kernel_data.load_error_injection([damaged, elf], None, start, stop)
+    assert found == {
+        _symbol(system_map, "bpf_modify_return_test"),
+        _symbol(system_map, "should_failslab"),
+    }
+    with pytest.raises(ELFError, match=re.escape(str(damaged))):
+        kernel_data.load_error_injection([damaged], None, start, stop)
+    assert kernel_data.load_error_injection([system_map], None, start, stop) is None
 
 
 @pytest.mark.parametrize("symbols", ["System.map", "symtab"])

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import sys
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
@@ -175,22 +176,39 @@ def load_error_injection(
     elfs: Sequence[Path], image: Path | None, start: int, stop: int
 ) -> frozenset[int] | None:
     """The function addresses on K's error-injection list, read from the first of `elfs` that is
-    a vmlinux ELF (read in place), else from the kernel image; None if there is neither.
-    `start`, `stop`: where K's symbols put the list."""
-    for path in elfs:
+    a readable vmlinux ELF (read in place), else from the kernel image; None if there is
+    neither. `start`, `stop`: where K's symbols put the list. Raises the first error when every
+    file failed."""
+    errors: list[ParseError] = []
+
+    def attempt(read: Callable[[], frozenset[int] | None], source: Path) -> frozenset[int] | None:
+        try:
+            return read()
+        except ParseError as e:
+            errors.append(e.located(str(source)))
+            return None
+
+    def in_place(path: Path) -> frozenset[int] | None:
         with mapped(path) as data:
-            if bytes(data[:4]) == ELF_MAGIC:
-                try:
-                    return error_injection_addresses(data, start, stop, str(path))
-                except ParseError as e:
-                    raise e.located(str(path)) from None
-    if image is None:
-        return None
-    elf = load_vmlinux(image)
-    try:
-        return error_injection_addresses(elf, start, stop, str(image))
-    except ParseError as e:
-        raise e.located(str(image)) from None
+            if bytes(data[:4]) != ELF_MAGIC:
+                return None
+            return error_injection_addresses(data, start, stop, str(path))
+
+    for path in elfs:
+        found = attempt(partial(in_place, path), path)
+        if found is not None:
+            return found
+
+    def unpacked(path: Path) -> frozenset[int]:
+        return error_injection_addresses(load_vmlinux(path), start, stop, str(path))
+
+    if image is not None:
+        found = attempt(partial(unpacked, image), image)
+        if found is not None:
+            return found
+    if errors:
+        raise errors[0]
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
