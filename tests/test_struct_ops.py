@@ -231,6 +231,15 @@ def test_on_the_running_kernel_as_it_loads(tmp_path: Path, objects: dict[str, Pa
         if name not in too_old:
             assert loads[name].ok == result.verdict.usable, (name, loads[name].log)
     assert not loads["extra_unset"].ok
+    # and where they say why, it is the reason given here
+    said = {
+        "cc_61": "R1 invalid mem access 'scalar'",
+        "reuse": "cannot use prog wbp_ssthresh",
+        "unbound": "prog 'wbp_unbound': failed to load: -524",
+        "no_such_type": "struct wbp_no_such_ops is not found in kernel BTF",
+    }
+    for name, words in said.items():
+        assert words in loads[name].log, (name, loads[name].log)
     assert "skipping unrecognized data section(8) .struct_ops.link" in loads["cc_link"].log
 
 
