@@ -24,6 +24,7 @@ from weak_bpf.model import Outcome, Result, Verdict
 from weak_bpf.parsers.elf import section_bytes
 from weak_bpf.parsers.errinject import START, STOP, error_injection_addresses
 
+import exampleroot
 import qemuload
 from bpfprogs import compile_source
 from conftest import require, require_tool
@@ -353,3 +354,29 @@ def test_a_kernel_with_fmod_ret_sets_of_its_own(tmp_path: Path) -> None:
         "(register_btf_fmodret_id_set), and whether update_socket_protocol is one cannot be told "
         "from its BTF alone (no .BTF_ids)"
     )
+
+
+def test_a_module_function_on_a_kernel_without_the_list(
+    tmp_path: Path, old_kernel: tuple[str, Path], old_vmlinux: Path
+) -> None:
+    """Without the list, a module has none either: fmod_ret on nf_conntrack's function is
+    refused, as the older Debian kernel, booted with nf_conntrack inserted, says."""
+    _, unpacked = old_kernel
+    source = SOURCE % {
+        "section": "fmod_ret/nf_conntrack_in",
+        "args": ", struct sk_buff *skb, void *state, int ret",
+    }
+    obj = compile_source(source, "fmod_ret_module", old_vmlinux, tmp_path)
+    root = tmp_path / "root"
+    exampleroot.install_kernel(root, OLD, unpacked)
+    install_programs(root, {"fmod_ret_module": obj})
+    result = _verdicts(root)["fmod_ret_module"]
+    assert result.verdict is Verdict.INCOMPATIBLE
+    outcome, detail = _target_check(result)
+    assert outcome is Outcome.FAIL and detail.endswith(f"and {OLD} is built without that list")
+    require_tool("qemu-system-x86_64")
+    report = qemuload.boot_and_load(
+        unpacked / f"boot/vmlinuz-{OLD}", unpacked / "lib/modules" / OLD, {"fmod_ret_module": obj}
+    )
+    [loaded] = report.results
+    assert not loaded.loaded and "nf_conntrack_in() is not modifiable" in loaded.log, loaded.log

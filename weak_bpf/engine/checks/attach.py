@@ -186,13 +186,13 @@ class AttachChecks(CheckerBase):
                 program.name,
             )
 
-        if module is not None:
-            return undecided(
-                f"{name} is in module {module}, and modules' error-injection lists are not read"
-            )
         listed = self.k.error_injection
         if listed is None:
             return undecided(self._no_error_injection_list())
+        if module is not None and listed:  # without the list, modules have none either
+            return undecided(
+                f"{name} is in module {module}, and modules' error-injection lists are not read"
+            )
         symbols = self.k.system_map
         symbol = None
         if listed and symbols is not None:
@@ -202,8 +202,8 @@ class AttachChecks(CheckerBase):
         if symbol is None or symbol.address not in listed:
             if not listed and name.startswith(_SYSCALL_WRAPPER_PREFIXES):
                 return undecided(
-                    f"{k} is built without the error-injection list, and kernels since 6.x "
-                    "built so accept syscall wrappers such as this one instead"
+                    f"{k} is built without the error-injection list, and newer kernels built "
+                    "so accept syscall wrappers such as this one instead"
                 )
             own_sets = self._fmodret_set_may_hold(name)
             if own_sets is not None:
@@ -247,8 +247,8 @@ class AttachChecks(CheckerBase):
             return None
         func = self._find_func(name)
         ids = self.k.vmlinux_btf_ids
-        if func is not None and ids and func[1] not in ids:
-            return None
+        if func is not None and func[2] is None and ids and func[1] not in ids:
+            return None  # a module's own sets are not read
         return (
             f"{self.k.kver} lets subsystems name fmod_ret targets of their own "
             f"(register_btf_fmodret_id_set), and whether {name} is one cannot be told from "
