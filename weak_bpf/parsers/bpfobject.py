@@ -26,6 +26,7 @@ from weak_bpf.parsers.elf import Buffer, elf_header, section_headers
 from weak_bpf.parsers.insn import Insn, decode
 from weak_bpf.parsers.objcalls import summarise_function
 from weak_bpf.parsers.objexterns import read_externs
+from weak_bpf.parsers.objstructops import STRUCT_OPS_SECTIONS, read_struct_ops
 from weak_bpf.parsers.objvalues import (
     SHN_UNDEF,
     STB_LOCAL,
@@ -36,7 +37,6 @@ from weak_bpf.parsers.objvalues import (
     Map,
     Relocation,
     StructOps,
-    StructOpsMember,
     Symbol,
     function_containing,
 )
@@ -57,7 +57,6 @@ STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION = 0, 1, 2, 3
 TEXT = ".text"
 MAPS = ".maps"
 LEGACY_MAPS = "maps"
-STRUCT_OPS_SECTIONS = (".struct_ops", ".struct_ops.link", "?.struct_ops", "?.struct_ops.link")
 GREYLIST = ".greylist"
 # Sections libbpf turns into internal array maps (global data), not user maps.
 _DATA_PREFIXES = (".data", ".rodata", ".bss")
@@ -379,48 +378,12 @@ class _Reader:
     # --- struct_ops --------------------------------------------------------------------------
 
     def _struct_ops(self, btf: BTF | None, programs: tuple[Function, ...]) -> tuple[StructOps, ...]:
-        """Each struct_ops map: the struct its DATASEC VAR has, and what each member is set to
-        (a program, through a relocation at its offset, or bytes)."""
-        out: list[StructOps] = []
-        for name in STRUCT_OPS_SECTIONS:
-            sec = self.by_name.get(name)
-            if sec is None:
-                continue
-            datasec = btf.find(name, Kind.DATASEC) if btf is not None else []
-            if btf is None or not datasec:
-                raise ELFError(f"{name} has no BTF that describes it (libbpf refuses it)")
-            set_to = self._programs_set_in(sec, programs)
-            for info in btf.type(datasec[0]).secinfos:
-                var = btf.type(info.type)
-                if info.offset + info.size > len(sec.data):
-                    raise ELFError(f"struct_ops map {var.name} runs past the end of {name}")
-                struct_id = btf.resolve(var.type)
-                struct_type = btf.type(struct_id)
-                if struct_type.kind is not Kind.STRUCT:
-                    raise ELFError(f"struct_ops map {var.name} in {name} is not a struct")
-                members = []
-                for member in struct_type.members:
-                    at = info.offset + member.bit_offset // 8
-                    size = btf.type_size(member.type) if not member.bitfield_size else 0
-                    program = set_to.get(at)
-                    zero = program is None and not any(sec.data[at : at + max(size, 1)])
-                    bitfield = bool(member.bitfield_size)
-                    members.append(
-                        StructOpsMember(member.name, member.type, size, program, zero, bitfield)
-                    )
-                starts = {info.offset + m.bit_offset // 8 for m in struct_type.members}
-                stray = [
-                    at
-                    for at in set_to
-                    if info.offset <= at < info.offset + info.size and at not in starts
-                ]
-                if stray:
-                    raise ELFError(
-                        f"a relocation of struct_ops map {var.name} at {stray[0]:#x} is at no "
-                        "member's start (libbpf refuses it)"
-                    )
-                out.append(StructOps(var.name, name, struct_type.name, tuple(members)))
-        return tuple(out)
+        sections = [
+            (sec.name, sec.data, self._programs_set_in(sec, programs))
+            for sec in (self.by_name.get(name) for name in STRUCT_OPS_SECTIONS)
+            if sec is not None
+        ]
+        return read_struct_ops(btf, sections)
 
     def _programs_set_in(self, sec: _Section, programs: tuple[Function, ...]) -> dict[int, str]:
         """{byte offset in `sec`: the program a relocation there points to}."""
