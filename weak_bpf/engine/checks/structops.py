@@ -89,7 +89,7 @@ class StructOpsChecks(AttachChecks):
         if module is not None:
             self.modules.add(module)
             newer_libbpf.append(f"{k} has it in module {module}, where libbpf 1.4 and later look")
-        problems, unset_gone, protos = self._members(ops, name, btf, struct_ids[0])
+        problems, unset_gone, set_gone, protos = self._members(ops, name, btf, struct_ids[0])
         for member_name, why in problems:
             yield self._fail(
                 subject, f"{why}: libbpf cannot register the map", f"{name}.{member_name}"
@@ -99,16 +99,27 @@ class StructOpsChecks(AttachChecks):
                 f"{k}'s {name} lacks {', '.join(unset_gone)}, which the object leaves unset and "
                 "libbpf 1.4 and later pass over"
             )
-        if newer_libbpf and not problems:
+        undecided = []
+        if newer_libbpf:
+            undecided.append(
+                "; ".join(newer_libbpf) + ": older libbpf refuses the map, so whether it loads "
+                "depends on the libbpf of its loader"
+            )
+        if set_gone:
+            # a loader may clear them before loading: sched_ext's do for what a kernel lacks
+            undecided.append(
+                f"the object sets {', '.join(set_gone)}, which {k}'s {name} lacks: libbpf "
+                "refuses the map unless its loader clears them first, as sched_ext schedulers "
+                "do for the callbacks a kernel lacks"
+            )
+        if undecided and not problems:
             yield self._check(
                 Area.ATTACH,
                 Outcome.UNDECIDED,
                 subject,
-                "; ".join(newer_libbpf)
-                + ": older libbpf refuses the map, so whether it loads depends on the libbpf of "
-                "its loader",
+                "; and ".join(undecided),
                 code=ReasonCode.ATTACH_TARGET,
-                symbol=name,
+                symbol=f"{name}.{set_gone[0]}" if set_gone else name,
             )
         elif not problems:
             detail = (
@@ -121,14 +132,18 @@ class StructOpsChecks(AttachChecks):
 
     def _members(
         self, ops: StructOps, name: str, btf: BTF, struct_id: int
-    ) -> tuple[list[tuple[str, str]], list[str], list[tuple[Function, TargetProto, str]]]:
+    ) -> tuple[
+        list[tuple[str, str]], list[str], list[str], list[tuple[Function, TargetProto, str]]
+    ]:
         """libbpf's rules for each member K has: no bitfield on either side, the same kind, the
         same size for a non-pointer (set or not), a function pointer for a program. Returns the
-        (member, why) refused, the unset members K lacks, and the programs' prototypes on K."""
+        (member, why) refused, the members K lacks that the object leaves unset and that it
+        sets, and the programs' prototypes on K."""
         k = self.k.kver
         on_k = {m.name: m for m in btf.type(struct_id).members}
         problems: list[tuple[str, str]] = []
         unset_gone: list[str] = []
+        set_gone: list[str] = []
         protos: list[tuple[Function, TargetProto, str]] = []
         local = self.obj.btf
         assert local is not None  # a struct_ops map is read from the object's BTF
@@ -139,7 +154,7 @@ class StructOpsChecks(AttachChecks):
                 if member.zero:
                     unset_gone.append(member.name)
                 else:
-                    problems.append((member.name, f"{k}'s {name} has no member {member.name}"))
+                    set_gone.append(member.name)
                 continue
             if member.bitfield or theirs.bitfield_size:
                 problems.append((member.name, f"{label} is a bitfield, which libbpf cannot fill"))
@@ -176,7 +191,7 @@ class StructOpsChecks(AttachChecks):
                 problems.append(
                     (member.name, f"{label} is {member.size} bytes in the object and {size} on {k}")
                 )
-        return problems, unset_gone, protos
+        return problems, unset_gone, set_gone, protos
 
     def _fail(self, subject: str, detail: str, symbol: str) -> Check:
         return self._check(
