@@ -339,3 +339,31 @@ def test_kernel_and_program_filters(
     assert out.splitlines()[0].split() == ["program", old]
     assert "task_guard.bpf.o" in out and "copy1.bpf.o" in out and "copy2" not in out
     assert out.endswith(f"{old}: 1 of 2 programs usable\n")
+
+
+def test_what_to_do_follows_how_a_check_ended() -> None:
+    """A failure's remedy; for a check left undecided by missing kernel data, what to install;
+    for one only the kernel can decide (a loader's doing, code that may not run), verify."""
+    from weak_bpf.model import Area, Check, Outcome, ReasonCode, Result, Verdict
+    from weak_bpf.ops.audited import ProgramAudit
+    from weak_bpf.program.installed import InstalledProgram
+
+    def advice(*checks: Check) -> list[str]:
+        result = Result(Verdict.UNKNOWN, checks)
+        audit = ProgramAudit(InstalledProgram("usr/lib/bpf/x.bpf.o", "x.bpf.o", None), None, {})
+        audit.results["K"] = (result, False)
+        doc = report.explain_json(audit)
+        return doc["kernels"]["K"]["advice"]  # type: ignore[index]
+
+    fail = Check(Area.ATTACH, Outcome.FAIL, "s", "d", ReasonCode.ATTACH_TARGET, "f")
+    loader = Check(Area.ATTACH, Outcome.UNDECIDED, "s", "d", ReasonCode.ATTACH_TARGET, "f")
+    data = Check(Area.ATTACH, Outcome.UNDECIDED, "s", "d", ReasonCode.KERNEL_DATA_MISSING, "f")
+    verify = (
+        "'weak-bpf-progs verify K' lets K's own verifier decide, in a VM; or ask the package's "
+        "vendor"
+    )
+    assert advice(loader) == [verify]
+    assert advice(loader, loader) == [verify]
+    assert advice(fail)[0].startswith("update the package to a build for K")
+    assert advice(data)[0].startswith("the undecided checks say what K lacks")
+    assert len(advice(fail, loader, data)) == 3

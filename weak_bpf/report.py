@@ -171,6 +171,32 @@ _ADVICE = {
     "again",
 }
 
+# a check left undecided for a reason other than missing kernel data (which code
+# paths can run, what the loader does): only the kernel can say
+_UNDECIDED_ADVICE = (
+    "'weak-bpf-progs verify {k}' lets {k}'s own verifier decide, in a VM; or ask the "
+    "package's vendor"
+)
+
+
+def _advice(result: Result, kver: str) -> list[str]:
+    """What to do, once per reason: a certain failure's remedy, or for a check left undecided,
+    what would decide it."""
+    todo: dict[str, None] = {}
+    for c in result.checks:
+        if c.code is None or c.outcome not in (
+            Outcome.FAIL,
+            Outcome.UNDECIDED,
+            Outcome.CANNOT_ATTACH,
+        ):
+            continue
+        undecided = c.outcome is Outcome.UNDECIDED and c.code is not ReasonCode.KERNEL_DATA_MISSING
+        todo[(_UNDECIDED_ADVICE if undecided else _ADVICE[c.code]).format(k=kver)] = None
+    if result.modules and result.verdict.usable:
+        todo[f"load module(s) {', '.join(result.modules)} before loading the program"] = None
+    return list(todo)
+
+
 _MARK = {
     Outcome.PASS: "ok",
     Outcome.FAIL: "FAIL",
@@ -311,11 +337,7 @@ def render_explain(audit: ProgramAudit) -> str:
                 where = f" [{c.program}]" if c.program else ""
                 code = f" ({c.code.value})" if c.code else ""
                 out.append(f"    {_MARK[c.outcome]:<8} {c.subject}{where}: {c.detail}{code}\n")
-        todo = [
-            _ADVICE[code].format(k=kver) for code in dict.fromkeys(r.code for r in result.reasons)
-        ]
-        if result.modules and result.verdict.usable:
-            todo.append(f"load module(s) {', '.join(result.modules)} before loading the program")
+        todo = _advice(result, kver)
         if todo:
             out.append("  what to do\n")
             out.extend(f"    - {t}\n" for t in todo)
@@ -344,11 +366,7 @@ def explain_json(audit: ProgramAudit) -> dict[str, object]:
     on each kernel, with the advice render_explain gives in words."""
     kernels = {}
     for kver, (result, linked) in audit.results.items():
-        advice = [
-            _ADVICE[code].format(k=kver) for code in dict.fromkeys(r.code for r in result.reasons)
-        ]
-        if result.modules and result.verdict.usable:
-            advice.append(f"load module(s) {', '.join(result.modules)} before loading the program")
+        advice = _advice(result, kver)
         kernels[kver] = {
             "verdict": result.verdict.value,
             "verified": result.verified,
