@@ -133,6 +133,36 @@ struct tcp_congestion_ops wbp_refused = {
 char LICENSE[] SEC("license") = "GPL";
 """
 
+# Variations on CC: a license that is not GPL, a second map sharing the programs, a sleepable
+# callback, a member set to a subprogram.
+SECOND_MAP = r"""
+SEC(".struct_ops")
+struct tcp_congestion_ops wbp_cc2 = {
+	.init = (void *)wbp_init,
+	.ssthresh = (void *)wbp_ssthresh,
+	.undo_cwnd = (void *)wbp_undo_cwnd,
+	.cong_control = (void *)wbp_cong_control,
+	.name = "wbp_cc2",
+};
+"""
+SUBPROGRAM = r"""
+#include "common.h"
+
+__attribute__((noinline)) __u32 wbp_helper(struct sock *sk) { return 10; }
+
+SEC("struct_ops/wbp_ssthresh")
+__u32 BPF_PROG(wbp_ssthresh, struct sock *sk) { return wbp_helper(sk); }
+
+SEC(".struct_ops")
+struct tcp_congestion_ops wbp_sub = {
+	.ssthresh = (void *)wbp_ssthresh,
+	.undo_cwnd = (void *)wbp_helper,
+	.name = "wbp_sub",
+};
+
+char LICENSE[] SEC("license") = "GPL";
+"""
+
 NO_SUCH_TYPE = r"""
 #include "common.h"
 
@@ -169,6 +199,21 @@ def objects(old_vmlinux: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         "unbound": compile_source("#define UNBOUND\n" + REFUSED, "unbound", SYSFS_BTF, work),
         "wide": compile_source("#define WIDE\n" + REFUSED, "wide", SYSFS_BTF, work),
         "no_such_type": compile_source(NO_SUCH_TYPE, "no_such_type", SYSFS_BTF, work),
+        "mit": compile_source(NEW_ARGS + CC.replace('= "GPL"', '= "MIT"'), "mit", SYSFS_BTF, work),
+        "two_maps": compile_source(
+            NEW_ARGS + CC.replace("char LICENSE", SECOND_MAP + "char LICENSE"),
+            "two_maps",
+            SYSFS_BTF,
+            work,
+        ),
+        "sleepable": compile_source(
+            NEW_ARGS
+            + CC.replace('SEC("struct_ops/wbp_ssthresh")', 'SEC("struct_ops.s/wbp_ssthresh")'),
+            "sleepable",
+            SYSFS_BTF,
+            work,
+        ),
+        "subprogram": compile_source(SUBPROGRAM, "subprogram", SYSFS_BTF, work),
     }
 
 
@@ -194,7 +239,11 @@ def test_on_the_running_kernel_as_it_loads(tmp_path: Path, objects: dict[str, Pa
         "cc_link": Verdict.COMPATIBLE,
         "cc_61": Verdict.INCOMPATIBLE,
         "extra_set": Verdict.UNKNOWN,
-        "extra_unset": Verdict.UNKNOWN,
+        "extra_unset": Verdict.COMPATIBLE,  # its flavored name needs libbpf 1.4, which passes
+        "mit": Verdict.INCOMPATIBLE,
+        "two_maps": Verdict.COMPATIBLE,
+        "sleepable": Verdict.UNKNOWN,
+        "subprogram": Verdict.INCOMPATIBLE,
         "reuse": Verdict.INCOMPATIBLE,
         "unbound": Verdict.INCOMPATIBLE,
         "wide": Verdict.INCOMPATIBLE,
@@ -222,20 +271,23 @@ def test_on_the_running_kernel_as_it_loads(tmp_path: Path, objects: dict[str, Pa
         "callbacks a kernel lacks",
     )
     assert _failures(verdicts["no_such_type"]) == [("attach-target", "wbp_no_such_ops")]
-    [unset] = [c for c in verdicts["extra_unset"].checks if c.outcome is Outcome.UNDECIDED]
-    assert unset.detail == (
-        f"{RUNNING}'s tcp_congestion_ops lacks no_such_op, which the object leaves unset and "
-        "libbpf 1.4 and later pass over: older libbpf refuses the map, so whether it loads "
-        "depends on the libbpf of its loader"
+    assert _failures(verdicts["mit"]) == [("license", None)]
+    assert _failures(verdicts["subprogram"]) == [("malformed", None)]
+    [sleeps] = [c for c in verdicts["sleepable"].checks if c.outcome is Outcome.UNDECIDED]
+    assert (
+        sleeps.symbol == "wbp_ssthresh" and "(kernels before 6.4 let none sleep)" in sleeps.detail
     )
 
     loads = {name: load_running(obj, name) for name, obj in objects.items()}
-    # this machine's bpftool has libbpf 1.1: it knows no .struct_ops.link (1.2), passes over no
-    # unset member (1.4), and clears nothing, as the loader shipped with such an object may
-    too_old = {"extra_unset", "extra_set", "cc_link"}
+    # this machine's bpftool has libbpf 1.1: it knows no .struct_ops.link (1.2) and no flavored
+    # struct_ops names (1.4), and clears nothing, as the loader shipped with such objects does
+    too_old = {"extra_unset", "cc_link"}
+    compared = 0
     for name, result in verdicts.items():
-        if name not in too_old:
+        if result.verdict is not Verdict.UNKNOWN and name not in too_old:
             assert loads[name].ok == result.verdict.usable, (name, loads[name].log)
+            compared += 1
+    assert compared == 9
     assert not loads["extra_unset"].ok and not loads["extra_set"].ok
     # and where they say why, it is the reason given here
     said = {
@@ -243,6 +295,8 @@ def test_on_the_running_kernel_as_it_loads(tmp_path: Path, objects: dict[str, Pa
         "reuse": "cannot use prog wbp_ssthresh",
         "unbound": "prog 'wbp_unbound': failed to load: -524",
         "no_such_type": "struct wbp_no_such_ops is not found in kernel BTF",
+        "mit": "must have a GPL compatible license",
+        "subprogram": "is not struct_ops BPF program",
     }
     for name, words in said.items():
         assert words in loads[name].log, (name, loads[name].log)

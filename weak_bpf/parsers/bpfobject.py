@@ -403,8 +403,12 @@ class _Reader:
                 sym = self.symbols[sym_index]
                 where = self._section_name(sym.shndx)
                 program = function_containing(programs, where, sym.value // 8)
-                if program is not None:
-                    found[r_offset] = program.name
+                if program is None:  # a subprogram or data: libbpf refuses the object
+                    raise ELFError(
+                        f"a relocation in {rel.name} points to {sym.name or where}, which is no "
+                        "program (libbpf refuses it)"
+                    )
+                found[r_offset] = program.name
         return found
 
     # --- CO-RE ---------------------------------------------------------------------------------

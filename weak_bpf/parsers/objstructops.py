@@ -35,6 +35,11 @@ def read_struct_ops(
                 at = info.offset + member.bit_offset // 8
                 size = btf.type_size(member.type) if not member.bitfield_size else 0
                 program = set_to.get(at)
+                if program is not None and not _function_pointer(btf, member.type):
+                    raise ELFError(
+                        f"struct_ops map {var.name} sets {member.name}, which is no function "
+                        f"pointer, to program {program} (libbpf refuses it)"
+                    )
                 zero = program is None and not any(data[at : at + max(size, 1)])
                 bitfield = bool(member.bitfield_size)
                 members.append(
@@ -50,3 +55,11 @@ def read_struct_ops(
                 )
             out.append(StructOps(var.name, name, struct_type.name, tuple(members)))
     return tuple(out)
+
+
+def _function_pointer(btf: BTF, type_id: int) -> bool:
+    resolved = btf.resolve(type_id)
+    if not resolved or btf.kind(resolved) is not Kind.PTR:
+        return False
+    target = btf.resolve(btf.type(resolved).type)
+    return bool(target) and btf.kind(target) is Kind.FUNC_PROTO

@@ -1,5 +1,5 @@
-"""The license check: GPL-only kernel functions, helpers and exports need a GPL-compatible
-license."""
+"""The license check: GPL-only kernel functions, helpers and exports, and struct_ops programs,
+need a GPL-compatible license."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from weak_bpf.engine.bpf_helpers import helper_name, is_gpl_only, license_is_gpl
 from weak_bpf.engine.checks.base import CheckerBase
 from weak_bpf.model import Area, Check, Outcome, ReasonCode
 from weak_bpf.parsers.objvalues import ExternKind
+from weak_bpf.parsers.sections import TargetKind
 
 
 class LicenseChecks(CheckerBase):
@@ -23,6 +24,11 @@ class LicenseChecks(CheckerBase):
         gpl_uses = [f"kfunc {e.name}" for e in self.obj.ksyms if e.kind is ExternKind.FUNC]
         helpers = sorted({h for f in self._functions() for h in f.helper_ids if is_gpl_only(h)})
         gpl_uses += [f"GPL-only helper {helper_name(h)}" for h in helpers]
+        gpl_uses += [
+            f"struct_ops program {p.name}"
+            for p in self.obj.programs
+            if p.info.target_kind is TargetKind.STRUCT_OPS
+        ]
         if self.greylist is not None:
             gpl_uses += [
                 f"{e.symbol} ({e.export_type.value})"

@@ -25,25 +25,34 @@ class StructOpsChecks(AttachChecks):
                 yield from self._one_struct_ops(ops)
 
     def _unbound_programs(self) -> Iterable[Check]:
-        """A struct_ops program that no map's member is set to has no attach point: the kernel
-        refuses it. One set to two members is refused by libbpf."""
-        members: dict[str, list[str]] = {}
+        """A struct_ops program no map's member is set to has nothing to attach to: libbpf 1.5
+        and the kernel refuse it. libbpf refuses one set to two different members (the same
+        member of the same struct in two maps is one)."""
+        referenced: dict[str, str] = {}  # program -> a member set to it, in any map
+        created: dict[str, dict[tuple[str, str], str]] = {}  # in maps created by default
         for ops in self.obj.struct_ops:
             for member in ops.members:
-                if member.program is not None:
-                    members.setdefault(member.program, []).append(f"{ops.name}.{member.name}")
+                if member.program is None:
+                    continue
+                where = f"{ops.name}.{member.name}"
+                referenced.setdefault(member.program, where)
+                if not ops.optional:
+                    key = (essential_name(ops.type_name), member.name)
+                    created.setdefault(member.program, {}).setdefault(key, where)
         for program in self.obj.programs:
             if program.info.target_kind is not TargetKind.STRUCT_OPS:
                 continue
-            bound = members.get(program.name, [])
-            if len(bound) == 1:
+            bound = created.get(program.name, {})
+            if program.name in referenced and len(bound) <= 1:
+                if program.info.sleepable:
+                    yield from self._sleepable(program, referenced[program.name])
                 continue
             why = (
-                "no struct_ops map sets a member to it: the kernel refuses a struct_ops program "
-                "with nothing to attach to"
-                if not bound
-                else f"it is set to {' and '.join(bound)}: libbpf refuses a program set to two "
-                "members"
+                "no struct_ops map sets a member to it: libbpf and the kernel refuse a "
+                "struct_ops program with nothing to attach to"
+                if program.name not in referenced
+                else f"it is set to {' and '.join(bound.values())}: libbpf refuses a program set "
+                "to two members"
             )
             yield self._check(
                 Area.ATTACH,
@@ -54,6 +63,20 @@ class StructOpsChecks(AttachChecks):
                 symbol=program.name,
                 program=program.name,
             )
+
+    def _sleepable(self, program: Function, member: str) -> Iterable[Check]:
+        """Kernels before 6.4 let no struct_ops program sleep, and each struct says which of its
+        callbacks may: not told by BTF."""
+        yield self._check(
+            Area.ATTACH,
+            Outcome.UNDECIDED,
+            f"struct_ops program {program.name}",
+            f"it is sleepable (struct_ops.s), set to {member}: whether {self.k.kver} lets that "
+            "callback sleep is not told by its BTF (kernels before 6.4 let none sleep)",
+            code=ReasonCode.ATTACH_TARGET,
+            symbol=program.name,
+            program=program.name,
+        )
 
     def _one_struct_ops(self, ops: StructOps) -> Iterable[Check]:
         k = self.k.kver
@@ -86,15 +109,21 @@ class StructOpsChecks(AttachChecks):
         # needed on its build kernel too (a .struct_ops.link map, a flavored struct name) its
         # own loader does.
         newer_libbpf: list[str] = []
+        # a flavored struct name needs libbpf 1.4, which looks in modules and passes over unset
+        # members a kernel lacks
+        has_newer = ops.type_name != name
         if module is not None:
             self.modules.add(module)
-            newer_libbpf.append(f"{k} has it in module {module}, where libbpf 1.4 and later look")
+            if not has_newer:
+                newer_libbpf.append(
+                    f"{k} has it in module {module}, where libbpf 1.4 and later look"
+                )
         problems, unset_gone, set_gone, protos = self._members(ops, name, btf, struct_ids[0])
         for member_name, why in problems:
             yield self._fail(
                 subject, f"{why}: libbpf cannot register the map", f"{name}.{member_name}"
             )
-        if unset_gone:
+        if unset_gone and not has_newer:
             newer_libbpf.append(
                 f"{k}'s {name} lacks {', '.join(unset_gone)}, which the object leaves unset and "
                 "libbpf 1.4 and later pass over"
@@ -123,8 +152,9 @@ class StructOpsChecks(AttachChecks):
             )
         elif not problems:
             detail = (
-                f"{k}'s {name} has every member the object sets, of the same kind and size (the "
-                f"kernel's own rules for each member are applied when it loads)"
+                f"{k}'s {name} has every member the object sets, of the same kind and size, as "
+                f"libbpf wants; not checked: what {k}'s {name} itself takes (which data members, "
+                "which callbacks it needs)"
             )
             yield self._check(Area.ATTACH, Outcome.PASS, subject, detail, symbol=name)
         for program, target, label in protos:
