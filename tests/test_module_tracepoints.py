@@ -38,6 +38,13 @@ int kvm_exit_raw(void *ctx)
 	return 0;
 }
 
+SEC("tp/kvm/kvm_entry")
+int kvm_entry_tp(void *ctx)
+{
+	exits++;
+	return 0;
+}
+
 SEC("tp_btf/no_such_tracepoint_anywhere")
 int BPF_PROG(absent)
 {
@@ -84,6 +91,9 @@ def test_a_module_tracepoint_is_found_in_the_module(audited: ops.AuditReport) ->
         "btf_trace_kvm_exit is a BTF tracepoint of module kvm (must be loaded)"
     )
     assert targets["kvm_exit_raw"].outcome is Outcome.PASS
+    assert targets["kvm_entry_tp"].detail == (
+        "kvm/kvm_entry is a tracepoint of module kvm (must be loaded)"
+    )
     assert "kvm" in only.modules
     # the arguments are read from the module's prototype of the tracepoint
     [args] = [c for c in only.checks if c.subject.startswith("arguments of")]
