@@ -343,7 +343,8 @@ def test_kernel_and_program_filters(
 
 def test_what_to_do_follows_how_a_check_ended() -> None:
     """A failure's remedy; for a check left undecided by missing kernel data, what to install;
-    for one only the kernel can decide (a loader's doing, code that may not run), verify."""
+    for a program's that only the kernel can decide, verify; for a struct_ops map's, which the
+    package's loader decides, its vendor."""
     from weak_bpf.model import Area, Check, Outcome, ReasonCode, Result, Verdict
     from weak_bpf.ops.audited import ProgramAudit
     from weak_bpf.program.installed import InstalledProgram
@@ -356,14 +357,19 @@ def test_what_to_do_follows_how_a_check_ended() -> None:
         return doc["kernels"]["K"]["advice"]  # type: ignore[index]
 
     fail = Check(Area.ATTACH, Outcome.FAIL, "s", "d", ReasonCode.ATTACH_TARGET, "f")
-    loader = Check(Area.ATTACH, Outcome.UNDECIDED, "s", "d", ReasonCode.ATTACH_TARGET, "f")
+    kernel = Check(Area.ATTACH, Outcome.UNDECIDED, "s", "d", ReasonCode.ATTACH_TARGET, "f", "p")
+    loader = Check(Area.ATTACH, Outcome.UNDECIDED, "struct_ops m", "d", ReasonCode.ATTACH_TARGET)
     data = Check(Area.ATTACH, Outcome.UNDECIDED, "s", "d", ReasonCode.KERNEL_DATA_MISSING, "f")
     verify = (
         "'weak-bpf-progs verify K' lets K's own verifier decide, in a VM; or ask the package's "
         "vendor"
     )
-    assert advice(loader) == [verify]
-    assert advice(loader, loader) == [verify]
+    assert advice(kernel) == [verify]
+    assert advice(kernel, kernel) == [verify]
+    assert advice(loader) == [
+        "whether it loads on K depends on the loader shipped with the package (see the '??' "
+        "line): ask its vendor"
+    ]
     assert advice(fail)[0].startswith("update the package to a build for K")
     assert advice(data)[0].startswith("the undecided checks say what K lacks")
-    assert len(advice(fail, loader, data)) == 3
+    assert len(advice(fail, kernel, loader, data)) == 4

@@ -121,7 +121,7 @@ int PROG_NAME(void *ctx)
 char LICENSE[] SEC("license") = "GPL";
 """
 # bpf_core_type_matches() (clang 15+): libbpf's stricter rule, on types that match, differ in one
-# member or one int, or are absent. task_struct as 6.1 had it no longer matches the running one.
+# member or one int, or are absent, the same on every kernel.
 TYPE_MATCHES_SRC = r"""
 #include "common.h"
 
@@ -134,6 +134,9 @@ struct list_head___extra {
 };
 struct no_such_type___tm {
 	int a;
+};
+struct task_struct___wbp {
+	int no_such_member_anywhere;
 };
 typedef int pid_t___int;
 typedef long pid_t___long;
@@ -149,7 +152,7 @@ int type_matches(void *ctx)
 	out[3] = bpf_core_type_matches(pid_t___long);
 	out[4] = bpf_core_type_matches(struct no_such_type___tm);
 	out[5] = bpf_core_type_matches(enum bpf_map_type);
-	out[6] = bpf_core_type_matches(struct task_struct);
+	out[6] = bpf_core_type_matches(struct task_struct___wbp);
 	return 0;
 }
 

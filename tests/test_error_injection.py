@@ -19,6 +19,7 @@ import pytest
 
 from weak_bpf import ops
 from weak_bpf.errors import ELFError
+from weak_bpf.kernel import find as kernel
 from weak_bpf.kernel import load as kernel_data
 from weak_bpf.model import Outcome, Result, Verdict
 from weak_bpf.parsers.elf import section_bytes
@@ -327,16 +328,24 @@ RUNNING_SOURCE = {
 }
 
 
+def _btf_names(btf_file: Path) -> str:
+    """bpftool's dump of a BTF file: what it has, told by another tool than this one."""
+    dump = [require_tool("bpftool"), "btf", "dump", "file", str(btf_file)]
+    return subprocess.run(dump, capture_output=True, text=True, check=True).stdout
+
+
 def test_a_kernel_with_fmod_ret_sets_of_its_own(tmp_path: Path) -> None:
-    """Since 6.3 a subsystem may name fmod_ret targets (MPTCP names update_socket_protocol),
-    listed in .BTF_ids, which the running kernel's sysfs BTF lacks: unknown, not refused, even
-    though its config (/proc/config.gz) says it has no error-injection list."""
-    require(SYSFS_BTF.exists() and Path("/proc/config.gz").exists(), "no sysfs BTF or config.gz")
-    config = gzip.decompress(Path("/proc/config.gz").read_bytes()).decode()
-    require("CONFIG_FUNCTION_ERROR_INJECTION=y" not in config, "this kernel has the list")
+    """Since 6.3 a subsystem may name fmod_ret targets (MPTCP names update_socket_protocol,
+    since 6.7), listed in .BTF_ids, which the running kernel's sysfs BTF lacks: unknown, not
+    refused, even on a kernel built without the error-injection list."""
+    require(SYSFS_BTF.exists(), f"{SYSFS_BTF} is missing")
+    names = _btf_names(SYSFS_BTF)
+    if "'register_btf_fmodret_id_set'" not in names or "'update_socket_protocol'" not in names:
+        pytest.skip(f"the running kernel {RUNNING} predates fmod_ret sets (6.3) or MPTCP's (6.7)")
     root = tmp_path / "root"
     install_running_kernel(root, RUNNING)
-    shutil.copyfile("/proc/config.gz", root / "proc/config.gz")
+    config = root / "usr/lib/modules" / RUNNING / "config"
+    config.write_text("# CONFIG_FUNCTION_ERROR_INJECTION is not set\n")
     work = tmp_path / "src"
     work.mkdir()
     objects = {
@@ -354,6 +363,22 @@ def test_a_kernel_with_fmod_ret_sets_of_its_own(tmp_path: Path) -> None:
         "(register_btf_fmodret_id_set), and whether update_socket_protocol is one cannot be told "
         "from its BTF alone (no .BTF_ids)"
     )
+
+
+def test_the_running_kernels_own_config(tmp_path: Path) -> None:
+    """With no config file installed, the running kernel's config is its /proc/config.gz."""
+    require(SYSFS_BTF.exists(), f"{SYSFS_BTF} is missing")
+    root = tmp_path / "root"
+    install_running_kernel(root, RUNNING)
+    proc_config = root / "proc/config.gz"
+    proc_config.write_bytes(gzip.compress(b"# CONFIG_FUNCTION_ERROR_INJECTION is not set\n"))
+    found = kernel.find_kernel(root, RUNNING)
+    assert (found.running, found.config) == (True, proc_config)
+    facts = ops.kernel_facts(root, [RUNNING], cache=False)[0]
+    assert facts.config is not None and facts.config.get("FUNCTION_ERROR_INJECTION") == "n"
+    assert facts.error_injection == frozenset()
+    (root / "usr/lib/modules" / RUNNING / "config").write_text("CONFIG_BPF=y\n")
+    assert kernel.find_kernel(root, RUNNING).config == root / "usr/lib/modules" / RUNNING / "config"
 
 
 def test_a_module_function_on_a_kernel_without_the_list(

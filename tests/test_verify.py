@@ -664,3 +664,26 @@ def test_console_blocks_are_checked() -> None:
     assert guest.parse_console("\n".join(good), ["a"], []).results["a"] == (0, data.decode())
     cut = [line for i, line in enumerate(good) if i != 2]  # a line lost to a kernel message
     assert guest.parse_console("\n".join(cut), ["a"], []).results["a"][1] == guest.GARBLED
+
+
+def test_fold_settles_what_loading_a_program_decides_but_not_a_loaders_doing() -> None:
+    """A sleepable struct_ops callback or an fmod_ret target that loads on K is settled; a
+    struct_ops map's check, which depends on the package's own loader, is not."""
+    sleeps = Check(
+        Area.ATTACH,
+        Outcome.UNDECIDED,
+        "struct_ops program p",
+        "?",
+        ReasonCode.ATTACH_TARGET,
+        "p",
+        "p",
+    )
+    fmod = Check(
+        Area.ATTACH, Outcome.UNDECIDED, "attach target", "?", ReasonCode.ATTACH_TARGET, "f", "q"
+    )
+    loader = Check(Area.ATTACH, Outcome.UNDECIDED, "struct_ops m", "?", ReasonCode.ATTACH_TARGET)
+    loaded = Verification(
+        (ProgramLoad("p", "struct_ops.s/p", 0, ""), ProgramLoad("q", "fmod_ret/f", 0, ""))
+    )
+    assert fold(Result(Verdict.UNKNOWN, (sleeps, fmod)), loaded, "K").verdict is Verdict.COMPATIBLE
+    assert fold(Result(Verdict.UNKNOWN, (sleeps, loader)), loaded, "K").verdict is Verdict.UNKNOWN

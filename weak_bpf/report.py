@@ -179,6 +179,13 @@ _UNDECIDED_ADVICE = (
 )
 
 
+# a struct_ops map left undecided: what the package's loader does decides
+_LOADER_ADVICE = (
+    "whether it loads on {k} depends on the loader shipped with the package (see the '??' "
+    "line): ask its vendor"
+)
+
+
 def _advice(result: Result, kver: str) -> list[str]:
     """What to do, once per reason: a certain failure's remedy, or for a check left undecided,
     what would decide it."""
@@ -190,8 +197,11 @@ def _advice(result: Result, kver: str) -> list[str]:
             Outcome.CANNOT_ATTACH,
         ):
             continue
-        undecided = c.outcome is Outcome.UNDECIDED and c.code is not ReasonCode.KERNEL_DATA_MISSING
-        todo[(_UNDECIDED_ADVICE if undecided else _ADVICE[c.code]).format(k=kver)] = None
+        advice = _ADVICE[c.code]
+        if c.outcome is Outcome.UNDECIDED and c.code is not ReasonCode.KERNEL_DATA_MISSING:
+            # a map's check is about the loader; a program's is settled by loading it on K
+            advice = _LOADER_ADVICE if c.program is None else _UNDECIDED_ADVICE
+        todo[advice.format(k=kver)] = None
     if result.modules and result.verdict.usable:
         todo[f"load module(s) {', '.join(result.modules)} before loading the program"] = None
     return list(todo)

@@ -33,7 +33,7 @@ LOG_EXCERPT = 12  # lines of the verifier log in a reason's detail (explain show
 # undecided offline checks that a program's successful load settles
 _SETTLED_BY_LOADING = (Area.KFUNC, Area.KSYM, Area.CORE, Area.KERNEL)
 # targets the kernel resolves when the program loads (its attach_btf_id)
-_LOAD_TIME_TARGETS = (TargetKind.BTF_FUNC, TargetKind.BTF_TYPEDEF)
+_LOAD_TIME_TARGETS = (TargetKind.BTF_FUNC, TargetKind.BTF_TYPEDEF, TargetKind.STRUCT_OPS)
 _NOT_K = (errno.ENOMEM,)  # load errors that tell about the VM, not about K
 
 

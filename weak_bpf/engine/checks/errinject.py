@@ -50,18 +50,22 @@ class ErrorInjectionChecks(CheckerBase):
             else "an fmod_ret program"
         )
 
-        def undecided(why: str) -> Check:
-            return self._missing_data(
+        def undecided(why: str, code: ReasonCode = ReasonCode.ATTACH_TARGET) -> Check:
+            """Unknown: for want of K's data (code kernel-data-missing), or because nothing
+            offline tells (code attach-target: loading it on K does)."""
+            return self._check(
                 Area.ATTACH,
+                Outcome.UNDECIDED,
                 subject,
                 f"whether {k} lets {what} attach to {name} is unknown: {why}",
-                name,
-                program.name,
+                code=code,
+                symbol=name,
+                program=program.name,
             )
 
         listed = self.k.error_injection
         if listed is None:
-            return undecided(self._no_error_injection_list())
+            return undecided(self._no_error_injection_list(), ReasonCode.KERNEL_DATA_MISSING)
         if module is not None and listed:  # without the list, modules have none either
             return undecided(
                 f"{name} is in module {module}, and modules' error-injection lists are not read"
