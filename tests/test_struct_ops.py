@@ -365,3 +365,18 @@ def test_on_the_older_debian_kernel_as_it_loads(
         "cc2": True,
         "cc_link": False,
     }
+
+
+def test_verify_leaves_alone_what_its_loader_cannot_open(objects: dict[str, Path]) -> None:
+    """verify's loader is linked with the host's libbpf: an object that needs a newer one, as
+    its own loader has, is not judged by the VM, whose failure would be the loader's."""
+    from weak_bpf.ops.verify import loader_can_open
+    from weak_bpf.parsers.bpfobject import read_bpf_object
+
+    def opens(name: str, libbpf: str) -> bool:
+        obj = read_bpf_object(objects[name].read_bytes(), name)
+        return loader_can_open(obj, f"@loader 1 libbpf {libbpf}")
+
+    assert [opens("cc_link", v) for v in ("1.1", "1.2", "2.0")] == [False, True, True]
+    assert [opens("extra_unset", v) for v in ("1.3", "1.4")] == [False, True]
+    assert opens("cc2", "0.8") and opens("no_such_type", "1.0")

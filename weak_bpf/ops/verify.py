@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from weak_bpf.ops.audited import AuditReport
 from weak_bpf.ops.verdicts import audit, kernel_facts, settings
 from weak_bpf.ops.verified import fold_outcomes, module_files
 from weak_bpf.parsers.btf import Kind
+from weak_bpf.parsers.objvalues import BpfObject
 from weak_bpf.parsers.sections import TargetKind
 from weak_bpf.program.installed import load_program
 from weak_bpf.verify import Boot, GuestObject, store, verify_objects
@@ -107,7 +109,7 @@ def verify(
     )
     store_ = Cache(root, writable=cache)
     keys = store.Keys(store_, hashing=True)
-    objects = _distinct_objects(root, static, keys)
+    objects = _distinct_objects(root, static, keys, loader)
     outcomes: dict[tuple[str, str], Verification] = {}  # (program path, kver) -> outcome
     runs = []
     for kver in static.kernels:
@@ -125,9 +127,10 @@ def verify(
 
 
 def _distinct_objects(
-    root: Path, report: AuditReport, keys: store.Keys
+    root: Path, report: AuditReport, keys: store.Keys, loader: str
 ) -> dict[str, tuple[_Object, list[str]]]:
-    """{object key: (the object, the installed paths holding it)}."""
+    """{object key: (the object, the installed paths holding it)}, but the objects the loader's
+    libbpf is too old to open as their own loader does: they keep their offline verdict."""
     found: dict[str, tuple[_Object, list[str]]] = {}
     for p in report.programs:
         path = resolve_in_root(root, p.program.path)
@@ -136,6 +139,9 @@ def _distinct_objects(
             continue
         if key not in found:
             loaded = load_program(root, p.program)
+            if loaded.obj is not None and not loader_can_open(loaded.obj, loader):
+                log.info("%s: the verify loader's libbpf is too old for it", p.program.path)
+                continue
             functions = loaded.obj.programs if loaded.obj else ()
             kprobes = tuple(
                 f"{f.info.module}:{f.info.lookup_name}" if f.info.module else f.info.lookup_name
@@ -146,6 +152,19 @@ def _distinct_objects(
             found[key] = (_Object(path, key, p.program.path, names, kprobes), [])
         found[key][1].append(p.program.path)
     return found
+
+
+def loader_can_open(obj: BpfObject, loader: str) -> bool:
+    """Whether the verify loader (its "@loader N libbpf X.Y" line) opens `obj` as the loader
+    shipped with it must: .struct_ops.link maps need libbpf 1.2, flavored struct_ops names 1.4.
+    An older one would fail the object for its own sake, not the kernel's."""
+    found = re.search(r"libbpf (\d+)\.(\d+)", loader)
+    if found is None:
+        return True
+    have = (int(found[1]), int(found[2]))
+    needs = [(1, 2) for ops in obj.struct_ops if ops.link]
+    needs += [(1, 4) for ops in obj.struct_ops if "___" in ops.type_name]
+    return all(have >= need for need in needs)
 
 
 def _verify_kernel(  # noqa: PLR0917 (one kernel's share of verify's state)
