@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from weak_bpf.errors import BTFError, ELFError, ParseError
 from weak_bpf.parsers.btf import BTF, Kind
@@ -270,8 +270,20 @@ class _Reader:
 
     # --- relocations and functions -------------------------------------------------------------
 
-    def _relocations(self, code: dict[int, tuple[Insn, ...]]) -> dict[int, tuple[Relocation, ...]]:
+    def _rel_entries(self, rel: _Section) -> Iterator[tuple[int, int, Symbol]]:
+        """The (offset, type, symbol) of each entry of SHT_REL section `rel`."""
         fmt = struct.Struct(self.endian + "QQ")
+        count = len(rel.data) // fmt.size
+        for r_offset, r_info in fmt.iter_unpack(rel.data[: count * fmt.size]):
+            sym_index = r_info >> 32
+            if sym_index >= len(self.symbols):
+                raise ELFError(
+                    f"relocation in {rel.name} names symbol {sym_index}, past the table",
+                    offset=rel.offset,
+                )
+            yield r_offset, r_info & 0xFFFFFFFF, self.symbols[sym_index]
+
+    def _relocations(self, code: dict[int, tuple[Insn, ...]]) -> dict[int, tuple[Relocation, ...]]:
         out: dict[int, tuple[Relocation, ...]] = {}
         for sec in self.sections:
             if sec.type != SHT_REL or sec.info not in code:
@@ -279,20 +291,12 @@ class _Reader:
             target = self.sections[sec.info]
             insns = code[sec.info]
             relocs = []
-            count = len(sec.data) // fmt.size
-            for r_offset, r_info in fmt.iter_unpack(sec.data[: count * fmt.size]):
-                sym_index, r_type = r_info >> 32, r_info & 0xFFFFFFFF
-                if sym_index >= len(self.symbols):
-                    raise ELFError(
-                        f"relocation in {sec.name} names symbol {sym_index}, past the table",
-                        offset=sec.offset,
-                    )
+            for r_offset, r_type, sym in self._rel_entries(sec):
                 if r_offset % 8 or r_offset // 8 >= len(insns):
                     raise ELFError(
                         f"relocation in {sec.name} at {r_offset:#x} is not on an instruction",
                         offset=sec.offset,
                     )
-                sym = self.symbols[sym_index]
                 relocs.append(
                     Relocation(
                         target.name,
@@ -387,20 +391,11 @@ class _Reader:
 
     def _programs_set_in(self, sec: _Section, programs: tuple[Function, ...]) -> dict[int, str]:
         """{byte offset in `sec`: the program a relocation there points to}."""
-        fmt = struct.Struct(self.endian + "QQ")
         found: dict[int, str] = {}
         for rel in self.sections:
             if rel.type != SHT_REL or rel.info != sec.index:
                 continue
-            count = len(rel.data) // fmt.size
-            for r_offset, r_info in fmt.iter_unpack(rel.data[: count * fmt.size]):
-                sym_index = r_info >> 32
-                if sym_index >= len(self.symbols):
-                    raise ELFError(
-                        f"relocation in {rel.name} names symbol {sym_index}, past the table",
-                        offset=rel.offset,
-                    )
-                sym = self.symbols[sym_index]
+            for r_offset, _type, sym in self._rel_entries(rel):
                 where = self._section_name(sym.shndx)
                 program = function_containing(programs, where, sym.value // 8)
                 if program is None:  # a subprogram or data: libbpf refuses the object
