@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from weak_bpf.errors import ELFError
-from weak_bpf.parsers.btf import BTF, Kind
+from weak_bpf.parsers.btf import BTF, Kind, Type
 from weak_bpf.parsers.objvalues import StructOps, StructOpsMember
 
 # "?": created only when the loader asks; ".link": registered through a BPF link
@@ -35,7 +35,7 @@ def read_struct_ops(
                 at = info.offset + member.bit_offset // 8
                 size = btf.type_size(member.type) if not member.bitfield_size else 0
                 program = set_to.get(at)
-                if program is not None and not _function_pointer(btf, member.type):
+                if program is not None and pointed_func_proto(btf, member.type) is None:
                     raise ELFError(
                         f"struct_ops map {var.name} sets {member.name}, which is no function "
                         f"pointer, to program {program} (libbpf refuses it)"
@@ -57,9 +57,11 @@ def read_struct_ops(
     return tuple(out)
 
 
-def _function_pointer(btf: BTF, type_id: int) -> bool:
+def pointed_func_proto(btf: BTF, type_id: int) -> Type | None:
+    """The FUNC_PROTO a member of pointer-to-function type points to (past modifiers and
+    typedefs, as libbpf looks); None for other members."""
     resolved = btf.resolve(type_id)
     if not resolved or btf.kind(resolved) is not Kind.PTR:
-        return False
+        return None
     target = btf.resolve(btf.type(resolved).type)
-    return bool(target) and btf.kind(target) is Kind.FUNC_PROTO
+    return btf.type(target) if target and btf.kind(target) is Kind.FUNC_PROTO else None

@@ -10,7 +10,8 @@ from collections.abc import Iterable
 from weak_bpf.engine.btfcompat import essential_name
 from weak_bpf.engine.checks.attach import AttachChecks, TargetProto
 from weak_bpf.model import Area, Check, Outcome, ReasonCode
-from weak_bpf.parsers.btf import BTF, Kind, Type
+from weak_bpf.parsers.btf import BTF, Kind
+from weak_bpf.parsers.objstructops import pointed_func_proto
 from weak_bpf.parsers.objvalues import Function, StructOps
 from weak_bpf.parsers.sections import TargetKind
 
@@ -202,7 +203,7 @@ class StructOpsChecks(AttachChecks):
             if ours_kind is Kind.PTR:
                 if member.program is None:
                     continue
-                proto = _pointed_proto(btf, theirs.type)
+                proto = pointed_func_proto(btf, theirs.type)
                 program = next((p for p in self.obj.programs if p.name == member.program), None)
                 if proto is None:
                     problems.append((member.name, f"{label} is no function pointer on {k}"))
@@ -233,12 +234,3 @@ def _kind(btf: BTF, type_id: int) -> Kind:
     """A member's kind, past modifiers and typedefs."""
     resolved = btf.resolve(type_id)
     return btf.kind(resolved) if resolved else Kind.UNKN
-
-
-def _pointed_proto(btf: BTF, type_id: int) -> Type | None:
-    """The FUNC_PROTO a member of pointer-to-function type points to; None for other members."""
-    resolved = btf.resolve(type_id)
-    if not resolved or btf.kind(resolved) is not Kind.PTR:
-        return None
-    target = btf.resolve(btf.type(resolved).type)
-    return btf.type(target) if target and btf.kind(target) is Kind.FUNC_PROTO else None
