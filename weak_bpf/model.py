@@ -304,7 +304,7 @@ class KernelFacts:
     @property
     def system_map(self) -> SystemMap | None:
         """System.map, or the running kernel's kallsyms; None when missing or a placeholder.
-        The lazy fact "symbols" gives both, as (map, is_kallsyms, the file read)."""
+        The lazy fact "symbols" gives both, as (map, is_kallsyms)."""
         symbols = self._fact("symbols")
         return None if symbols is None else symbols[0]
 

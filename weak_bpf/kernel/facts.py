@@ -118,10 +118,10 @@ def load_kernel_facts(artifacts: KernelArtifacts, cache: Cache, *, jobs: int = 1
     def lazily(what: str, load: Callable[[Path], T], path: Path) -> Callable[[], T | None]:
         return partial(_attempt, problems, what, partial(load, path))
 
-    def symbols() -> tuple[SystemMap | None, bool, Path | None]:
+    def symbols() -> tuple[SystemMap | None, bool]:
         found = kernel_data.load_symbols(a)
         problems.extend(found.problems)
-        return found.symbols, found.is_kallsyms, found.source
+        return found.symbols, found.is_kallsyms
 
     lazy: dict[str, Callable[[], object]] = {"symbols": symbols}
     if a.symvers is not None:
