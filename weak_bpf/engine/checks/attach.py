@@ -57,6 +57,15 @@ class AttachChecks(ErrorInjectionChecks):
                 program=program.name,
             )
 
+        def tracepoint(event: str, what: str) -> Check:
+            """`what` K defines as btf_trace_<event>, in vmlinux or in a module."""
+            found = self._find_tracepoint(event)
+            module = found[2] if found is not None else None
+            if module is not None:
+                self.modules.add(module)
+                return result(True, f"is a {what} of module {module} (must be loaded)")
+            return result(found is not None, f"is a {what}")
+
         config = self.k.config
         if attach_only and config is not None and config.get("BPF_EVENTS") == "n":
             return self._check(
@@ -82,13 +91,7 @@ class AttachChecks(ErrorInjectionChecks):
                 return result(True, where)
             return result(found is not None, "is a function in the kernel's BTF")
         if kind in (TargetKind.BTF_TYPEDEF, TargetKind.RAW_TP):
-            tracepoint = self._find_tracepoint(name)
-            if tracepoint is not None and tracepoint[2] is not None:
-                self.modules.add(tracepoint[2])
-                return result(
-                    True, f"is a BTF tracepoint of module {tracepoint[2]} (must be loaded)"
-                )
-            return result(tracepoint is not None, "is a BTF tracepoint")
+            return tracepoint(name, "BTF tracepoint")
         if kind is TargetKind.TRACEPOINT:
             event = name.split("/")[-1]
             if name.startswith("syscalls/"):
@@ -101,11 +104,7 @@ class AttachChecks(ErrorInjectionChecks):
                 return result(
                     any(vmlinux.find(f, Kind.FUNC) for f in funcs), "is a syscall with tracepoints"
                 )
-            tracepoint = self._find_tracepoint(event)
-            if tracepoint is not None and tracepoint[2] is not None:
-                self.modules.add(tracepoint[2])
-                return result(True, f"is a tracepoint of module {tracepoint[2]} (must be loaded)")
-            return result(tracepoint is not None, "is a tracepoint")
+            return tracepoint(event, "tracepoint")
         if kind in (TargetKind.KSYM, TargetKind.SYSCALL):
             symbols = [name] if kind is TargetKind.KSYM else self._syscall_symbols(name)
             if config is not None and config.get("KPROBES") == "n":
